@@ -1,0 +1,100 @@
+"""The `tl-jax` command line.
+
+    tl-jax pretrain --config=configs/mlm.py:tiny --workdir=DIR [--config.a.b=VALUE ...] [--override]
+
+Re-running a command on an existing workdir resumes it. A workdir remembers its
+resolved config in `config.json`; a command asking for a different one is refused
+unless `--override` is given (the old file is kept as `config.json.N`). Problems
+the user can fix end with one sentence on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tl_jax import config as config_lib
+from tl_jax.errors import UserError
+
+USAGE = """tl-jax COMMAND [flags]
+
+commands:
+  pretrain   masked-LM pretraining: --config=FILE:PRESET --workdir=DIR [--config.a.b=V ...] [--override]
+"""
+
+
+def _parse(argv: list[str]):
+  parser = argparse.ArgumentParser(prog="tl-jax", usage=USAGE, add_help=True)
+  parser.add_argument("command", choices=["pretrain"])
+  parser.add_argument("--config", default=None, help="FILE:PRESET, e.g. configs/mlm.py:tiny")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--override", action="store_true",
+                      help="continue a workdir with a config that differs from its config.json")
+  args, rest = parser.parse_known_args(argv)
+  overrides = {}
+  for item in rest:
+    key, eq, value = item.partition("=")
+    if not key.startswith("--config.") or not eq:
+      raise UserError(f"unknown argument {item!r}; overrides look like --config.model.num_layers=4.")
+    overrides[key[len("--config."):]] = value
+  return args, overrides
+
+
+def resolve_config(args, overrides: dict) -> config_lib.Config:
+  """The config this command runs with, reconciled with the workdir's config.json."""
+  saved_path = os.path.join(args.workdir, "config.json")
+  saved = config_lib.load(saved_path) if os.path.exists(saved_path) else None
+  if args.config is None and saved is None:
+    raise UserError(f"{args.workdir} holds no config.json, so a new run needs "
+                    "--config=configs/mlm.py:PRESET.")
+  config = config_lib.load_preset(args.config) if args.config else saved
+  config = config_lib.apply_overrides(config, overrides)
+  config_lib.validate(config)
+  if saved is not None:
+    changed = config_lib.differences(saved, config)
+    if changed and not args.override:
+      shown = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
+      raise UserError(f"workdir {args.workdir} was made with another config ({shown}); use a new "
+                      "--workdir, or pass --override to continue it with the new config.")
+    if changed:
+      n = 1
+      while os.path.exists(f"{saved_path}.{n}"):
+        n += 1
+      os.replace(saved_path, f"{saved_path}.{n}")
+  return config
+
+
+def _quiet_libraries() -> None:
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  try:
+    import absl.logging
+    absl.logging.set_verbosity(absl.logging.WARNING)
+  except ImportError:
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if not argv or argv[0] in ("-h", "--help"):
+    print(USAGE)
+    return 0
+  try:
+    args, overrides = _parse(argv)
+    config = resolve_config(args, overrides)
+    os.makedirs(args.workdir, exist_ok=True)
+    config_lib.save(config, os.path.join(args.workdir, "config.json"))
+    _quiet_libraries()
+    from tl_jax.train import pretrain  # imports jax: keep `--help` and config errors fast
+    return pretrain.run(config, args.workdir)
+  except UserError as e:
+    print(f"tl-jax: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("tl-jax: interrupted; re-run the same command to resume from the last checkpoint.",
+          file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())

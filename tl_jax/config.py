@@ -1,0 +1,316 @@
+"""The one typed config tree of a run, command-line overrides, and validation.
+
+A config is plain data: nested dataclasses whose fields have scalar types
+(int, float, bool, str). Presets live in `configs/*.py` as functions returning a
+`Config`; the command line loads a preset, applies `--config.a.b=VALUE`
+overrides, validates, and writes the resolved tree to `WORKDIR/config.json`.
+Every check raises `UserError` with one sentence naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import typing
+from typing import Any
+
+from tl_jax.errors import UserError
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """RoBERTa-style encoder; width and depth are free parameters."""
+  num_layers: int = 12
+  d_model: int = 768
+  num_heads: int = 12
+  d_ff: int = 0  # 0 means 4 x d_model, as in the paper's grid.
+  max_len: int = 512  # learned position embeddings
+  dropout: float = 0.1
+  pre_ln: bool = False  # RoBERTa is post-LN; pre-LN trains deep models more stably.
+  dtype: str = "bfloat16"  # compute dtype; parameters stay float32
+  attention: str = "auto"  # auto | xla | cudnn; auto picks cuDNN on GPU with bf16/fp16
+  scan_layers: bool = False  # one compiled layer body: faster compiles for deep models
+  remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+  ln_eps: float = 1e-5
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Where text comes from, how it is tokenized, cached and masked."""
+  source: str = "synthetic"  # synthetic | text | tfds
+  seq_len: int = 128
+  # synthetic: the project's own language (tl_jax/data/synthetic.py)
+  synthetic_seed: int = 0
+  synthetic_words: int = 3000
+  # text: comma-separated files or globs of UTF-8 text, one document (paragraph) a line
+  train_files: str = ""
+  eval_files: str = ""
+  # tfds: read through tfds.data_source (array_record), no TensorFlow needed
+  tfds_name: str = ""
+  tfds_data_dir: str = ""
+  tfds_train_split: str = "train"
+  tfds_eval_split: str = "validation"
+  tfds_text_key: str = "text"
+  # token budget of the packed caches; 0 = the whole source (required > 0 for synthetic)
+  max_train_tokens: int = 2_000_000
+  max_eval_tokens: int = 65_536
+  # sentencepiece
+  vocab_size: int = 2000
+  tokenizer_type: str = "unigram"  # unigram | bpe
+  tokenizer_train_chars: int = 5_000_000
+  cache_dir: str = ""  # '' = $TL_JAX_CACHE or ~/.cache/tl_jax
+  # dynamic masking (RoBERTa): of the selected tokens 80% <mask>, 10% random, 10% kept
+  mask_prob: float = 0.15
+  mask_token_frac: float = 0.8
+  random_token_frac: float = 0.1
+  prefetch: int = 2  # host batches prepared ahead by a background thread
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  seed: int = 0
+  batch_size: int = 32  # global, in sequences
+  grad_accum: int = 1  # micro-batches per optimizer step
+  learning_rate: float = 6e-4
+  warmup_steps: int = 100
+  decay_steps: int = 0  # linear decay to 0 over this many steps; 0 = max_steps
+  b1: float = 0.9
+  b2: float = 0.98
+  eps: float = 1e-6
+  weight_decay: float = 0.01
+  grad_clip: float = 1.0  # global norm; 0 disables
+  max_steps: int = 1000
+  max_train_seconds: float = 0.0  # wall-clock budget in training seconds; 0 = none
+  target_eval_loss: float = 0.0  # stop once eval_loss <= this; 0 = none
+  log_every: int = 20  # steps between synchronized metric lines
+  peak_tflops: float = 0.0  # bf16 peak for MFU; 0 = from the device table
+
+
+@dataclasses.dataclass
+class ParallelConfig:
+  """Mesh shape; -1 on one axis takes the devices left over."""
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  rules: str = "default"  # a table name from tl_jax/parallel/rules.py
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+  every_steps: int = 500
+  every_seconds: float = 600.0  # also save when this much elapsed time passed; 0 = off
+  keep: int = 3
+  async_save: bool = True
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  every_steps: int = 200  # 0 = off
+  every_seconds: float = 0.0  # evaluate every T training seconds; 0 = off
+  num_batches: int = 8
+  batch_size: int = 32
+  seed: int = 1234  # fixed masks: the same positions every evaluation
+
+
+@dataclasses.dataclass
+class Config:
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  name: str = ""  # the preset it came from, for reports
+
+
+# ---------------------------------------------------------------------------
+# Loading presets and applying overrides.
+
+
+def load_preset(spec: str) -> Config:
+  """`configs/mlm.py:tiny` -> the Config that file's `get_config('tiny')` returns."""
+  path, _, preset = spec.partition(":")
+  if not os.path.isfile(path):
+    raise UserError(f"config file {path!r} does not exist; pass --config=configs/mlm.py:PRESET "
+                    "with a path relative to where you run tl-jax.")
+  module_spec = importlib.util.spec_from_file_location("_tl_jax_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path} defines no get_config(preset); add one.")
+  config = module.get_config(preset)
+  config.name = config.name or preset
+  return config
+
+
+def _field_types(obj) -> dict[str, Any]:
+  hints = typing.get_type_hints(type(obj))
+  return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _parse_value(text: str, kind, where: str):
+  if kind is bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+      return True
+    if lowered in ("0", "false", "no", "off"):
+      return False
+    raise UserError(f"--config.{where}={text} is not a boolean; use true or false.")
+  try:
+    if kind is int:
+      return int(float(text)) if "e" in text.lower() else int(text.replace("_", ""))
+    if kind is float:
+      return float(text)
+  except ValueError:
+    raise UserError(f"--config.{where}={text} is not a valid {kind.__name__}.") from None
+  return text
+
+
+def set_field(config: Config, dotted: str, text: str) -> None:
+  """Sets `config.<dotted>` from its command-line text, typed by the field."""
+  node, parts = config, dotted.split(".")
+  for i, part in enumerate(parts):
+    types = _field_types(node)
+    where = ".".join(parts[: i + 1])
+    if part not in types:
+      known = ", ".join(sorted(types))
+      prefix = ".".join(parts[:i]) or "the config"
+      raise UserError(f"unknown config field {where!r}; fields of {prefix} are: {known}.")
+    if i == len(parts) - 1:
+      if dataclasses.is_dataclass(types[part]):
+        raise UserError(f"--config.{where} is a section, not a value; set one of its fields.")
+      setattr(node, part, _parse_value(text, types[part], where))
+    else:
+      node = getattr(node, part)
+      if not dataclasses.is_dataclass(node):
+        raise UserError(f"config field {'.'.join(parts[: i + 1])!r} has no sub-fields.")
+
+
+def apply_overrides(config: Config, overrides: dict[str, str]) -> Config:
+  for dotted, text in overrides.items():
+    set_field(config, dotted, text)
+  return config
+
+
+# ---------------------------------------------------------------------------
+# JSON round trip (config.json in the workdir).
+
+
+def to_dict(config: Config) -> dict:
+  return dataclasses.asdict(config)
+
+
+def from_dict(data: dict) -> Config:
+  def build(cls, values: dict, where: str):
+    types = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+      if key not in types:
+        raise UserError(f"config.json has unknown field '{where}{key}'; it was written by another "
+                        "version of tl_jax: remove the field or start a new workdir.")
+      kind = types[key]
+      kwargs[key] = build(kind, value, f"{where}{key}.") if dataclasses.is_dataclass(kind) else value
+    return cls(**kwargs)
+  return build(Config, data, "")
+
+
+def save(config: Config, path: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(to_dict(config), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def load(path: str) -> Config:
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except json.JSONDecodeError as e:
+    raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); restore it or "
+                    "start a new workdir.") from None
+  return from_dict(data)
+
+
+def differences(old: Config, new: Config) -> list[str]:
+  """`field: old -> new` for every leaf that differs."""
+  out = []
+  def walk(a: dict, b: dict, prefix: str):
+    for key in sorted(set(a) | set(b)):
+      va, vb = a.get(key), b.get(key)
+      if isinstance(va, dict) and isinstance(vb, dict):
+        walk(va, vb, f"{prefix}{key}.")
+      elif va != vb:
+        out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+  walk(to_dict(old), to_dict(new), "")
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Validation: everything that can be checked before data or compilation.
+
+_CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.attention": ("auto", "xla", "cudnn"),
+    "model.remat": ("none", "full", "dots"),
+    "data.source": ("synthetic", "text", "tfds"),
+    "data.tokenizer_type": ("unigram", "bpe"),
+}
+
+
+def validate(config: Config) -> None:
+  for dotted, choices in _CHOICES.items():
+    section, name = dotted.split(".")
+    value = getattr(getattr(config, section), name)
+    if value not in choices:
+      raise UserError(f"config field {dotted}={value!r} is not one of {', '.join(choices)}.")
+
+  m, d, t, p = config.model, config.data, config.train, config.parallel
+  positive = {
+      "model.num_layers": m.num_layers, "model.d_model": m.d_model, "model.num_heads": m.num_heads,
+      "model.max_len": m.max_len, "data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size,
+      "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
+      "train.max_steps": t.max_steps, "train.log_every": t.log_every,
+      "eval.batch_size": config.eval.batch_size, "eval.num_batches": config.eval.num_batches,
+      "checkpoint.every_steps": config.checkpoint.every_steps, "checkpoint.keep": config.checkpoint.keep,
+  }
+  for name, value in positive.items():
+    if value <= 0:
+      raise UserError(f"config field {name}={value} must be positive.")
+  if m.d_model % m.num_heads:
+    raise UserError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
+                    "choose heads that divide the width (the paper uses 64-dim heads).")
+  if d.seq_len > m.max_len:
+    raise UserError(f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len}; raise "
+                    "model.max_len or shorten data.seq_len.")
+  if d.seq_len < 8:
+    raise UserError(f"data.seq_len={d.seq_len} is too short; use at least 8.")
+  if d.vocab_size < 16:
+    raise UserError(f"data.vocab_size={d.vocab_size} is too small; use at least 16.")
+  if not 0.0 < d.mask_prob < 1.0:
+    raise UserError(f"data.mask_prob={d.mask_prob} must lie strictly between 0 and 1.")
+  if d.mask_token_frac + d.random_token_frac > 1.0 or min(d.mask_token_frac, d.random_token_frac) < 0:
+    raise UserError("data.mask_token_frac + data.random_token_frac must be within [0, 1].")
+  if not 0.0 <= m.dropout < 1.0:
+    raise UserError(f"model.dropout={m.dropout} must be in [0, 1).")
+  if t.batch_size % t.grad_accum:
+    raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum="
+                    f"{t.grad_accum}; each micro-batch needs the same size.")
+  if d.source == "synthetic" and d.max_train_tokens <= 0:
+    raise UserError("data.max_train_tokens must be positive for the unbounded synthetic source.")
+  if d.source == "text" and not (d.train_files and d.eval_files):
+    raise UserError("data.source=text needs data.train_files and data.eval_files (comma-separated "
+                    "files or globs).")
+  if d.source == "tfds" and not d.tfds_name:
+    raise UserError("data.source=tfds needs data.tfds_name (e.g. wikipedia/20230601.en).")
+  for name, value in (("parallel.data", p.data), ("parallel.fsdp", p.fsdp), ("parallel.tensor", p.tensor)):
+    if value == 0 or value < -1:
+      raise UserError(f"config field {name}={value} must be a positive size or -1 (fill).")
+  if [p.data, p.fsdp, p.tensor].count(-1) > 1:
+    raise UserError("only one of parallel.data, parallel.fsdp, parallel.tensor may be -1.")
+
+
+def d_ff(model: ModelConfig) -> int:
+  return model.d_ff or 4 * model.d_model

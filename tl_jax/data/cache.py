@@ -1,0 +1,95 @@
+"""Packed token caches: a source's text tokenized once, as one flat token stream.
+
+Documents are tokenized, each followed by `</s>`, and concatenated (RoBERTa's
+FULL-SENTENCES packing: sequences run across document boundaries). A cache is a
+directory holding `tokens.bin` (raw little-endian uint16 or int32) and
+`meta.json`; its name is a hash of the source fingerprint, the tokenizer and the
+token budget, so asking again for the same data reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+
+from tl_jax.data.tokenizer import EOS_ID, Tokenizer
+from tl_jax.errors import UserError
+
+_ENCODE_BATCH = 512  # documents per sentencepiece call
+
+
+def _dtype_for(vocab_size: int):
+  return np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
+
+
+def _write(source, split: str, tokenizer: Tokenizer, max_tokens: int, out_dir: str) -> int:
+  dtype = _dtype_for(tokenizer.vocab_size)
+  count = 0
+  with open(os.path.join(out_dir, "tokens.bin"), "wb") as f:
+    batch = []
+    def flush():
+      nonlocal count
+      pieces = []
+      for ids in tokenizer.encode(batch):
+        pieces.append(np.asarray(ids + [EOS_ID], dtype=dtype))
+      flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+      if max_tokens:
+        flat = flat[: max_tokens - count]
+      f.write(flat.tobytes())
+      count += flat.size
+      batch.clear()
+    for doc in source.documents(split):
+      batch.append(doc)
+      if len(batch) == _ENCODE_BATCH:
+        flush()
+        if max_tokens and count >= max_tokens:
+          break
+    if batch and not (max_tokens and count >= max_tokens):
+      flush()
+  return count
+
+
+class TokenCache:
+  """Read-only view of one split's token stream (memory-mapped)."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    with open(os.path.join(directory, "meta.json")) as f:
+      self.meta = json.load(f)
+    self.tokens = np.memmap(os.path.join(directory, "tokens.bin"), dtype=self.meta["dtype"], mode="r",
+                            shape=(self.meta["num_tokens"],))
+
+  def __len__(self) -> int:
+    return self.tokens.shape[0]
+
+
+def prepare(source, split: str, tokenizer: Tokenizer, max_tokens: int, cache_dir: str) -> TokenCache:
+  """Returns the cache of `split`, building it first if no identical one exists."""
+  key = {"source": source.fingerprint(), "split": split, "tokenizer": tokenizer.sha256(),
+         "max_tokens": max_tokens}
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  out_dir = os.path.join(cache_dir, "tokens", f"{split}-{digest}")
+  if not os.path.exists(os.path.join(out_dir, "meta.json")):
+    tmp_dir = out_dir + f".tmp{os.getpid()}"
+    os.makedirs(tmp_dir, exist_ok=True)
+    count = _write(source, split, tokenizer, max_tokens, tmp_dir)
+    if count == 0:
+      shutil.rmtree(tmp_dir, ignore_errors=True)
+      raise UserError(f"the {split} split of the data source holds no text; check the data settings.")
+    meta = dict(key, num_tokens=count, dtype=np.dtype(_dtype_for(tokenizer.vocab_size)).name,
+                vocab_size=tokenizer.vocab_size)
+    with open(os.path.join(tmp_dir, "meta.json"), "w") as f:
+      json.dump(meta, f, indent=2, sort_keys=True)
+    try:
+      os.rename(tmp_dir, out_dir)  # atomic publish; a killed prepare leaves only a tmp dir
+    except OSError:
+      shutil.rmtree(tmp_dir, ignore_errors=True)
+  return TokenCache(out_dir)
+
+
+def default_cache_dir(configured: str) -> str:
+  return os.path.expanduser(configured or os.environ.get("TL_JAX_CACHE") or "~/.cache/tl_jax")

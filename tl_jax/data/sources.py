@@ -1,0 +1,316 @@
+"""Where raw text comes from: the synthetic language, local text files, or TFDS.
+
+A source yields documents (one string each) for the "train" and "eval" splits,
+names itself by a JSON fingerprint that the token caches use as a key, and can
+check itself cheaply before anything is tokenized or compiled.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import os
+import typing
+from typing import Iterator
+
+from tl_jax.errors import UserError
+
+if typing.TYPE_CHECKING:
+  from tl_jax.config import DataConfig
+
+SPLITS = ("train", "eval")
+
+# Bump when the synthetic generator's output for a given (seed, num_words) changes.
+SYNTHETIC_VERSION = 1
+# Bump when the rule turning lines into documents changes.
+TEXT_VERSION = 1
+# Bytes decoded at a time by the UTF-8 check; small enough to bound memory on huge files.
+CHUNK_BYTES = 1 << 20
+# Records fetched per random-access call: one call per record is slow on array_record.
+TFDS_BATCH = 1024
+
+
+@typing.runtime_checkable
+class Source(typing.Protocol):
+  """What the tokenizer and the token caches need from a text source."""
+
+  def documents(self, split: str) -> Iterator[str]:
+    """Documents of `split` ("train" or "eval"), one string each."""
+    ...
+
+  def fingerprint(self) -> dict:
+    """JSON-serialisable identity that changes whenever the text would change."""
+    ...
+
+  def check(self) -> None:
+    """Cheap validation before training; raises UserError naming cause and fix."""
+    ...
+
+
+def _check_split(split: str) -> None:
+  # A wrong split name is a bug in the caller, not something the user can fix.
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+# ---------------------------------------------------------------------------
+# Synthetic language.
+
+
+class SyntheticSource:
+  """Unbounded documents of the project's synthetic language (tl_jax/data/synthetic.py)."""
+
+  def __init__(self, seed: int = 0, num_words: int = 3000):
+    self.seed = seed
+    self.num_words = num_words
+
+  def _language(self):
+    # Imported here so that text and TFDS runs never load the generator.
+    from tl_jax.data.synthetic import SyntheticLanguage
+    return SyntheticLanguage(seed=self.seed, num_words=self.num_words)
+
+  def documents(self, split: str) -> Iterator[str]:
+    _check_split(split)
+    return self._language().documents(split)
+
+  def fingerprint(self) -> dict:
+    return {"kind": "synthetic", "version": SYNTHETIC_VERSION, "seed": self.seed,
+            "num_words": self.num_words}
+
+  def check(self) -> None:
+    if self.num_words <= 0:
+      raise UserError(f"data.synthetic_words={self.num_words} must be positive.")
+
+
+# ---------------------------------------------------------------------------
+# Local text files, one document (paragraph) a line.
+
+
+def _field(split: str) -> str:
+  return f"data.{split}_files"
+
+
+def _expand(patterns: str, split: str) -> list[str]:
+  """The files named by a comma-separated list of paths and globs, in a stable order."""
+  field = _field(split)
+  entries = [p.strip() for p in patterns.split(",") if p.strip()]
+  if not entries:
+    raise UserError(f"{field} is empty; set it to comma-separated files or globs of UTF-8 text.")
+  files, seen = [], set()
+  for entry in entries:
+    pattern = os.path.expanduser(entry)
+    if glob.has_magic(pattern):
+      matches = [m for m in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(m)]
+    else:
+      matches = [pattern] if os.path.isfile(pattern) else []
+    if not matches:
+      if os.path.isdir(pattern):
+        raise UserError(f"{field} entry {entry!r} is a directory; name its files, e.g. "
+                        f"{os.path.join(entry, '*.txt')}.")
+      raise UserError(f"{field} entry {entry!r} matches no file; fix the path or glob "
+                      "(relative paths start from the current directory).")
+    for match in matches:
+      # Overlapping globs must not read a file twice.
+      key = os.path.abspath(match)
+      if key not in seen:
+        seen.add(key)
+        files.append(match)
+  return files
+
+
+def _bad_utf8(path: str, offset: int, split: str) -> UserError:
+  return UserError(f"data file {path} is not valid UTF-8 (byte {offset}); convert it with iconv "
+                   f"or remove it from {_field(split)}.")
+
+
+def _scan(path: str, split: str) -> None:
+  """Raises UserError if `path` is empty, whitespace-only or not UTF-8; reads it in chunks."""
+  decoder = codecs.getincrementaldecoder("utf-8")("strict")
+  position = 0  # bytes handed to the decoder so far
+  has_text = False
+  with open(path, "rb") as f:
+    while True:
+      chunk = f.read(CHUNK_BYTES)
+      # Bytes of a character cut by the previous chunk boundary wait in the decoder;
+      # the error offset counts from the start of those.
+      pending = len(decoder.getstate()[0])
+      try:
+        text = decoder.decode(chunk, final=not chunk)
+      except UnicodeDecodeError as e:
+        raise _bad_utf8(path, position - pending + e.start, split) from None
+      position += len(chunk)
+      if not has_text and text.replace("\ufeff", "").strip():
+        has_text = True
+      if not chunk:
+        break
+  if position == 0:
+    raise UserError(f"data file {path} is empty; remove it from {_field(split)} or fill it.")
+  if not has_text:
+    raise UserError(f"data file {path} holds only whitespace; remove it from {_field(split)}.")
+
+
+class TextFilesSource:
+  """UTF-8 text files; every non-blank line, stripped, is one document (WikiText style)."""
+
+  def __init__(self, train_files: str, eval_files: str):
+    self.patterns = {"train": train_files, "eval": eval_files}
+
+  def files(self, split: str) -> list[str]:
+    _check_split(split)
+    return _expand(self.patterns[split], split)
+
+  def documents(self, split: str) -> Iterator[str]:
+    for path in self.files(split):
+      # utf-8-sig drops a leading byte-order mark, which is not whitespace to strip().
+      try:
+        with open(path, encoding="utf-8-sig") as f:
+          for line in f:
+            line = line.strip()
+            if line:
+              yield line
+      except UnicodeDecodeError:
+        _scan(path, split)  # finds the byte offset for the message
+        raise
+
+  def fingerprint(self) -> dict:
+    out = {"kind": "text", "version": TEXT_VERSION}
+    for split in SPLITS:
+      entries = []
+      for path in self.files(split):
+        stat = os.stat(path)
+        entries.append({"path": os.path.abspath(path), "size": stat.st_size,
+                         "mtime_ns": stat.st_mtime_ns})
+      out[split] = entries
+    return out
+
+  def check(self) -> None:
+    for split in SPLITS:
+      for path in self.files(split):
+        _scan(path, split)
+
+
+# ---------------------------------------------------------------------------
+# TensorFlow Datasets, read through array_record random access (no TensorFlow).
+
+
+def _import_tfds():
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise UserError("data.source=tfds needs tensorflow-datasets; install it with "
+                    "pip install 'tl_jax[data]'.") from None
+  return tfds
+
+
+class TfdsSource:
+  """A prepared TFDS dataset (array_record format); one record's `text_key` is one document."""
+
+  def __init__(self, name: str, data_dir: str = "", train_split: str = "train",
+               eval_split: str = "validation", text_key: str = "text"):
+    self.name = name
+    self.data_dir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else ""
+    self.splits = {"train": train_split, "eval": eval_split}
+    self.text_key = text_key
+
+  def _where(self) -> str:
+    return self.data_dir or "the default TFDS data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+
+  def _not_prepared(self) -> UserError:
+    return UserError(
+        f"TFDS dataset {self.name!r} is not prepared in {self._where()}; prepare it there with "
+        f"`tfds build {self.name} --data_dir={self.data_dir or 'DIR'} --file_format=array_record` "
+        "or point data.tfds_data_dir at a directory that holds it.")
+
+  def _builder(self):
+    tfds = _import_tfds()
+    try:
+      builder = tfds.builder(self.name, data_dir=self.data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError:
+      # Its message lists every registered dataset: too long to repeat.
+      raise self._not_prepared() from None
+    except (AssertionError, ValueError) as e:
+      # E.g. a version or config that this directory does not hold.
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} cannot be opened ({reason}); "
+                      "fix data.tfds_name or data.tfds_data_dir.") from None
+    if not builder.is_prepared():
+      raise self._not_prepared()
+    return builder
+
+  def _split_info(self, builder, split: str):
+    field = f"data.tfds_{split}_split"
+    name = self.splits[split]
+    try:
+      return builder.info.splits[name]
+    except (KeyError, ValueError):
+      known = ", ".join(sorted(builder.info.splits.keys()))
+      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} has no split {name!r}; "
+                      f"set {field} to one of: {known}.") from None
+
+  def check(self) -> None:
+    builder = self._builder()
+    for split in SPLITS:
+      self._split_info(builder, split)
+    keys = list(builder.info.features.keys())
+    if self.text_key not in keys:
+      raise UserError(f"TFDS dataset {self.name!r} has no feature {self.text_key!r}; set "
+                      f"data.tfds_text_key to one of: {', '.join(keys)}.")
+    file_format = getattr(builder.info, "file_format", None)
+    value = getattr(file_format, "value", file_format)
+    if value is not None and value not in ("array_record", "parquet"):
+      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} is stored as {value}, which "
+                      "has no random access without TensorFlow; rebuild it with "
+                      "`tfds build --file_format=array_record`.")
+
+  def _records(self, split: str):
+    tfds = _import_tfds()
+    try:
+      return tfds.data_source(self.name, split=self.splits[split], data_dir=self.data_dir or None,
+                              download=False)
+    except NotImplementedError:
+      # Raised for tfrecord-format datasets; check() explains it.
+      self.check()
+      raise
+
+  def documents(self, split: str) -> Iterator[str]:
+    _check_split(split)
+    self.check()
+    records = self._records(split)
+    total = len(records)
+    for start in range(0, total, TFDS_BATCH):
+      indices = list(range(start, min(start + TFDS_BATCH, total)))
+      if hasattr(records, "__getitems__"):
+        batch = records.__getitems__(indices)
+      else:
+        batch = [records[i] for i in indices]
+      for record in batch:
+        text = record[self.text_key]
+        if isinstance(text, bytes):
+          text = text.decode("utf-8")
+        elif not isinstance(text, str):
+          raise UserError(f"feature {self.text_key!r} of TFDS dataset {self.name!r} is not text "
+                          f"({type(text).__name__}); set data.tfds_text_key to a text feature.")
+        yield text
+
+  def fingerprint(self) -> dict:
+    builder = self._builder()
+    counts = {split: self._split_info(builder, split).num_examples for split in SPLITS}
+    return {"kind": "tfds", "name": self.name, "data_dir": self.data_dir,
+            "dataset_dir": str(builder.data_dir), "version": str(builder.info.version),
+            "splits": dict(self.splits), "num_examples": counts, "text_key": self.text_key}
+
+
+# ---------------------------------------------------------------------------
+
+
+def make_source(data: DataConfig) -> Source:
+  """The source that `data.source` names, built from the DataConfig fields."""
+  if data.source == "synthetic":
+    return SyntheticSource(seed=data.synthetic_seed, num_words=data.synthetic_words)
+  if data.source == "text":
+    return TextFilesSource(train_files=data.train_files, eval_files=data.eval_files)
+  if data.source == "tfds":
+    return TfdsSource(name=data.tfds_name, data_dir=data.tfds_data_dir,
+                      train_split=data.tfds_train_split, eval_split=data.tfds_eval_split,
+                      text_key=data.tfds_text_key)
+  raise UserError(f"config field data.source={data.source!r} is not one of synthetic, text, tfds.")

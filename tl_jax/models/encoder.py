@@ -1,0 +1,87 @@
+"""RoBERTa-style encoder and its masked-LM model.
+
+Width and depth come from `ModelConfig`, so every point of the paper's grid is
+the same class. The MLM decoder is tied to the token embeddings.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from tl_jax.config import ModelConfig, d_ff
+from tl_jax.models.layers import (REMAT_POLICIES, EncoderLayer, ScannedLayer, _INIT, dense, dtype_of,
+                                  layer_norm)
+
+
+def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
+  """Embedding rows rounded up so the vocab axis splits evenly over any mesh."""
+  return -(-vocab_size // multiple) * multiple
+
+
+def token_embedding(config: ModelConfig, vocab_size: int, name: str | None = None) -> nn.Embed:
+  return nn.Embed(vocab_size, config.d_model, dtype=dtype_of(config.dtype), param_dtype=jnp.float32,
+                  embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")), name=name)
+
+
+class Encoder(nn.Module):
+  """Token + learned position embeddings, then `num_layers` Transformer layers.
+
+  The token embedding is passed in by the parent so that heads can share it
+  (the MLM decoder is tied to it).
+  """
+  config: ModelConfig
+  token_embed: nn.Embed
+
+  def _layers(self, x, lengths, deterministic: bool):
+    cfg = self.config
+    if cfg.scan_layers:
+      block = ScannedLayer
+      if cfg.remat != "none":
+        block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+      stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=nn.broadcast, length=cfg.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = stack(cfg, d_ff(cfg), deterministic, name="layers")(x, lengths)
+      return x
+    block = EncoderLayer
+    if cfg.remat != "none":
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat])
+    for i in range(cfg.num_layers):
+      x = block(cfg, d_ff(cfg), deterministic, name=f"layer_{i}")(x, lengths)
+    return x
+
+  @nn.compact
+  def __call__(self, tokens, *, deterministic: bool, lengths=None):
+    cfg = self.config
+    position_embed = nn.Embed(
+        cfg.max_len, cfg.d_model, dtype=dtype_of(cfg.dtype), param_dtype=jnp.float32,
+        embedding_init=nn.with_logical_partitioning(_INIT, ("position", "embed")),
+        name="position_embed")
+    x = self.token_embed(tokens) + position_embed(jnp.arange(tokens.shape[1])[None, :])
+    x = layer_norm(cfg, "ln_embed")(x)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = self._layers(x, lengths, deterministic)
+    return layer_norm(cfg, "ln_final")(x) if cfg.pre_ln else x
+
+
+class MaskedLM(nn.Module):
+  """Encoder + RoBERTa's LM head (dense, GELU, LayerNorm, tied decoder, bias)."""
+  config: ModelConfig
+  vocab_size: int
+
+  def setup(self):
+    self.token_embed = token_embedding(self.config, self.vocab_size)
+    self.encoder = Encoder(self.config, self.token_embed)
+    self.head_dense = dense(self.config.d_model, ("embed", "embed_out"), self.config)
+    self.head_ln = layer_norm(self.config)
+    self.head_bias = self.param("head_bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                          ("vocab",)),
+                                (self.vocab_size,), jnp.float32)
+
+  def __call__(self, tokens, *, deterministic: bool = True, lengths=None):
+    h = self.encoder(tokens, deterministic=deterministic, lengths=lengths)
+    h = self.head_ln(nn.gelu(self.head_dense(h), approximate=False))
+    logits = self.token_embed.attend(h) + self.head_bias.astype(h.dtype)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

@@ -1,0 +1,107 @@
+"""Transformer building blocks with logical axis names on every parameter.
+
+Logical names (`embed`, `heads`, `kv`, `mlp`, `vocab`, ...) say what an axis is;
+`tl_jax/parallel/rules.py` says where it goes on the mesh. No module here knows
+about meshes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tl_jax.config import ModelConfig
+
+_INIT = nn.initializers.normal(stddev=0.02)  # BERT/RoBERTa initialisation
+
+
+def dtype_of(name: str):
+  return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+def attention_implementation(config: ModelConfig) -> str | None:
+  """`jax.nn.dot_product_attention`'s implementation for this config (None = XLA)."""
+  if config.attention == "cudnn":
+    return "cudnn"
+  if config.attention == "auto" and jax.default_backend() == "gpu" and config.dtype != "float32":
+    return "cudnn"
+  return None
+
+
+def layer_norm(config: ModelConfig, name: str | None = None) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=config.ln_eps, dtype=dtype_of(config.dtype), param_dtype=jnp.float32, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+
+
+def dense(features, axes: tuple, config: ModelConfig, in_axis=-1, name: str | None = None):
+  """A DenseGeneral whose kernel is named `axes` (input axes first) and bias the output axes."""
+  n_out = len(features) if isinstance(features, tuple) else 1
+  return nn.DenseGeneral(
+      features=features, axis=in_axis, dtype=dtype_of(config.dtype), param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(_INIT, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-n_out:]), name=name)
+
+
+class SelfAttention(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, lengths=None):
+    cfg = self.config
+    head_dim = cfg.d_model // cfg.num_heads
+    qkv = [dense((cfg.num_heads, head_dim), ("embed", "heads", "kv"), cfg, name=n)(x)
+           for n in ("query", "key", "value")]
+    q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in qkv)
+    out = jax.nn.dot_product_attention(
+        q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+        implementation=attention_implementation(cfg))
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    return dense(cfg.d_model, ("heads", "kv", "embed"), cfg, in_axis=(-2, -1), name="out")(out)
+
+
+class MLP(nn.Module):
+  config: ModelConfig
+  d_ff: int
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    h = dense(self.d_ff, ("embed", "mlp"), self.config, name="wi")(x)
+    h = nn.with_logical_constraint(nn.gelu(h, approximate=False), ("batch", "length", "mlp"))
+    return dense(self.config.d_model, ("mlp", "embed"), self.config, name="wo")(h)
+
+
+class EncoderLayer(nn.Module):
+  """One Transformer layer, post-LN (BERT/RoBERTa) or pre-LN."""
+  config: ModelConfig
+  d_ff: int
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x, lengths=None):
+    cfg = self.config
+    drop = functools.partial(nn.Dropout(cfg.dropout), deterministic=self.deterministic)
+    if cfg.pre_ln:
+      x = x + drop(SelfAttention(cfg, name="attention")(layer_norm(cfg, "ln_attention")(x), lengths))
+      x = x + drop(MLP(cfg, self.d_ff, name="mlp")(layer_norm(cfg, "ln_mlp")(x), self.deterministic))
+    else:
+      x = layer_norm(cfg, "ln_attention")(x + drop(SelfAttention(cfg, name="attention")(x, lengths)))
+      x = layer_norm(cfg, "ln_mlp")(x + drop(MLP(cfg, self.d_ff, name="mlp")(x, self.deterministic)))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class ScannedLayer(EncoderLayer):
+  """The layer in `nn.scan`'s (carry, x) -> (carry, y) form."""
+
+  def __call__(self, x, lengths=None):
+    return super().__call__(x, lengths), None
+
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute everything
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}

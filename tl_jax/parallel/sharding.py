@@ -1,0 +1,35 @@
+"""Shardings of a train state derived from its abstract shape, and global batches."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+
+def logical_state_shardings(init_fn, mesh: Mesh, rules, *args):
+  """(abstract boxed state, NamedSharding tree) of `init_fn(*args)`, without allocating it.
+
+  `init_fn` returns a state whose parameters are still boxed with their logical
+  names; the shardings tree has the structure of the unboxed state.
+  """
+  abstract = jax.eval_shape(init_fn, *args)
+  specs = nn.get_partition_spec(abstract)
+  return abstract, nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
+  """Batch axis as the rules place `batch`; the other axes whole."""
+  spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), rules)
+  return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def global_batch(host_batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from this process's rows (every process passes its own slice)."""
+  global_shape = (host_batch.shape[0] * jax.process_count(),) + host_batch.shape[1:]
+  return jax.make_array_from_process_local_data(sharding, host_batch, global_shape)

@@ -1,0 +1,29 @@
+"""AdamW with RoBERTa's settings and a linear warmup / linear decay schedule."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from tl_jax.config import TrainConfig
+
+
+def schedule(train: TrainConfig) -> optax.Schedule:
+  decay_steps = train.decay_steps or train.max_steps
+  warmup = min(train.warmup_steps, decay_steps)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, train.learning_rate, max(warmup, 1)),
+       optax.linear_schedule(train.learning_rate, 0.0, max(decay_steps - warmup, 1))],
+      boundaries=[warmup])
+
+
+def _decay_mask(params):
+  # No weight decay on biases and LayerNorm parameters (the 1-D leaves), as in RoBERTa.
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def optimizer(train: TrainConfig) -> optax.GradientTransformation:
+  parts = [optax.clip_by_global_norm(train.grad_clip)] if train.grad_clip > 0 else []
+  parts.append(optax.adamw(schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
+                           weight_decay=train.weight_decay, mask=_decay_mask))
+  return optax.chain(*parts)
