@@ -38,13 +38,31 @@ def layer_norm(config: ModelConfig, name: str | None = None) -> nn.LayerNorm:
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
-def dense(features, axes: tuple, config: ModelConfig, in_axis=-1, name: str | None = None):
-  """A DenseGeneral whose kernel is named `axes` (input axes first) and bias the output axes."""
-  n_out = len(features) if isinstance(features, tuple) else 1
-  return nn.DenseGeneral(
-      features=features, axis=in_axis, dtype=dtype_of(config.dtype), param_dtype=jnp.float32,
-      kernel_init=nn.with_logical_partitioning(_INIT, axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-n_out:]), name=name)
+class Dense(nn.Module):
+  """x @ kernel + bias, contracting the last `len(axes) - len(features)` axes of x.
+
+  The kernel is created at its full logical shape (flax's DenseGeneral creates a
+  flattened one and reshapes, which trips the logical sharding constraint).
+  """
+  features: tuple[int, ...]
+  axes: tuple[str, ...]  # logical names of the kernel: input axes, then output axes
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    n_in = len(self.axes) - len(self.features)
+    kernel = self.param("kernel", nn.with_logical_partitioning(_INIT, self.axes),
+                        x.shape[-n_in:] + tuple(self.features), jnp.float32)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[n_in:]),
+                      tuple(self.features), jnp.float32)
+    dtype = dtype_of(self.config.dtype)
+    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
+    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+    return y + bias.astype(dtype)
+
+
+def dense(features, axes: tuple, config: ModelConfig, name: str | None = None) -> Dense:
+  return Dense(features if isinstance(features, tuple) else (features,), axes, config, name=name)
 
 
 class SelfAttention(nn.Module):
@@ -61,7 +79,7 @@ class SelfAttention(nn.Module):
         q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
         implementation=attention_implementation(cfg))
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-    return dense(cfg.d_model, ("heads", "kv", "embed"), cfg, in_axis=(-2, -1), name="out")(out)
+    return dense(cfg.d_model, ("heads", "kv", "embed"), cfg, name="out")(out)
 
 
 class MLP(nn.Module):

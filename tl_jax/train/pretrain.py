@@ -74,8 +74,8 @@ def workdir_tokenizer(source, config: Config, workdir: str, cache_dir: str) -> T
   return Tokenizer(path)
 
 
-def build(config: Config, workdir: str) -> Setup:
-  mesh = make_mesh(config)  # mesh errors come before any data work or compilation
+def build(config: Config, workdir: str, devices=None) -> Setup:
+  mesh = make_mesh(config, devices)  # mesh errors come before any data work or compilation
   rules = rules_for(config.parallel.rules)
   source = make_source(config.data)
   source.check()
@@ -98,7 +98,7 @@ def build(config: Config, workdir: str) -> Setup:
   tx = optimizer(config.train)
   example = np.zeros((1, seq_len), np.int32)
   init_fn = functools.partial(init_state, model, tx, config.train.seed, example)
-  with mesh, nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, state_shardings = shd.logical_state_shardings(init_fn, mesh, rules)
   batch_sharding = shd.batch_sharding(mesh, rules)
   replicated = shd.replicated(mesh)
@@ -145,15 +145,18 @@ def evaluate(setup: Setup, params) -> dict:
   return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
 
-def run(config: Config, workdir: str) -> int:
-  """Trains until a stop condition; returns the process exit code."""
-  setup = build(config, workdir)
+def run(config: Config, workdir: str, devices=None) -> int:
+  """Trains until a stop condition; returns the process exit code.
+
+  `devices` (default: all) lets tests compare meshes of different sizes in one process.
+  """
+  setup = build(config, workdir, devices)
   cfg, mesh = setup.config, setup.mesh
   is_main = jax.process_index() == 0
   ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint.keep,
                       cfg.checkpoint.async_save)
 
-  with mesh, nn.logical_axis_rules(setup.rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(setup.rules):
     restored = ckpt.restore(abstract_with_shardings(setup.abstract_state, setup.state_shardings))
     if restored is None:
       state, watch = setup.init_fn(), Stopwatch()

@@ -55,7 +55,7 @@ def train_step(state: TrainState, tokens: jax.Array, *, model, tx, schedule, dat
   grads = jax.tree.map(lambda g: g / count, grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss_sum / count, "grad_norm": optax.global_norm(grads),
+  metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads),
              "learning_rate": schedule(state.step), "masked_tokens": count}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
   return new_state, metrics

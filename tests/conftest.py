@@ -1,0 +1,38 @@
+"""Test setup: 8 simulated CPU devices, a shared data cache, and the shared text data."""
+
+import os
+import pathlib
+
+# Before jax is imported anywhere: sharding tests need a 2x4 mesh on one CPU.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _token_cache(tmp_path_factory):
+  """One tokenizer/token cache for the session, so runs after the first reuse it."""
+  if "TL_JAX_CACHE" not in os.environ:
+    os.environ["TL_JAX_CACHE"] = str(tmp_path_factory.mktemp("tl_jax_cache"))
+
+
+@pytest.fixture
+def shared_data():
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"{SHARED_DATA} is absent: the real-text tests need the shared data folder "
+                "beside the repo (../shared/data).")
+  return SHARED_DATA
+
+
+def pytest_collection_modifyitems(config, items):
+  import jax
+  if jax.default_backend() != "gpu":
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (runs on the device machine)")
+    for item in items:
+      if "gpu" in item.keywords:
+        item.add_marker(skip)

@@ -1,0 +1,91 @@
+"""The encoder: tied MLM head, scan/remat equal to the plain layer loop, padding."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tl_jax.config import ModelConfig
+from tl_jax.models.encoder import MaskedLM, padded_vocab
+
+VOCAB = 100  # differs from every other axis size, so shape checks are unambiguous
+
+
+def small(**kw):
+  base = dict(num_layers=3, d_model=32, num_heads=2, max_len=16, dropout=0.0, dtype="float32")
+  base.update(kw)
+  return ModelConfig(**base)
+
+
+def init(config, seed=0):
+  model = MaskedLM(config, VOCAB)
+  tokens = jax.random.randint(jax.random.key(1), (2, 16), 5, VOCAB)
+  params = nn.meta.unbox(model.init(jax.random.key(seed), tokens)["params"])
+  return model, params, tokens
+
+
+def stack_layers(params, n):
+  """Unrolled layer_i params -> the scanned layout (a leading layer axis)."""
+  enc = dict(params["encoder"])
+  layers = [enc.pop(f"layer_{i}") for i in range(n)]
+  enc["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  return {**params, "encoder": enc}
+
+
+def test_mlm_head_is_tied_to_token_embeddings():
+  model, params, tokens = init(small())
+  assert "token_embed" in params and params["token_embed"]["embedding"].shape == (VOCAB, 32)
+  kernels = [p.shape for p in jax.tree.leaves(params) if p.shape and p.shape[-1] == VOCAB and p.ndim == 2]
+  assert kernels == [], "no separate vocab projection: the decoder reuses the embeddings"
+  logits = model.apply({"params": params}, tokens)
+  assert logits.shape == (2, 16, VOCAB)
+
+
+@pytest.mark.parametrize("pre_ln,remat", [(False, "none"), (True, "none"), (False, "full"),
+                                          (True, "dots")])
+def test_scan_and_remat_match_the_layer_loop(pre_ln, remat):
+  model, params, tokens = init(small(pre_ln=pre_ln))
+  scanned = MaskedLM(small(pre_ln=pre_ln, scan_layers=True, remat=remat), VOCAB)
+  scanned_params = stack_layers(params, 3)
+
+  def loss(m, p):
+    return jnp.mean(m.apply({"params": p}, tokens) ** 2)
+
+  np.testing.assert_allclose(loss(scanned, scanned_params), loss(model, params), rtol=1e-5)
+  g_loop = stack_layers(jax.grad(lambda p: loss(model, p))(params), 3)
+  g_scan = jax.grad(lambda p: loss(scanned, p))(scanned_params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g_scan, g_loop)
+
+
+def test_pre_and_post_ln_differ_and_both_are_finite():
+  post = init(small())
+  pre = init(small(pre_ln=True))
+  out_post = post[0].apply({"params": post[1]}, post[2])
+  out_pre = pre[0].apply({"params": pre[1]}, pre[2])
+  assert "ln_final" in pre[1]["encoder"] and "ln_final" not in post[1]["encoder"]
+  assert np.isfinite(out_post).all() and np.isfinite(out_pre).all()
+
+
+def test_lengths_hide_padding_from_real_tokens():
+  model, params, tokens = init(small())
+  lengths = jnp.array([10, 16])
+  padded = tokens.at[0, 10:].set(0)
+  other_padding = tokens.at[0, 10:].set(7)
+  a = model.apply({"params": params}, padded, lengths=lengths)
+  b = model.apply({"params": params}, other_padding, lengths=lengths)
+  np.testing.assert_allclose(a[0, :10], b[0, :10], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(model.apply({"params": params}, padded)[0, :10], a[0, :10])
+
+
+def test_dropout_needs_rng_only_in_training():
+  model, params, tokens = init(small(dropout=0.5))
+  eval_a = model.apply({"params": params}, tokens)
+  eval_b = model.apply({"params": params}, tokens)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train = model.apply({"params": params}, tokens, deterministic=False, rngs={"dropout": jax.random.key(0)})
+  assert not np.allclose(train, eval_a)
+
+
+def test_padded_vocab():
+  assert padded_vocab(2000) == 2048 and padded_vocab(128) == 128 and padded_vocab(129) == 256

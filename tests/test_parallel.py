@@ -1,0 +1,93 @@
+"""Meshes and rules: shardings follow the rule tables; every mesh trains the same model."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from tl_jax import config as config_lib
+from tl_jax.errors import UserError
+from tl_jax.parallel.mesh import make_mesh
+from tl_jax.train import metrics, pretrain
+
+MESHES = {
+    "single": (1, 1, 1),
+    "dp8": (8, 1, 1),
+    "fsdp8": (1, 8, 1),
+    "dp2_fsdp2_tp2": (2, 2, 2),
+}
+
+
+def tiny(mesh=(1, 1, 1), steps=24):
+  c = config_lib.load_preset("configs/mlm.py:tiny")
+  c.parallel.data, c.parallel.fsdp, c.parallel.tensor = mesh
+  c.data.max_train_tokens = 200_000
+  c.train.max_steps = steps
+  c.train.log_every = 8
+  c.eval.every_steps = steps
+  c.eval.num_batches = 2
+  c.checkpoint.every_steps = 1000
+  return c
+
+
+def devices_for(mesh):
+  n = int(np.prod(mesh))
+  assert len(jax.devices()) >= n, "tests run with 8 simulated CPU devices (see conftest.py)"
+  return jax.devices()[:n]
+
+
+@pytest.mark.parametrize("name", ["dp8", "fsdp8", "dp2_fsdp2_tp2"])
+def test_parameter_shardings_follow_the_rules(name, tmp_path):
+  mesh = MESHES[name]
+  setup = pretrain.build(tiny(mesh), str(tmp_path), devices_for(mesh))
+  params = setup.state_shardings.params
+  data, fsdp, tensor = mesh
+
+  def spec(sharding):
+    return tuple(sharding.spec) + (None,) * 4
+
+  def axis(name, size):  # a mesh axis of size 1 is dropped from the spec by nothing; compare by size
+    return name if size > 1 else None
+
+  embed = spec(params["token_embed"]["embedding"])  # (vocab, embed)
+  query = spec(params["encoder"]["layer_0"]["attention"]["query"]["kernel"])  # (embed, heads, kv)
+  wo = spec(params["encoder"]["layer_0"]["mlp"]["wo"]["kernel"])  # (mlp, embed)
+  ln = spec(params["encoder"]["ln_embed"]["scale"])  # (embed,)
+  mesh_obj = setup.mesh
+  def placed(s):  # mesh axes that actually split the array
+    return tuple(a if a is not None and mesh_obj.shape[a] > 1 else None for a in s[:3])
+  assert placed(embed)[:2] == (axis("tensor", tensor), axis("fsdp", fsdp))
+  assert placed(query) == (axis("fsdp", fsdp), axis("tensor", tensor), None)
+  assert placed(wo)[:2] == (axis("tensor", tensor), axis("fsdp", fsdp))
+  assert placed(ln)[:1] == (axis("fsdp", fsdp),)
+  # Optimizer moments are sharded like their parameters (ZeRO-3 under fsdp).
+  moments = [s for path, s in jax.tree_util.tree_leaves_with_path(setup.state_shardings.opt_state)
+             if "token_embed" in jax.tree_util.keystr(path)]
+  assert len(moments) == 2  # Adam's mu and nu
+  assert all(m.spec == params["token_embed"]["embedding"].spec for m in moments)
+  # The batch splits over data x fsdp.
+  assert setup.batch_sharding.spec[0] == ("data", "fsdp")
+
+
+def test_meshes_agree_on_the_losses(tmp_path):
+  curves = {}
+  for name, mesh in MESHES.items():
+    workdir = str(tmp_path / name)
+    assert pretrain.run(tiny(mesh), workdir, devices_for(mesh)) == 0
+    lines = metrics.read(workdir)
+    curves[name] = ([l["loss"] for l in lines if "loss" in l], [l["eval_loss"] for l in lines if "eval_loss" in l])
+  reference = curves["single"]
+  assert reference[0][-1] < reference[1][0], "the run must learn for the comparison to mean anything"
+  for name, (train, evals) in curves.items():
+    np.testing.assert_allclose(train, reference[0], rtol=2e-4, err_msg=name)
+    np.testing.assert_allclose(evals, reference[1], rtol=2e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("mesh,fragment", [
+    ((16, 1, 1), "needs 16 devices but 8 are present"),
+    ((3, -1, 1), "do not divide the 8 devices"),
+    ((1, 1, 8), "model.num_heads=2 does not split over tensor=8"),
+])
+def test_bad_meshes_are_user_errors(mesh, fragment):
+  with pytest.raises(UserError, match=fragment):
+    make_mesh(tiny(mesh))
