@@ -24,8 +24,13 @@ commands:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one sentence, like every other input error
+    raise UserError(f"{message}; see tl-jax --help.")
+
+
 def _parse(argv: list[str]):
-  parser = argparse.ArgumentParser(prog="tl-jax", usage=USAGE, add_help=True)
+  parser = _Parser(prog="tl-jax", usage=USAGE, add_help=True)
   parser.add_argument("command", choices=["pretrain"])
   parser.add_argument("--config", default=None, help="FILE:PRESET, e.g. configs/mlm.py:tiny")
   parser.add_argument("--workdir", required=True)
@@ -41,8 +46,11 @@ def _parse(argv: list[str]):
   return args, overrides
 
 
-def resolve_config(args, overrides: dict) -> config_lib.Config:
-  """The config this command runs with, reconciled with the workdir's config.json."""
+def resolve_config(args, overrides: dict) -> tuple[config_lib.Config, bool]:
+  """(the config this command runs with, whether it replaces the workdir's config.json).
+
+  Writes nothing: the workdir changes only once the run is known to start.
+  """
   saved_path = os.path.join(args.workdir, "config.json")
   saved = config_lib.load(saved_path) if os.path.exists(saved_path) else None
   if args.config is None and saved is None:
@@ -57,12 +65,21 @@ def resolve_config(args, overrides: dict) -> config_lib.Config:
       shown = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
       raise UserError(f"workdir {args.workdir} was made with another config ({shown}); use a new "
                       "--workdir, or pass --override to continue it with the new config.")
-    if changed:
-      n = 1
-      while os.path.exists(f"{saved_path}.{n}"):
-        n += 1
-      os.replace(saved_path, f"{saved_path}.{n}")
-  return config
+    return config, bool(changed)
+  return config, True
+
+
+def commit_config(config: config_lib.Config, workdir: str, replaces: bool) -> None:
+  """Writes config.json, keeping a replaced one as config.json.N."""
+  path = os.path.join(workdir, "config.json")
+  if not replaces:
+    return
+  if os.path.exists(path):
+    n = 1
+    while os.path.exists(f"{path}.{n}"):
+      n += 1
+    os.replace(path, f"{path}.{n}")
+  config_lib.save(config, path)
 
 
 def _quiet_libraries() -> None:
@@ -81,12 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   try:
     args, overrides = _parse(argv)
-    config = resolve_config(args, overrides)
+    config, replaces = resolve_config(args, overrides)
     os.makedirs(args.workdir, exist_ok=True)
-    config_lib.save(config, os.path.join(args.workdir, "config.json"))
     _quiet_libraries()
     from tl_jax.train import pretrain  # imports jax: keep `--help` and config errors fast
-    return pretrain.run(config, args.workdir)
+    return pretrain.run(config, args.workdir,
+                        on_ready=lambda: commit_config(config, args.workdir, replaces))
   except UserError as e:
     print(f"tl-jax: error: {e}", file=sys.stderr)
     return 2

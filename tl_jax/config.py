@@ -160,10 +160,15 @@ def _parse_value(text: str, kind, where: str):
     raise UserError(f"--config.{where}={text} is not a boolean; use true or false.")
   try:
     if kind is int:
-      return int(float(text)) if "e" in text.lower() else int(text.replace("_", ""))
+      if "e" in text.lower():  # 2e6 is a fine step count, 1.5e0 is not
+        value = float(text)
+        if value != int(value):
+          raise ValueError
+        return int(value)
+      return int(text.replace("_", ""))
     if kind is float:
       return float(text)
-  except ValueError:
+  except (ValueError, OverflowError):
     raise UserError(f"--config.{where}={text} is not a valid {kind.__name__}.") from None
   return text
 

@@ -145,10 +145,13 @@ def evaluate(setup: Setup, params) -> dict:
   return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
 
-def run(config: Config, workdir: str, devices=None) -> int:
+def run(config: Config, workdir: str, devices=None, on_ready=None) -> int:
   """Trains until a stop condition; returns the process exit code.
 
-  `devices` (default: all) lets tests compare meshes of different sizes in one process.
+  `devices` (default: all) lets tests compare meshes of different sizes in one
+  process. `on_ready` is called once the data, mesh and checkpoint are known to
+  be usable, before anything in the workdir changes (the CLI writes config.json
+  there).
   """
   setup = build(config, workdir, devices)
   cfg, mesh = setup.config, setup.mesh
@@ -164,11 +167,17 @@ def run(config: Config, workdir: str, devices=None) -> int:
       state, meta = restored
       watch = Stopwatch.from_dict(meta["stopwatch"])
     start = int(state.step)
+    if start:
+      log(f"resumed from step {start} ({format_seconds(watch.train)} of training)")
+    if on_ready is not None and is_main:
+      on_ready()
+    if start >= cfg.train.max_steps:
+      log(f"nothing to do: the run already reached train.max_steps={cfg.train.max_steps}")
+      ckpt.close()
+      return 0
     if is_main:
       truncate_after(workdir, start)
     writer = MetricWriter(workdir, enabled=is_main)
-    if start:
-      log(f"resumed from step {start} ({format_seconds(watch.train)} of training)")
 
     example = shd.global_batch(setup.loader.batch(start), setup.batch_sharding)
     with Timer() as t:

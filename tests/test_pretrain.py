@@ -1,0 +1,120 @@
+"""End to end: the command learns, and a killed run resumes to the same bits."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tl_jax import config as config_lib
+from tl_jax.train import metrics, pretrain
+
+pytestmark = pytest.mark.slow
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def evals(workdir):
+  return [l["eval_loss"] for l in metrics.read(workdir) if "eval_loss" in l]
+
+
+def test_tiny_synthetic_pretraining_learns(tmp_path):
+  """The README's main command, through the installed `tl-jax` entry point."""
+  exe = shutil.which("tl-jax")
+  assert exe, "the tl-jax command is missing: install the package with pip install -e ."
+  workdir = str(tmp_path / "run")
+  result = subprocess.run([exe, "pretrain", "--config=configs/mlm.py:tiny", f"--workdir={workdir}",
+                           "--config.train.max_steps=300"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ), timeout=600)
+  assert result.returncode == 0, result.stderr
+  losses = evals(workdir)
+  assert losses[-1] < losses[0] - 2.0, losses
+  lines = metrics.read(workdir)
+  for line in lines:
+    assert {"step", "train_seconds", "elapsed_seconds"} <= set(line)
+  train = [l for l in lines if "loss" in l]
+  assert all({"learning_rate", "tokens_per_second", "mfu"} <= set(l) for l in train)
+  assert [l["train_seconds"] for l in lines] == sorted(l["train_seconds"] for l in lines)
+  assert os.listdir(os.path.join(workdir, "events")), "TensorBoard events are written"
+  assert os.path.exists(os.path.join(workdir, "tokenizer", "spm.model"))
+  saved = config_lib.load(os.path.join(workdir, "config.json"))
+  assert saved.train.max_steps == 300 and saved.name == "tiny"
+
+
+def test_wikitext_pretraining_learns(tmp_path, shared_data, monkeypatch):
+  monkeypatch.chdir(REPO)  # the preset names ../shared/data relative to the repo
+  c = config_lib.load_preset("configs/mlm.py:tiny-wikitext")
+  c.train.max_steps = 200
+  c.eval.num_batches = 4
+  c.parallel.data = 1
+  workdir = str(tmp_path / "wiki")
+  assert pretrain.run(c, workdir, jax.devices()[:1]) == 0
+  losses = evals(workdir)
+  assert losses[-1] < losses[0] - 1.5, losses
+
+
+def command(workdir, mesh):
+  data, fsdp = mesh
+  return [sys.executable, "-m", "tl_jax.cli", "pretrain", "--config=configs/mlm.py:tiny",
+          f"--workdir={workdir}", "--config.train.max_steps=60", "--config.train.log_every=5",
+          "--config.eval.every_steps=30", "--config.eval.num_batches=2",
+          "--config.checkpoint.every_steps=20", "--config.data.max_train_tokens=200000",
+          f"--config.parallel.data={data}", f"--config.parallel.fsdp={fsdp}"]
+
+
+def restore_params(workdir):
+  ckpt = os.path.join(workdir, "checkpoints")
+  last = max(int(d) for d in os.listdir(ckpt) if d.isdigit())
+  state = ocp.StandardCheckpointer().restore(os.path.join(ckpt, str(last), "state"))
+  return last, jax.tree.leaves(state["params"])
+
+
+def wait_for_step(workdir, step, proc, timeout=240):
+  path = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert proc.poll() is None, "the run ended before it could be killed"
+    if os.path.exists(path):
+      with open(path) as f:
+        if any(f'"step": {s},' in f.read() for s in range(step, step + 5)):
+          return
+    time.sleep(0.05)
+  raise AssertionError(f"no step {step} within {timeout}s")
+
+
+@pytest.mark.parametrize("mesh", [(1, 1), (2, 4)], ids=["1x1", "2x4"])
+def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path, mesh):
+  env = dict(os.environ)
+  if mesh == (1, 1):
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  reference = str(tmp_path / "reference")
+  subprocess.run(command(reference, mesh), cwd=REPO, env=env, check=True, capture_output=True)
+
+  interrupted = str(tmp_path / "interrupted")
+  proc = subprocess.Popen(command(interrupted, mesh), cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  wait_for_step(interrupted, 35, proc)  # past the step-20 checkpoint, before the step-40 one
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  resumed = subprocess.run(command(interrupted, mesh), cwd=REPO, env=env, capture_output=True,
+                           text=True)
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resumed from step" in resumed.stdout
+
+  ref_lines, res_lines = metrics.read(reference), metrics.read(interrupted)
+  final = lambda lines, key: [l[key] for l in lines if key in l and l["step"] == 60]
+  assert final(res_lines, "loss") == final(ref_lines, "loss")  # bitwise on CPU
+  assert final(res_lines, "eval_loss") == final(ref_lines, "eval_loss")
+  assert [l["step"] for l in res_lines] == [l["step"] for l in ref_lines]  # no duplicated lines
+  seconds = [l["train_seconds"] for l in res_lines]
+  assert seconds == sorted(seconds), "train_seconds never go backwards across the restart"
+  ref_step, ref_params = restore_params(reference)
+  res_step, res_params = restore_params(interrupted)
+  assert ref_step == res_step == 60
+  for a, b in zip(ref_params, res_params):
+    np.testing.assert_array_equal(a, b)
