@@ -31,9 +31,10 @@ def tiny(mesh=(1, 1, 1), steps=24):
 
 
 def devices_for(mesh):
+  """Simulated CPU devices, also on a GPU machine (conftest.py asks for 8)."""
   n = int(np.prod(mesh))
-  assert len(jax.devices()) >= n, "tests run with 8 simulated CPU devices (see conftest.py)"
-  return jax.devices()[:n]
+  assert len(jax.devices("cpu")) >= n, "tests run with 8 simulated CPU devices (see conftest.py)"
+  return jax.devices("cpu")[:n]
 
 
 @pytest.mark.parametrize("name", ["dp8", "fsdp8", "dp2_fsdp2_tp2"])
@@ -90,4 +91,4 @@ def test_meshes_agree_on_the_losses(tmp_path):
 ])
 def test_bad_meshes_are_user_errors(mesh, fragment):
   with pytest.raises(UserError, match=fragment):
-    make_mesh(tiny(mesh))
+    make_mesh(tiny(mesh), jax.devices("cpu"))
