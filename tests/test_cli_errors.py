@@ -28,6 +28,7 @@ LIBRARY_NOISE = ("W0000", "WARNING: All log messages")
 def run_cli(workdir, *args, timeout=180):
   """Runs `tl-jax pretrain --workdir=WORKDIR ARGS...` from the repo root."""
   env = dict(os.environ)  # read now: the conftest's session fixture has set TL_JAX_CACHE
+  env["JAX_PLATFORMS"] = "cpu"  # the simulated 8-device CPU, also on a GPU machine
   assert "TL_JAX_CACHE" in env and "xla_force_host_platform_device_count=8" in env["XLA_FLAGS"]
   cmd = [sys.executable, "-m", "tl_jax.cli", "pretrain", f"--workdir={workdir}", *args]
   return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)

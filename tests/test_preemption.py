@@ -26,6 +26,7 @@ def command(workdir) -> list[str]:
 
 def environment() -> dict:
   env = dict(os.environ)  # read inside the test: the conftest's session fixture set TL_JAX_CACHE
+  env["JAX_PLATFORMS"] = "cpu"  # predictable step times, also on a GPU machine
   assert "TL_JAX_CACHE" in env and "xla_force_host_platform_device_count=8" in env["XLA_FLAGS"]
   return env
 
