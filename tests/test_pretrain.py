@@ -9,11 +9,11 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from tl_jax import config as config_lib
 from tl_jax.train import metrics, pretrain
+from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,11 +67,14 @@ def command(workdir, mesh):
           f"--config.parallel.data={data}", f"--config.parallel.fsdp={fsdp}"]
 
 
-def restore_params(workdir):
-  ckpt = os.path.join(workdir, "checkpoints")
-  last = max(int(d) for d in os.listdir(ckpt) if d.isdigit())
-  state = ocp.StandardCheckpointer().restore(os.path.join(ckpt, str(last), "state"))
-  return last, jax.tree.leaves(state["params"])
+def restore_params(workdir, mesh):
+  """The newest checkpoint's step and parameters, read back through tl_jax's own restore path."""
+  config = config_lib.load(os.path.join(workdir, "config.json"))
+  setup = pretrain.build(config, workdir, jax.devices("cpu")[: mesh[0] * mesh[1]])
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
+  state, _ = ckpt.restore(abstract_with_shardings(setup.abstract_state, setup.state_shardings))
+  ckpt.close()
+  return int(state.step), jax.tree.leaves(state.params)
 
 
 def wait_for_step(workdir, step, proc, timeout=240):
@@ -113,8 +116,8 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path, mesh):
   assert [l["step"] for l in res_lines] == [l["step"] for l in ref_lines]  # no duplicated lines
   seconds = [l["train_seconds"] for l in res_lines]
   assert seconds == sorted(seconds), "train_seconds never go backwards across the restart"
-  ref_step, ref_params = restore_params(reference)
-  res_step, res_params = restore_params(interrupted)
+  ref_step, ref_params = restore_params(reference, mesh)
+  res_step, res_params = restore_params(interrupted, mesh)
   assert ref_step == res_step == 60
   for a, b in zip(ref_params, res_params):
     np.testing.assert_array_equal(a, b)
