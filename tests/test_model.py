@@ -89,3 +89,25 @@ def test_dropout_needs_rng_only_in_training():
 
 def test_padded_vocab():
   assert padded_vocab(2000) == 2048 and padded_vocab(128) == 128 and padded_vocab(129) == 256
+
+
+def test_gradient_accumulation_equals_the_whole_batch():
+  import optax
+  from tl_jax.config import DataConfig, TrainConfig
+  from tl_jax.train.optimizer import optimizer, schedule
+  from tl_jax.train.state import init_state
+  from tl_jax.train.step import train_step
+
+  model = MaskedLM(small(), VOCAB)
+  train = TrainConfig(max_steps=10, warmup_steps=0)
+  tx = optimizer(train)
+  tokens = jax.random.randint(jax.random.key(3), (8, 16), 5, VOCAB)
+  state = nn.meta.unbox(init_state(model, tx, 0, tokens[:1]))
+  step = lambda k: jax.jit(lambda s, t: train_step(s, t, model=model, tx=tx, schedule=schedule(train),
+                                                   data=DataConfig(), vocab_size=VOCAB,
+                                                   grad_accum=k))(state, tokens)
+  (whole, m1), (split, m4) = step(1), step(4)
+  np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+  np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), split.params, whole.params)
+  assert m1["masked_tokens"] > 0 and optax.tree.norm(jax.tree.map(jnp.subtract, whole.params, state.params)) > 0

@@ -31,25 +31,25 @@ def train_step(state: TrainState, tokens: jax.Array, *, model, tx, schedule, dat
   update equals that of the whole batch at once.
   """
   step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  micro = tokens.reshape((grad_accum, tokens.shape[0] // grad_accum) + tokens.shape[1:])
+  mask_rng, dropout_rng = jax.random.split(step_rng)
+  # Masks are drawn for the whole batch, so they do not depend on how it is split.
+  masked = mask_tokens(mask_rng, tokens, vocab_size, data.mask_prob, data.mask_token_frac,
+                       data.random_token_frac)
+  micro = jax.tree.map(lambda x: x.reshape((grad_accum, -1) + x.shape[1:]), masked)
 
-  def micro_grads(i, micro_tokens):
-    mask_rng, dropout_rng = jax.random.split(jax.random.fold_in(step_rng, i))
-    inputs, targets, weights = mask_tokens(mask_rng, micro_tokens, vocab_size, data.mask_prob,
-                                           data.mask_token_frac, data.random_token_frac)
-    loss_fn = lambda p: _masked_lm_sums(model, p, inputs, targets, weights, False, dropout_rng)
+  def micro_grads(i, inputs, targets, weights):
+    loss_fn = lambda p: _masked_lm_sums(model, p, inputs, targets, weights, False,
+                                        jax.random.fold_in(dropout_rng, i))
     (loss_sum, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return loss_sum, count, grads
 
   if grad_accum == 1:
-    loss_sum, count, grads = micro_grads(0, micro[0])
+    loss_sum, count, grads = micro_grads(0, *masked)
   else:
     def body(carry, xs):
-      i, micro_tokens = xs
-      loss_sum, count, grads = micro_grads(i, micro_tokens)
-      return jax.tree.map(jnp.add, carry, (loss_sum, count, grads)), None
+      return jax.tree.map(jnp.add, carry, micro_grads(*xs)), None
     zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-    (loss_sum, count, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro))
+    (loss_sum, count, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), *micro))
 
   count = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g: g / count, grads)
