@@ -26,6 +26,7 @@ def tiny(mesh=(1, 1, 1), steps=24):
   c.train.log_every = 8
   c.eval.every_steps = steps
   c.eval.num_batches = 2
+  c.eval.batch_size = 16  # unlike the train batch: eval compiles and feeds its own shape
   c.checkpoint.every_steps = 1000
   return c
 

@@ -117,6 +117,13 @@ def build(config: Config, workdir: str, devices=None) -> Setup:
                nn.meta.unbox(abstract), unboxed_init, train_fn, eval_fn, batch_sharding)
 
 
+def peak_memory_note() -> str:
+  """Peak memory of the first local device, where the backend reports it (GPU, TPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return f" | peak device memory {peak / 2**30:.1f} GiB" if peak else ""
+
+
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks after each step."""
 
@@ -134,12 +141,12 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def evaluate(setup: Setup, params) -> dict:
-  rows = setup.loader.rows  # each host feeds its own rows of the same fixed batches
+def evaluate(setup: Setup, eval_fn, params) -> dict:
   total, count = 0.0, 0.0
   for i, batch in enumerate(setup.eval_data):
-    loss_sum, n = setup.eval_fn(params, shd.global_batch(batch[rows], setup.batch_sharding),
-                                np.int32(i))
+    per_host = batch.shape[0] // jax.process_count()  # each host feeds its rows of the fixed batch
+    rows = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+    loss_sum, n = eval_fn(params, shd.global_batch(batch[rows], setup.batch_sharding), np.int32(i))
     total, count = total + float(loss_sum), count + float(n)
   loss = total / max(count, 1.0)
   return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
@@ -179,14 +186,14 @@ def run(config: Config, workdir: str, devices=None, on_ready=None) -> int:
       truncate_after(workdir, start)
     writer = MetricWriter(workdir, enabled=is_main)
 
-    example = shd.global_batch(setup.loader.batch(start), setup.batch_sharding)
+    def batch_shape(rows):
+      return jax.ShapeDtypeStruct((rows, cfg.data.seq_len), np.int32, sharding=setup.batch_sharding)
     with Timer() as t:
-      train_fn = setup.train_fn.lower(state, example).compile()
-      eval_fn = setup.eval_fn.lower(state.params, example[: cfg.eval.batch_size], np.int32(0)).compile()
+      train_fn = setup.train_fn.lower(state, batch_shape(cfg.train.batch_size)).compile()
+      eval_fn = setup.eval_fn.lower(state.params, batch_shape(cfg.eval.batch_size), np.int32(0)).compile()
     watch.compile += t.seconds
     log(f"compiled in {t.seconds:.1f}s on {mesh.devices.size} x {jax.devices()[0].device_kind} "
         f"(mesh {dict(mesh.shape)})")
-    setup.eval_fn = eval_fn
 
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     flops_per_step = tokens_per_step * flops.mlm_flops_per_token(
@@ -210,7 +217,7 @@ def run(config: Config, workdir: str, devices=None, on_ready=None) -> int:
 
     def run_eval(step: int):
       with Timer() as t:
-        values = evaluate(setup, state.params)
+        values = evaluate(setup, eval_fn, state.params)
       watch.eval += t.seconds
       return record(step, values)
 
@@ -294,5 +301,6 @@ def run(config: Config, workdir: str, devices=None, on_ready=None) -> int:
     writer.close()
   log(f"stopped at step {step}: {stop_reason} | train {format_seconds(watch.train)}, compile "
       f"{format_seconds(watch.compile)}, eval {format_seconds(watch.eval)}, checkpoint "
-      f"{format_seconds(watch.checkpoint)}, elapsed {format_seconds(watch.elapsed())}")
+      f"{format_seconds(watch.checkpoint)}, elapsed {format_seconds(watch.elapsed())}"
+      + peak_memory_note())
   return exit_code
