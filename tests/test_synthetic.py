@@ -223,6 +223,187 @@ def test_bad_arguments_raise(lang: SyntheticLanguage):
     lang.document(-1)
 
 
+# -- semantics: topics and selectional preferences ---------------------------
+
+_OPEN = ("N", "Vt", "Vi", "Adj", "Adv")
+
+
+def _lexeme_of(lang: SyntheticLanguage) -> dict[str, tuple[str, int]]:
+  """Surface form -> (category, lexeme) for the open classes."""
+  return {w: (name, i) for name in _OPEN
+          for forms in lang.lexicon[name].forms.values() for i, w in enumerate(forms)}
+
+
+def _entropy(counts: collections.Counter) -> float:
+  p = np.array(list(counts.values()), dtype=np.float64)
+  p /= p.sum()
+  return float(-(p * np.log2(p)).sum())
+
+
+def _conditional_entropy(pairs: list[tuple]) -> tuple[float, float]:
+  """Plug-in H(Y) and H(Y | X) in bits from (x, y) samples."""
+  joint = collections.Counter(pairs)
+  xs = collections.Counter(x for x, _ in pairs)
+  ys = collections.Counter(y for _, y in pairs)
+  return _entropy(ys), _entropy(joint) - _entropy(xs)
+
+
+def test_lexicon_semantics(lang: SyntheticLanguage):
+  k, c = synthetic.NUM_TOPICS, synthetic.NUM_CLASSES
+  semclass = lang.lexicon["N"].features["semclass"]
+  assert set(semclass) == set(range(c))
+  intensifier = lang.lexicon["Adv"].features["intensifier"]
+  for name in _OPEN:
+    topics = lang.lexicon[name].features["topics"]
+    assert len(topics) == len(lang.lexicon[name])
+    for i, mine in enumerate(topics):
+      if name == "Adv" and intensifier[i]:
+        assert mine == ()  # function-like words stay general
+      else:
+        assert len(set(mine)) == 2 and all(0 <= t < k for t in mine)
+    # Every topic owns some lexemes of every open class.
+    assert set(itertools.chain(*topics)) == set(range(k))
+  for name, key in (("Vt", "subject_classes"), ("Vt", "object_classes"),
+                    ("Vi", "subject_classes"), ("Adj", "noun_classes"),
+                    ("P", "object_classes")):
+    prefs = lang.lexicon[name].features[key]
+    assert len(prefs) == len(lang.lexicon[name])
+    assert all(1 <= len(set(p)) == len(p) <= 2 and set(p) <= set(range(c)) for p in prefs)
+    if name != "P":  # 16 prepositions need not cover every class
+      assert set(itertools.chain(*prefs)) == set(range(c)), (name, key)
+
+
+def test_sentence_topic_argument(lang: SyntheticLanguage, trees: list[Node]):
+  assert all(tree.features["topic"] is None for tree in trees[:50])
+  a = lang.sentence(np.random.default_rng(4), topic=3)
+  b = lang.sentence(np.random.default_rng(4), topic=3)
+  assert a.features["topic"] == 3 and lang.render(a) == lang.render(b)
+  for bad in (-1, synthetic.NUM_TOPICS, 1.0, True):
+    with pytest.raises(ValueError, match="topic"):
+      lang.sentence(np.random.default_rng(0), topic=bad)
+
+
+def test_trees_record_noun_classes(lang: SyntheticLanguage, trees: list[Node]):
+  semclass = lang.lexicon["N"].features["semclass"]
+  def nps(node: Node) -> Iterator[Node]:
+    if node.label == "NP":
+      yield node
+    for child in node.children:
+      yield from nps(child)
+  for tree in trees[:300]:
+    for np_node in nps(tree):
+      head = _child(np_node, "N")
+      assert head.features["semclass"] == semclass[head.features["lex"]]
+      assert np_node.features["semclass"] == head.features["semclass"]
+
+
+def test_topic_words_follow_topic(lang: SyntheticLanguage):
+  # Beyond the general head of each category, words mostly belong to the
+  # sentence's topic; by chance only 2 / NUM_TOPICS would.
+  rng = np.random.default_rng(5)
+  hits = total = 0
+  for i in range(400):
+    topic = i % synthetic.NUM_TOPICS
+    for leaf in lang.sentence(rng, topic=topic).leaves():
+      if leaf.label not in _OPEN or leaf.features["lex"] < 20:
+        continue
+      mine = lang.lexicon[leaf.label].features["topics"]
+      if mine[leaf.features["lex"]]:  # intensifiers have no topic
+        hits += topic in mine[leaf.features["lex"]]
+        total += 1
+  assert total > 500
+  assert hits / total > 0.8
+
+
+def test_documents_stay_on_topic(lang: SyntheticLanguage):
+  # Sentences of one document share topical (non-head) open-class lexemes
+  # far more often than sentences of neighbouring documents, whose topics
+  # are independent: context across sentences predicts words.
+  lexeme = _lexeme_of(lang)
+  docs = []
+  for i in range(500):
+    sentences, current = [], set()
+    for w in lang.document(i).split(" "):
+      if w == synthetic.STOP:
+        sentences.append(current)
+        current = set()
+      elif w in lexeme and lexeme[w][1] >= 20:
+        current.add(lexeme[w])
+    docs.append(sentences)
+  same = np.mean([len(a & b) for d in docs for a, b in itertools.combinations(d, 2)])
+  other = np.mean([len(a & b) for d, e in zip(docs, docs[1:]) for a in d for b in e])
+  assert same > 4 * other, (same, other)
+
+
+def test_selectional_preferences_reduce_entropy(lang: SyntheticLanguage):
+  # H(object class | verb) and H(subject class | verb) on ~50k main clauses
+  # are far below the classes' own entropy: the verb predicts its arguments.
+  rng = np.random.default_rng(11)
+  objects, subjects = [], []
+  while len(subjects) < 50_000:
+    for clause in lang.sentence(rng).children:
+      if clause.label != "Clause":
+        continue
+      subject, vp = clause.children
+      verb = _child(vp, "Vt", "Vi")
+      key = (verb.label, verb.features["lex"])
+      subjects.append((key, subject.features["semclass"]))
+      if verb.label == "Vt":
+        objects.append((key, _child(vp, "NP").features["semclass"]))
+  for pairs in (objects, subjects):
+    h_class, h_given_verb = _conditional_entropy(pairs)
+    assert h_class > 2.9  # ten classes, unequal only through the top nouns
+    assert h_class - h_given_verb > 1.0, (h_class, h_given_verb)
+
+
+def test_slots_follow_governor_preferences(lang: SyntheticLanguage, trees: list[Node]):
+  # Every governed noun slot, including relative clauses (whose verb is drawn
+  # for the noun they modify) and adjectives (drawn for their noun), obeys the
+  # governor's preference most of the time.
+  feats = {name: cat.features for name, cat in lang.lexicon.items()}
+  hits: dict[str, list[bool]] = collections.defaultdict(list)
+
+  def check(relation: str, prefs: tuple[int, ...], np_node: Node) -> None:
+    hits[relation].append(np_node.features["semclass"] in prefs)
+
+  def verb_of(vp: Node) -> Node:
+    return _child(vp, "Vt", "Vi")
+
+  def subject_prefs(verb: Node) -> tuple[int, ...]:
+    return feats[verb.label]["subject_classes"][verb.features["lex"]]
+
+  def walk(node: Node, parent: Node | None) -> None:
+    if node.label == "Clause":
+      subject, vp = node.children
+      check("subject", subject_prefs(verb_of(vp)), subject)
+    elif node.label == "VP" and node.features["transitive"] and not node.features["gap"]:
+      verb = verb_of(node)
+      check("object", feats["Vt"]["object_classes"][verb.features["lex"]],
+            _child(node, "NP"))
+    elif node.label == "PP":
+      p, obj = node.children
+      check("pp", feats["P"]["object_classes"][p.features["lex"]], obj)
+    elif node.label == "AdjP":
+      adj = _child(node, "Adj")
+      check("adj", feats["Adj"]["noun_classes"][adj.features["lex"]], parent)
+    elif node.label == "RelC":
+      if node.features["kind"] == "subj":
+        check("rel-subject", subject_prefs(verb_of(node.children[1])), parent)
+      else:
+        _, subject, vp = node.children
+        verb = verb_of(vp)
+        check("rel-object", feats["Vt"]["object_classes"][verb.features["lex"]], parent)
+        check("rel-subject", subject_prefs(verb), subject)
+    for child in node.children:
+      walk(child, node)
+
+  for tree in trees:
+    walk(tree, None)
+  for relation, seen in hits.items():
+    assert len(seen) > 200, relation
+    assert np.mean(seen) > 0.75, (relation, np.mean(seen))
+
+
 def test_generation_speed(lang: SyntheticLanguage):
   lang.document(0)  # warm caches
   start, size = time.perf_counter(), 0

@@ -2,8 +2,28 @@
 
 Text is generated deterministically from a seed, without end, from a small
 grammar with nesting, long-range number agreement and Zipfian word choice, so
-that masked-LM pretraining on CPU rewards bigger models. Every sentence is a
-tree (`Node`) before it is words, and the tree carries what later tasks need:
+that masked-LM pretraining on CPU rewards bigger models. Beyond grammar, word
+choice carries structure that only context and memorised associations predict,
+so that loss keeps falling with capacity instead of stopping at the lexical
+entropy:
+  - topics: the lexicon has NUM_TOPICS latent topics and every open-class
+    lexeme (nouns, verbs, adjectives, manner adverbs) belongs to two of them.
+    A document draws one topic and, within it, boosts the topic's lexemes; the
+    boost is small for frequent words (they stay general) and large for rare
+    ones, and averages out over topics, so lexeme i is still (about) the
+    i-th most frequent. Earlier sentences of a document thus predict later words.
+  - selectional preferences: every noun has one of NUM_CLASSES semantic
+    classes; every verb prefers one or two classes for its subject (and a
+    transitive verb for its object), every adjective for the noun it modifies
+    and every preposition for its object, and a slot obeys its governor's
+    preference with probability 0.85 (_P_PREFER). Hundreds of arbitrary verb->class
+    and adjective->class associations take capacity to memorise.
+The lexicon records both (Category.features "topics", "semclass",
+"subject_classes", "object_classes", "noun_classes"); the trees record the
+document topic (S) and each noun's class (N and NP).
+
+Every sentence is a tree (`Node`) before it is words, and the tree carries
+what later tasks need:
   - translation: a "French" side re-renders the same tree with its own lexicon
     (indexed by each leaf's `lex`), its own word order (e.g. adjectives after
     the noun), and Det/Adj agreement from the NP's `gender` and `number`;
@@ -25,10 +45,15 @@ MIN_WORDS = 200
 ZIPF_EXPONENT = 1.1
 MAX_NESTING = 4  # most NPs stacked on one root-to-leaf path
 STOP = "."
+NUM_TOPICS = 24
+NUM_CLASSES = 10
 
 # Distinct SeedSequence tags, so lexicon and splits never share a stream.
 _STREAM_TAG = {"train": 1, "eval": 2}
 _LEXICON_TAG = 0x1E71C0
+# Semantics (topics, classes, preferences) get their own stream, so surface
+# forms for a seed are the same as before they existed.
+_SEMANTICS_TAG = 0x5E3A
 
 # Grammar probabilities. Modifier odds shrink with nesting level so that
 # deep, long sentences are occasional rather than typical.
@@ -46,6 +71,18 @@ _P_TRANSITIVE = 0.55
 _P_ADVERB = 0.2
 _MIN_SENTENCES, _MAX_SENTENCES = 2, 10
 
+# Semantics. A lexeme of global probability g has topical share
+# tau = min(_TOPICAL_MAX, _TOPICAL_CAP * _TOPICS_PER_LEXEME / (NUM_TOPICS * g)):
+# under a topic it is scaled by (1 - tau) + tau * NUM_TOPICS / _TOPICS_PER_LEXEME
+# if it belongs to the topic and by (1 - tau) otherwise, which averages to 1
+# over topics; the cap keeps any boosted word below ~_TOPICAL_CAP of a topic's
+# draws, so frequent words stay general and rare ones become topical.
+_TOPICS_PER_LEXEME = 2
+_TOPICAL_MAX = 0.95
+_TOPICAL_CAP = 0.08
+_P_PREFER = 0.85  # a slot takes one of its governor's preferred classes
+_P_TWO_CLASSES = 0.5  # else a governor prefers a single class
+
 # Closed classes are small and fixed; open classes share the rest.
 _CLOSED_SIZES = {"Det": 6, "P": 16, "Rel": 1, "Conj": 1, "Neg": 1}
 _OPEN_SHARES = {"N": 0.40, "Adj": 0.18, "Vt": 0.16, "Vi": 0.12, "Adv": 0.14}
@@ -57,6 +94,9 @@ _VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ou", "ea")
 _INNER_CODAS = ("", "", "", "", "n", "r", "l", "s")
 _FINAL_CODAS = ("", "", "", "n", "r", "l", "s", "m", "k", "st", "nt", "rd")
 
+# A sampling table: cumulative probabilities and the lexeme each slot names.
+_Table = tuple[list[float], list[int]]
+
 
 @dataclasses.dataclass(slots=True)
 class Node:
@@ -65,10 +105,12 @@ class Node:
   Phrase labels: S, Clause, NP, AdjP, PP, RelC, VP. Leaf labels: Det, N, Adj,
   Adv, P, Rel, Vt, Vi, Neg, Conj, Stop. Leaves have `word` (source surface
   form) and `features["lex"]` (frequency rank within the category).
-  Features by label: N has number ("sg"/"pl") and gender ("m"/"f"); NP copies
-  its head noun's; Det and Vt/Vi have number; Adj has polarity (+1/0/-1);
-  Adv has intensifier (bool); VP has number, negated, transitive and gap (True
-  for the object-less VP of an object relative); RelC has kind ("subj"/"obj").
+  Features by label: S has topic (document topic, None for a sentence drawn
+  without one); N has number ("sg"/"pl"), gender ("m"/"f") and semclass
+  (0..NUM_CLASSES-1); NP copies its head noun's; Det and Vt/Vi have number;
+  Adj has polarity (+1/0/-1); Adv has intensifier (bool); VP has number,
+  negated, transitive and gap (True for the object-less VP of an object
+  relative); RelC has kind ("subj"/"obj").
   """
   label: str
   children: list[Node] = dataclasses.field(default_factory=list)
@@ -94,8 +136,11 @@ class Category:
   """One lexical category; lexeme i is the i-th most frequent.
 
   `forms` maps a form name ("base", or "sg"/"pl" for inflected categories) to
-  the surface word of every lexeme; `features` holds per-lexeme properties
-  ("gender" for N, "polarity" for Adj, "intensifier" for Adv).
+  the surface word of every lexeme; `features` holds per-lexeme properties:
+  "gender" and "semclass" for N, "polarity" for Adj, "intensifier" for Adv;
+  "topics" (the two topics a lexeme belongs to; () for intensifiers) for N,
+  Vt, Vi, Adj and Adv; preferred noun classes as tuples: "subject_classes"
+  for Vt and Vi, "object_classes" for Vt and P, "noun_classes" for Adj.
   """
   label: str
   forms: dict[str, tuple[str, ...]]
@@ -105,11 +150,36 @@ class Category:
     return len(next(iter(self.forms.values())))
 
 
-def _zipf_cdf(n: int) -> list[float]:
+@dataclasses.dataclass(slots=True)
+class _Tables:
+  """Sampling tables of one topic (or of the global distribution)."""
+  noun: _Table
+  noun_by_class: list[_Table]  # nouns of class c
+  vt: _Table
+  vt_by_subject: list[_Table]  # transitive verbs preferring subject class c
+  vt_by_object: list[_Table]  # transitive verbs preferring object class c
+  vi: _Table
+  vi_by_subject: list[_Table]
+  adj: _Table
+  adj_by_class: list[_Table]  # adjectives preferring noun class c
+  manner: _Table  # manner adverbs, indexed from 0
+
+
+def _zipf_weights(n: int) -> np.ndarray:
   weights = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** ZIPF_EXPONENT
-  cdf = np.cumsum(weights) / weights.sum()
+  return weights / weights.sum()
+
+
+def _zipf_cdf(n: int) -> list[float]:
+  return _table(_zipf_weights(n), np.arange(n))[0]
+
+
+def _table(weights: np.ndarray, ids: np.ndarray) -> _Table:
+  """Sampling table over lexemes `ids` with probability ∝ `weights[ids]`."""
+  cdf = np.cumsum(weights[ids])
+  cdf /= cdf[-1]
   cdf[-1] = 1.0  # draws are < 1, so bisect never runs off the end
-  return cdf.tolist()
+  return cdf.tolist(), ids.tolist()
 
 
 def _uniform_source(rng: np.random.Generator,
@@ -127,6 +197,79 @@ def _check_split(split: str) -> int:
   return _STREAM_TAG[split]
 
 
+def _topic_weights(rng: np.random.Generator,
+                   n: int) -> tuple[np.ndarray, tuple[tuple[int, ...], ...]]:
+  """Per-topic lexeme probabilities (NUM_TOPICS + 1 rows, the last global)
+  and each lexeme's topics."""
+  g = _zipf_weights(n)
+  # Within each block of NUM_TOPICS ranks every topic gets the same number
+  # of members, so topics are balanced by frequency mass as well as by count.
+  member = np.zeros((NUM_TOPICS, n))
+  topics = []
+  for start in range(0, n, NUM_TOPICS):
+    perm = rng.permutation(NUM_TOPICS)
+    for j in range(min(NUM_TOPICS, n - start)):
+      mine = tuple(sorted(int(perm[(j + k) % NUM_TOPICS])
+                          for k in range(_TOPICS_PER_LEXEME)))
+      member[mine, start + j] = 1.0
+      topics.append(mine)
+  boost = NUM_TOPICS / _TOPICS_PER_LEXEME
+  tau = np.minimum(_TOPICAL_MAX, _TOPICAL_CAP / (boost * g))
+  weights = g * ((1.0 - tau) + tau * boost * member)
+  weights /= weights.sum(axis=1, keepdims=True)
+  return np.vstack([weights, g]), tuple(topics)
+
+
+def _noun_classes(rng: np.random.Generator, n: int) -> tuple[int, ...]:
+  """Semantic class of each noun: one noun per class in each block of
+  NUM_CLASSES ranks, so classes are equal in size and each has frequent and
+  rare members (their frequency mass still differs through the head)."""
+  classes: list[int] = []
+  while len(classes) < n:
+    classes.extend(int(c) for c in rng.permutation(NUM_CLASSES))
+  return tuple(classes[:n])
+
+
+def _preferences(rng: np.random.Generator, n: int,
+                 class_mass: np.ndarray) -> tuple[tuple[int, ...], ...]:
+  """One or two preferred noun classes for each of `n` Zipfian governors.
+
+  Governors take classes in rank order where their preference is most in
+  deficit against `class_mass`: then the class mix demanded by governors
+  matches the mix nouns supply, and preferences reshape which noun goes with
+  which word without distorting either's overall frequency.
+  """
+  g = _zipf_weights(n)
+  given = np.zeros(NUM_CLASSES)
+  out = []
+  for i in range(n):
+    deficit = class_mass - given
+    order = np.argsort(-deficit, kind="stable")
+    chosen = [int(order[0])]
+    if rng.random() < _P_TWO_CLASSES:
+      chosen.append(int(order[1 + rng.integers(3)]))
+    for c in chosen:
+      given[c] += g[i] / len(chosen)
+    out.append(tuple(sorted(chosen)))
+  return tuple(out)
+
+
+def _by_class(weights: np.ndarray, prefs: tuple[tuple[int, ...], ...],
+              fallback: _Table) -> list[_Table]:
+  """Per class c, a table over the lexemes preferring c.
+
+  A lexeme preferring two classes splits its weight between them, matching
+  how _preferences counted it; a class no lexeme prefers (possible only in a
+  tiny lexicon) falls back to the unrestricted table.
+  """
+  share = weights / np.array([len(p) for p in prefs], dtype=np.float64)
+  tables = []
+  for c in range(NUM_CLASSES):
+    ids = np.array([i for i, p in enumerate(prefs) if c in p], dtype=np.int64)
+    tables.append(_table(share, ids) if len(ids) else fallback)
+  return tables
+
+
 class SyntheticLanguage:
   """A seeded synthetic language with a Zipfian lexicon and a nested grammar.
 
@@ -136,6 +279,11 @@ class SyntheticLanguage:
   VP -> Neg? (Vi | Vt NP) Adv?. Each verb agrees in number with its subject's
   head noun (the modified noun for a subject relative), and each Det with its
   noun, however much material sits in between.
+
+  Generation order follows the semantics rather than the surface: a main
+  clause draws its verb first and then nouns for its slots, conditioned on the
+  verb's preferences; a relative clause draws its verb given the class of the
+  noun it modifies; an NP draws its noun before that noun's adjectives.
   """
 
   def __init__(self, seed: int = 0, num_words: int = 3000):
@@ -149,10 +297,10 @@ class SyntheticLanguage:
       raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     self.seed = int(seed)
     self.num_words = int(num_words)
-    self.lexicon: dict[str, Category] = self._build_lexicon()
+    lex, weights = self._build_lexicon()
+    self.lexicon: dict[str, Category] = lex
 
     # Flat per-category arrays keep the generation hot path free of lookups.
-    lex = self.lexicon
     self._det = lex["Det"].forms
     self._noun = lex["N"].forms
     self._vt = lex["Vt"].forms
@@ -164,18 +312,26 @@ class SyntheticLanguage:
     self._conj = lex["Conj"].forms["base"][0]
     self._neg = lex["Neg"].forms["base"][0]
     self._gender = lex["N"].features["gender"]
+    self._semclass = lex["N"].features["semclass"]
     self._polarity = lex["Adj"].features["polarity"]
+    self._vt_subject = lex["Vt"].features["subject_classes"]
+    self._vt_object = lex["Vt"].features["object_classes"]
+    self._vi_subject = lex["Vi"].features["subject_classes"]
+    self._p_object = lex["P"].features["object_classes"]
     self._num_intensifiers = sum(lex["Adv"].features["intensifier"])
-    self._cdf = {name: _zipf_cdf(len(cat)) for name, cat in lex.items()}
+    self._cdf_det = _zipf_cdf(len(lex["Det"]))
+    self._cdf_prep = _zipf_cdf(len(lex["P"]))
     self._cdf_intensifier = _zipf_cdf(self._num_intensifiers)
-    self._cdf_manner = _zipf_cdf(len(lex["Adv"]) - self._num_intensifiers)
+    self._tables = [self._topic_tables(weights, t) for t in range(NUM_TOPICS + 1)]
 
     vocab = [w for cat in lex.values() for forms in cat.forms.values() for w in forms]
     self._vocabulary = tuple(vocab) + (STOP,)
 
   # -- lexicon ---------------------------------------------------------------
 
-  def _build_lexicon(self) -> dict[str, Category]:
+  def _build_lexicon(self) -> tuple[dict[str, Category], dict[str, np.ndarray]]:
+    """The lexicon, and per open category its (NUM_TOPICS + 1, size) topic
+    probabilities."""
     rng = np.random.default_rng(np.random.SeedSequence([self.seed, _LEXICON_TAG]))
     sizes = dict(_CLOSED_SIZES)
     open_total = self.num_words - sum(sizes.values())
@@ -242,20 +398,63 @@ class SyntheticLanguage:
     num_intensifiers = max(3, min(10, sizes["Adv"] // 8))
     gender = tuple("m" if g else "f" for g in rng.integers(0, 2, sizes["N"]))
 
-    return {
+    sem = np.random.default_rng(np.random.SeedSequence([self.seed, _SEMANTICS_TAG]))
+    semclass = _noun_classes(sem, sizes["N"])
+    class_mass = np.bincount(semclass, weights=_zipf_weights(sizes["N"]),
+                             minlength=NUM_CLASSES)
+    weights, topics = {}, {}
+    for name in ("N", "Vt", "Vi", "Adj"):
+      weights[name], topics[name] = _topic_weights(sem, sizes[name])
+    # Intensifiers are function-like and stay general; manner adverbs are topical.
+    weights["Adv"], manner_topics = _topic_weights(
+        sem, sizes["Adv"] - num_intensifiers)
+    topics["Adv"] = ((),) * num_intensifiers + manner_topics
+
+    def prefer(name: str) -> tuple[tuple[int, ...], ...]:
+      return _preferences(sem, sizes[name], class_mass)
+
+    lexicon = {
         "Det": Category("Det", forms("Det", ("sg", "pl"))),
-        "N": Category("N", forms("N", ("sg", "pl")), {"gender": gender}),
-        "Vt": Category("Vt", forms("Vt", ("sg", "pl"))),
-        "Vi": Category("Vi", forms("Vi", ("sg", "pl"))),
-        "Adj": Category("Adj", forms("Adj", ("base",)),
-                        {"polarity": tuple(polarity[:sizes["Adj"]])}),
+        "N": Category("N", forms("N", ("sg", "pl")), {
+            "gender": gender, "semclass": semclass, "topics": topics["N"]}),
+        "Vt": Category("Vt", forms("Vt", ("sg", "pl")), {
+            "topics": topics["Vt"], "subject_classes": prefer("Vt"),
+            "object_classes": prefer("Vt")}),
+        "Vi": Category("Vi", forms("Vi", ("sg", "pl")), {
+            "topics": topics["Vi"], "subject_classes": prefer("Vi")}),
+        "Adj": Category("Adj", forms("Adj", ("base",)), {
+            "polarity": tuple(polarity[:sizes["Adj"]]), "topics": topics["Adj"],
+            "noun_classes": prefer("Adj")}),
         "Adv": Category("Adv", forms("Adv", ("base",)), {
-            "intensifier": tuple(i < num_intensifiers for i in range(sizes["Adv"]))}),
-        "P": Category("P", forms("P", ("base",))),
+            "intensifier": tuple(i < num_intensifiers for i in range(sizes["Adv"])),
+            "topics": topics["Adv"]}),
+        "P": Category("P", forms("P", ("base",)), {"object_classes": prefer("P")}),
         "Rel": Category("Rel", forms("Rel", ("base",))),
         "Conj": Category("Conj", forms("Conj", ("base",))),
         "Neg": Category("Neg", forms("Neg", ("base",))),
     }
+    return lexicon, weights
+
+  def _topic_tables(self, weights: dict[str, np.ndarray], topic: int) -> _Tables:
+    """Sampling tables for row `topic` of the topic weights (NUM_TOPICS: global)."""
+    lex = self.lexicon
+    w = {name: rows[topic] for name, rows in weights.items()}
+    everything = {name: _table(row, np.arange(len(row))) for name, row in w.items()}
+    noun_by_class = []
+    for c in range(NUM_CLASSES):
+      ids = np.flatnonzero(np.asarray(self._semclass) == c)
+      noun_by_class.append(_table(w["N"], ids) if len(ids) else everything["N"])
+    return _Tables(
+        noun=everything["N"], noun_by_class=noun_by_class,
+        vt=everything["Vt"],
+        vt_by_subject=_by_class(w["Vt"], self._vt_subject, everything["Vt"]),
+        vt_by_object=_by_class(w["Vt"], self._vt_object, everything["Vt"]),
+        vi=everything["Vi"],
+        vi_by_subject=_by_class(w["Vi"], self._vi_subject, everything["Vi"]),
+        adj=everything["Adj"],
+        adj_by_class=_by_class(w["Adj"], lex["Adj"].features["noun_classes"],
+                               everything["Adj"]),
+        manner=everything["Adv"])
 
   @property
   def vocabulary(self) -> list[str]:
@@ -264,9 +463,18 @@ class SyntheticLanguage:
 
   # -- generation ------------------------------------------------------------
 
-  def sentence(self, rng: np.random.Generator) -> Node:
-    """One sentence tree; draws from `rng` in blocks of uniforms."""
-    return self._sentence(_uniform_source(rng, 64))
+  def sentence(self, rng: np.random.Generator, topic: int | None = None) -> Node:
+    """One sentence tree; draws from `rng` in blocks of uniforms.
+
+    With `topic` (0..NUM_TOPICS-1) words follow that topic, as inside a
+    document; without, they follow the global (topic-averaged) distribution.
+    """
+    if topic is not None and (isinstance(topic, bool)
+                              or not isinstance(topic, (int, np.integer))
+                              or not 0 <= topic < NUM_TOPICS):
+      raise ValueError(f"topic must be None or an int in [0, {NUM_TOPICS}), "
+                       f"got {topic!r}")
+    return self._sentence(_uniform_source(rng, 64), topic)
 
   def render(self, tree: Node) -> list[str]:
     """Source-language surface words of `tree`, in order."""
@@ -281,16 +489,17 @@ class SyntheticLanguage:
     return out
 
   def document(self, index: int, split: str = "train") -> str:
-    """Document `index` of `split`: 2-10 sentences, space-separated words."""
+    """Document `index` of `split`: 2-10 sentences on one topic."""
     tag = _check_split(split)
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
       raise ValueError(f"index must be a non-negative int, got {index!r}")
     rng = np.random.default_rng(np.random.SeedSequence([self.seed, tag, int(index)]))
     u = _uniform_source(rng, 256)
     count = _MIN_SENTENCES + int(u() * (_MAX_SENTENCES - _MIN_SENTENCES + 1))
+    topic = int(u() * NUM_TOPICS)
     words: list[str] = []
     for _ in range(count):
-      words.extend(self.render(self._sentence(u)))
+      words.extend(self.render(self._sentence(u, topic)))
     return " ".join(words)
 
   def documents(self, split: str = "train", start: int = 0) -> Iterator[str]:
@@ -306,80 +515,108 @@ class SyntheticLanguage:
         index += 1
     return stream()
 
-  def _sentence(self, u: Callable[[], float]) -> Node:
-    children = [self._clause(u)]
+  def _sentence(self, u: Callable[[], float], topic: int | None) -> Node:
+    tab = self._tables[NUM_TOPICS if topic is None else topic]
+    children = [self._clause(u, tab)]
     if u() < _P_CONJOIN:
       children.append(Node("Conj", [], self._conj, {"lex": 0}))
-      children.append(self._clause(u))
+      children.append(self._clause(u, tab))
     children.append(Node("Stop", [], STOP, {}))
-    return Node("S", children, None, {})
+    return Node("S", children, None, {"topic": topic})
 
-  def _clause(self, u: Callable[[], float]) -> Node:
-    subject = self._np(u, 1)
-    return Node("Clause", [subject, self._vp(u, subject.features["number"], 1)],
-                None, {})
+  def _clause(self, u: Callable[[], float], tab: _Tables) -> Node:
+    # The verb comes first so that its subject can be chosen to suit it.
+    transitive = u() < _P_TRANSITIVE
+    cdf, ids = tab.vt if transitive else tab.vi
+    v = ids[bisect.bisect_right(cdf, u())]
+    prefs = self._vt_subject[v] if transitive else self._vi_subject[v]
+    subject = self._np(u, tab, 1, prefs)
+    vp = self._vp(u, tab, subject.features["number"], 1, transitive, v)
+    return Node("Clause", [subject, vp], None, {})
 
-  def _np(self, u: Callable[[], float], level: int) -> Node:
+  def _np(self, u: Callable[[], float], tab: _Tables, level: int,
+          prefs: tuple[int, ...]) -> Node:
+    """An NP for a slot whose governor prefers noun classes `prefs`."""
     number = "pl" if u() < _P_PLURAL else "sg"
-    d = bisect.bisect_right(self._cdf["Det"], u())
-    children = [Node("Det", [], self._det[number][d], {"lex": d, "number": number})]
+    d = bisect.bisect_right(self._cdf_det, u())
+    det = Node("Det", [], self._det[number][d], {"lex": d, "number": number})
+    if prefs and u() < _P_PREFER:
+      cdf, ids = tab.noun_by_class[prefs[int(u() * len(prefs))]]
+    else:
+      cdf, ids = tab.noun
+    n = ids[bisect.bisect_right(cdf, u())]
+    gender, semclass = self._gender[n], self._semclass[n]
+    noun = Node("N", [], self._noun[number][n],
+                {"lex": n, "number": number, "gender": gender, "semclass": semclass})
+    children = [det]
     if u() < _P_ADJ:
-      children.append(self._adjp(u))
+      children.append(self._adjp(u, tab, semclass))
       while len(children) <= _MAX_ADJ and u() < _P_MORE_ADJ:
-        children.append(self._adjp(u))
-    n = bisect.bisect_right(self._cdf["N"], u())
-    gender = self._gender[n]
-    children.append(Node("N", [], self._noun[number][n],
-                         {"lex": n, "number": number, "gender": gender}))
+        children.append(self._adjp(u, tab, semclass))
+    children.append(noun)
     if level < MAX_NESTING and u() < _P_MODIFIER[level]:
       if u() < _P_PP:
-        p = bisect.bisect_right(self._cdf["P"], u())
+        p = bisect.bisect_right(self._cdf_prep, u())
         children.append(Node("PP", [Node("P", [], self._prep[p], {"lex": p}),
-                                    self._np(u, level + 1)], None, {}))
+                                    self._np(u, tab, level + 1, self._p_object[p])],
+                             None, {}))
       else:
-        children.append(self._relative(u, level, number))
-    return Node("NP", children, None, {"number": number, "gender": gender})
+        children.append(self._relative(u, tab, level, number, semclass))
+    return Node("NP", children, None,
+                {"number": number, "gender": gender, "semclass": semclass})
 
-  def _adjp(self, u: Callable[[], float]) -> Node:
+  def _adjp(self, u: Callable[[], float], tab: _Tables, semclass: int) -> Node:
     children = []
     if u() < _P_INTENSIFIER:
       i = bisect.bisect_right(self._cdf_intensifier, u())
       children.append(Node("Adv", [], self._adv[i], {"lex": i, "intensifier": True}))
-    a = bisect.bisect_right(self._cdf["Adj"], u())
+    cdf, ids = tab.adj_by_class[semclass] if u() < _P_PREFER else tab.adj
+    a = ids[bisect.bisect_right(cdf, u())]
     children.append(Node("Adj", [], self._adj[a],
                          {"lex": a, "polarity": self._polarity[a]}))
     return Node("AdjP", children, None, {})
 
-  def _relative(self, u: Callable[[], float], level: int, number: str) -> Node:
+  def _relative(self, u: Callable[[], float], tab: _Tables, level: int,
+                number: str, semclass: int) -> Node:
     rel = Node("Rel", [], self._rel, {"lex": 0})
+    prefer = u() < _P_PREFER
     if u() < _P_SUBJECT_REL:
-      # The gap is the subject: the verb agrees with the modified noun.
-      return Node("RelC", [rel, self._vp(u, number, level + 1)], None,
-                  {"kind": "subj"})
-    # The gap is the object: the verb agrees with the embedded subject.
-    subject = self._np(u, level + 1)
+      # The gap is the subject: the verb suits, and agrees with, the
+      # modified noun.
+      transitive = u() < _P_TRANSITIVE
+      if transitive:
+        cdf, ids = tab.vt_by_subject[semclass] if prefer else tab.vt
+      else:
+        cdf, ids = tab.vi_by_subject[semclass] if prefer else tab.vi
+      v = ids[bisect.bisect_right(cdf, u())]
+      return Node("RelC", [rel, self._vp(u, tab, number, level + 1, transitive, v)],
+                  None, {"kind": "subj"})
+    # The gap is the object: the verb suits the modified noun as its object,
+    # then the embedded subject suits the verb, which agrees with it.
+    cdf, ids = tab.vt_by_object[semclass] if prefer else tab.vt
+    v = ids[bisect.bisect_right(cdf, u())]
+    subject = self._np(u, tab, level + 1, self._vt_subject[v])
     inner = subject.features["number"]
-    v = bisect.bisect_right(self._cdf["Vt"], u())
     verb = Node("Vt", [], self._vt[inner][v], {"lex": v, "number": inner})
     vp = Node("VP", [verb], None, {"number": inner, "negated": False,
                                    "transitive": True, "gap": True})
     return Node("RelC", [rel, subject, vp], None, {"kind": "obj"})
 
-  def _vp(self, u: Callable[[], float], number: str, object_level: int) -> Node:
+  def _vp(self, u: Callable[[], float], tab: _Tables, number: str,
+          object_level: int, transitive: bool, v: int) -> Node:
+    """VP around the already chosen verb lexeme `v`."""
     children = []
     negated = u() < _P_NEG
     if negated:
       children.append(Node("Neg", [], self._neg, {"lex": 0}))
-    transitive = u() < _P_TRANSITIVE
     if transitive:
-      v = bisect.bisect_right(self._cdf["Vt"], u())
       children.append(Node("Vt", [], self._vt[number][v], {"lex": v, "number": number}))
-      children.append(self._np(u, object_level))
+      children.append(self._np(u, tab, object_level, self._vt_object[v]))
     else:
-      v = bisect.bisect_right(self._cdf["Vi"], u())
       children.append(Node("Vi", [], self._vi[number][v], {"lex": v, "number": number}))
     if u() < _P_ADVERB:
-      k = self._num_intensifiers + bisect.bisect_right(self._cdf_manner, u())
+      cdf, ids = tab.manner
+      k = self._num_intensifiers + ids[bisect.bisect_right(cdf, u())]
       children.append(Node("Adv", [], self._adv[k], {"lex": k, "intensifier": False}))
     return Node("VP", children, None, {"number": number, "negated": negated,
                                        "transitive": transitive, "gap": False})
