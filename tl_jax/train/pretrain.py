@@ -221,8 +221,11 @@ def run(config: Config, workdir: str, devices=None, on_ready=None) -> int:
       watch.eval += t.seconds
       return record(step, values)
 
-    if start == 0 and cfg.eval.every_steps + cfg.eval.every_seconds > 0:
+    eval_enabled = cfg.eval.every_steps + cfg.eval.every_seconds > 0
+    last_eval_step = None
+    if start == 0 and eval_enabled:
       line = run_eval(0)
+      last_eval_step = 0
       log(f"step 0 | eval_loss {line['eval_loss']:.4f}")
 
     last_sync = time.perf_counter()
@@ -275,7 +278,7 @@ def run(config: Config, workdir: str, devices=None, on_ready=None) -> int:
           return 1
 
         if eval_due:
-          last_eval_seconds = watch.train
+          last_eval_seconds, last_eval_step = watch.train, step
           eval_line = run_eval(step)
           log(f"step {step} | eval_loss {eval_line['eval_loss']:.4f} | "
               f"eval_perplexity {eval_line['eval_perplexity']:.2f}")
@@ -295,6 +298,9 @@ def run(config: Config, workdir: str, devices=None, on_ready=None) -> int:
         window_start_step = step
 
       del batches  # stops the prefetch thread
+    if eval_enabled and last_eval_step != step and exit_code == 0:
+      eval_line = run_eval(step)  # every finished run ends with the eval loss it reached
+      log(f"step {step} | eval_loss {eval_line['eval_loss']:.4f}")
     if ckpt.latest_step() != step:
       checkpoint(step, wait=True)
     ckpt.close()
