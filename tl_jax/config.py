@@ -21,12 +21,18 @@ from tl_jax.errors import UserError
 
 @dataclasses.dataclass
 class ModelConfig:
-  """RoBERTa-style encoder; width and depth are free parameters."""
+  """Transformer shape; width and depth are free parameters.
+
+  Masked-LM pretraining uses the encoder alone; translation adds a decoder of
+  `decoder_layers` layers (`num_layers` is then the encoder depth).
+  """
   num_layers: int = 12
+  decoder_layers: int = 0
   d_model: int = 768
   num_heads: int = 12
   d_ff: int = 0  # 0 means 4 x d_model, as in the paper's grid.
-  max_len: int = 512  # learned position embeddings
+  max_len: int = 512  # longest sequence the position embeddings cover
+  positions: str = "learned"  # learned (RoBERTa) | sinusoidal (Vaswani et al.)
   dropout: float = 0.1
   pre_ln: bool = False  # RoBERTa is post-LN; pre-LN trains deep models more stably.
   dtype: str = "bfloat16"  # compute dtype; parameters stay float32
@@ -85,6 +91,8 @@ class TrainConfig:
   max_train_seconds: float = 0.0  # wall-clock budget in training seconds; 0 = none
   target_eval_loss: float = 0.0  # stop once eval_loss <= this; 0 = none
   log_every: int = 20  # steps between synchronized metric lines
+  schedule: str = "linear"  # linear (warmup, linear decay) | inverse_sqrt (warmup, then 1/sqrt(step))
+  label_smoothing: float = 0.0  # translation uses 0.1
   peak_tflops: float = 0.0  # bf16 peak for MFU; 0 = from the device table
 
 
@@ -116,6 +124,7 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class Config:
+  """Masked-LM pretraining (`tl-jax pretrain`)."""
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -123,6 +132,64 @@ class Config:
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
   name: str = ""  # the preset it came from, for reports
+  task: str = "pretrain"
+
+
+@dataclasses.dataclass
+class TranslationDataConfig:
+  """Sentence pairs: where they come from, filtering, tokenizer and packing."""
+  source: str = "synthetic"  # synthetic | text | tfds
+  src_lang: str = "en"
+  tgt_lang: str = "fr"
+  # synthetic: the synthetic language and its transduction (tl_jax/data/synthetic.py)
+  synthetic_seed: int = 0
+  synthetic_words: int = 3000
+  # text: line-aligned files PREFIX.<src_lang> and PREFIX.<tgt_lang>
+  train_prefix: str = ""
+  eval_prefix: str = ""
+  test_prefix: str = ""
+  # tfds: e.g. wmt14_translate/fr-en (validation = newstest2013, test = newstest2014)
+  tfds_name: str = ""
+  tfds_data_dir: str = ""
+  tfds_train_split: str = "train"
+  tfds_eval_split: str = "validation"
+  tfds_test_split: str = "test"
+  max_train_pairs: int = 200_000  # 0 = all (required > 0 for synthetic)
+  max_eval_pairs: int = 1000
+  # filtering, counted in the log: pairs longer than seq_len tokens on either side, or whose
+  # length ratio exceeds max_length_ratio, are dropped from training
+  seq_len: int = 64  # packed row length, source and target alike
+  max_length_ratio: float = 2.5
+  # joint sentencepiece over both sides
+  vocab_size: int = 4000
+  tokenizer_type: str = "unigram"
+  tokenizer_train_chars: int = 5_000_000
+  cache_dir: str = ""
+  prefetch: int = 2
+
+
+@dataclasses.dataclass
+class TranslateEvalConfig(EvalConfig):
+  beam_size: int = 4
+  length_penalty: float = 0.6
+  bleu_pairs: int = 500  # eval pairs decoded for BLEU each eval (0 = all eval pairs)
+  decode_batch_size: int = 64
+
+
+@dataclasses.dataclass
+class TranslateConfig:
+  """Translation (`tl-jax translate`)."""
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  data: TranslationDataConfig = dataclasses.field(default_factory=TranslationDataConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  eval: TranslateEvalConfig = dataclasses.field(default_factory=TranslateEvalConfig)
+  name: str = ""
+  task: str = "translate"
+
+
+ROOTS = {"pretrain": Config, "translate": TranslateConfig}
 
 
 # ---------------------------------------------------------------------------
@@ -207,7 +274,8 @@ def to_dict(config: Config) -> dict:
   return dataclasses.asdict(config)
 
 
-def from_dict(data: dict) -> Config:
+def from_dict(data: dict):
+  """The config tree of the task recorded in `data` (pretraining where none is)."""
   def build(cls, values: dict, where: str):
     types = typing.get_type_hints(cls)
     kwargs = {}
@@ -218,7 +286,10 @@ def from_dict(data: dict) -> Config:
       kind = types[key]
       kwargs[key] = build(kind, value, f"{where}{key}.") if dataclasses.is_dataclass(kind) else value
     return cls(**kwargs)
-  return build(Config, data, "")
+  root = ROOTS.get(data.get("task", "pretrain"))
+  if root is None:
+    raise UserError(f"config.json names an unknown task {data.get('task')!r}; start a new workdir.")
+  return build(root, data, "")
 
 
 def save(config: Config, path: str) -> None:
@@ -260,12 +331,21 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attention": ("auto", "xla", "cudnn"),
     "model.remat": ("none", "full", "dots"),
+    "model.positions": ("learned", "sinusoidal"),
+    "train.schedule": ("linear", "inverse_sqrt"),
     "data.source": ("synthetic", "text", "tfds"),
     "data.tokenizer_type": ("unigram", "bpe"),
 }
 
 
-def validate(config: Config) -> None:
+def _check_positive(values: dict) -> None:
+  for name, value in values.items():
+    if value <= 0:
+      raise UserError(f"config field {name}={value} must be positive.")
+
+
+def validate(config) -> None:
+  """Checks the fields of either task's tree; raises UserError naming field and fix."""
   for dotted, choices in _CHOICES.items():
     section, name = dotted.split(".")
     value = getattr(getattr(config, section), name)
@@ -273,17 +353,16 @@ def validate(config: Config) -> None:
       raise UserError(f"config field {dotted}={value!r} is not one of {', '.join(choices)}.")
 
   m, d, t, p = config.model, config.data, config.train, config.parallel
-  positive = {
+  _check_positive({
       "model.num_layers": m.num_layers, "model.d_model": m.d_model, "model.num_heads": m.num_heads,
       "model.max_len": m.max_len, "data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size,
       "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
       "train.max_steps": t.max_steps, "train.log_every": t.log_every,
       "eval.batch_size": config.eval.batch_size, "eval.num_batches": config.eval.num_batches,
       "checkpoint.every_steps": config.checkpoint.every_steps, "checkpoint.keep": config.checkpoint.keep,
-  }
-  for name, value in positive.items():
-    if value <= 0:
-      raise UserError(f"config field {name}={value} must be positive.")
+  })
+  if not 0.0 <= t.label_smoothing < 1.0:
+    raise UserError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
   if m.d_model % m.num_heads:
     raise UserError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
                     "choose heads that divide the width (the paper uses 64-dim heads).")
@@ -294,15 +373,44 @@ def validate(config: Config) -> None:
     raise UserError(f"data.seq_len={d.seq_len} is too short; use at least 8.")
   if d.vocab_size < 16:
     raise UserError(f"data.vocab_size={d.vocab_size} is too small; use at least 16.")
-  if not 0.0 < d.mask_prob < 1.0:
-    raise UserError(f"data.mask_prob={d.mask_prob} must lie strictly between 0 and 1.")
-  if d.mask_token_frac + d.random_token_frac > 1.0 or min(d.mask_token_frac, d.random_token_frac) < 0:
-    raise UserError("data.mask_token_frac + data.random_token_frac must be within [0, 1].")
   if not 0.0 <= m.dropout < 1.0:
     raise UserError(f"model.dropout={m.dropout} must be in [0, 1).")
   if t.batch_size % t.grad_accum:
     raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum="
                     f"{t.grad_accum}; each micro-batch needs the same size.")
+  for name, value in (("parallel.data", p.data), ("parallel.fsdp", p.fsdp), ("parallel.tensor", p.tensor)):
+    if value == 0 or value < -1:
+      raise UserError(f"config field {name}={value} must be a positive size or -1 (fill).")
+  if [p.data, p.fsdp, p.tensor].count(-1) > 1:
+    raise UserError("only one of parallel.data, parallel.fsdp, parallel.tensor may be -1.")
+  if config.task == "translate":
+    _validate_translation(config)
+  else:
+    _validate_pretraining(config)
+
+
+def _validate_translation(config: TranslateConfig) -> None:
+  m, d, e = config.model, config.data, config.eval
+  _check_positive({"model.decoder_layers": m.decoder_layers, "eval.beam_size": e.beam_size,
+                   "eval.decode_batch_size": e.decode_batch_size,
+                   "data.max_length_ratio": d.max_length_ratio})
+  if d.source == "synthetic" and d.max_train_pairs <= 0:
+    raise UserError("data.max_train_pairs must be positive for the unbounded synthetic source.")
+  if d.source == "text" and not (d.train_prefix and d.eval_prefix):
+    raise UserError("data.source=text needs data.train_prefix and data.eval_prefix (files "
+                    "PREFIX.<src_lang> and PREFIX.<tgt_lang>).")
+  if d.source == "tfds" and not d.tfds_name:
+    raise UserError("data.source=tfds needs data.tfds_name (e.g. wmt14_translate/fr-en).")
+
+
+def _validate_pretraining(config: Config) -> None:
+  m, d = config.model, config.data
+  if m.decoder_layers:
+    raise UserError("model.decoder_layers must be 0 for masked-LM pretraining (an encoder).")
+  if not 0.0 < d.mask_prob < 1.0:
+    raise UserError(f"data.mask_prob={d.mask_prob} must lie strictly between 0 and 1.")
+  if d.mask_token_frac + d.random_token_frac > 1.0 or min(d.mask_token_frac, d.random_token_frac) < 0:
+    raise UserError("data.mask_token_frac + data.random_token_frac must be within [0, 1].")
   if d.source == "synthetic" and d.max_train_tokens <= 0:
     raise UserError("data.max_train_tokens must be positive for the unbounded synthetic source.")
   if d.source == "text" and not (d.train_files and d.eval_files):
@@ -310,11 +418,6 @@ def validate(config: Config) -> None:
                     "files or globs).")
   if d.source == "tfds" and not d.tfds_name:
     raise UserError("data.source=tfds needs data.tfds_name (e.g. wikipedia/20230601.en).")
-  for name, value in (("parallel.data", p.data), ("parallel.fsdp", p.fsdp), ("parallel.tensor", p.tensor)):
-    if value == 0 or value < -1:
-      raise UserError(f"config field {name}={value} must be a positive size or -1 (fill).")
-  if [p.data, p.fsdp, p.tensor].count(-1) > 1:
-    raise UserError("only one of parallel.data, parallel.fsdp, parallel.tensor may be -1.")
 
 
 def d_ff(model: ModelConfig) -> int:

@@ -33,7 +33,7 @@ class Encoder(nn.Module):
   config: ModelConfig
   token_embed: nn.Embed
 
-  def _layers(self, x, lengths, deterministic: bool):
+  def _layers(self, x, lengths, mask, deterministic: bool):
     cfg = self.config
     if cfg.scan_layers:
       block = ScannedLayer
@@ -42,28 +42,49 @@ class Encoder(nn.Module):
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                       in_axes=nn.broadcast, length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(cfg, d_ff(cfg), deterministic, name="layers")(x, lengths)
+      x, _ = stack(cfg, d_ff(cfg), deterministic, name="layers")(x, lengths, mask)
       return x
     block = EncoderLayer
     if cfg.remat != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat])
     for i in range(cfg.num_layers):
-      x = block(cfg, d_ff(cfg), deterministic, name=f"layer_{i}")(x, lengths)
+      x = block(cfg, d_ff(cfg), deterministic, name=f"layer_{i}")(x, lengths, mask)
     return x
 
   @nn.compact
-  def __call__(self, tokens, *, deterministic: bool, lengths=None):
+  def __call__(self, tokens, *, deterministic: bool, lengths=None, mask=None, positions=None):
+    """Hidden states [B, S, D]; `positions` (packed rows restart them) default to 0..S-1."""
     cfg = self.config
-    position_embed = nn.Embed(
-        cfg.max_len, cfg.d_model, dtype=dtype_of(cfg.dtype), param_dtype=jnp.float32,
-        embedding_init=nn.with_logical_partitioning(_INIT, ("position", "embed")),
-        name="position_embed")
-    x = self.token_embed(tokens) + position_embed(jnp.arange(tokens.shape[1])[None, :])
-    x = layer_norm(cfg, "ln_embed")(x)
+    x = embed_tokens(cfg, self.token_embed, tokens, positions)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    x = self._layers(x, lengths, deterministic)
+    x = self._layers(x, lengths, mask, deterministic)
     return layer_norm(cfg, "ln_final")(x) if cfg.pre_ln else x
+
+
+def sinusoidal(positions, d_model: int):
+  """Vaswani et al.'s fixed position encodings for integer `positions` [..., S] -> [..., S, D]."""
+  half = d_model // 2
+  freqs = jnp.exp(-jnp.log(10_000.0) * jnp.arange(half) / max(half - 1, 1))
+  angles = positions[..., None].astype(jnp.float32) * freqs
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+def embed_tokens(cfg: ModelConfig, token_embed: nn.Embed, tokens, positions=None):
+  """Token + position embeddings: RoBERTa's (learned, LayerNorm) or Vaswani's (scaled, sinusoidal).
+
+  Called inside a compact module, whose scope then owns the position and norm parameters.
+  """
+  if positions is None:
+    positions = jnp.arange(tokens.shape[1])[None, :]
+  if cfg.positions == "sinusoidal":
+    x = token_embed(tokens) * jnp.sqrt(cfg.d_model).astype(dtype_of(cfg.dtype))
+    return x + sinusoidal(positions, cfg.d_model).astype(x.dtype)
+  position_embed = nn.Embed(
+      cfg.max_len, cfg.d_model, dtype=dtype_of(cfg.dtype), param_dtype=jnp.float32,
+      embedding_init=nn.with_logical_partitioning(_INIT, ("position", "embed")),
+      name="position_embed")
+  return layer_norm(cfg, "ln_embed")(token_embed(tokens) + position_embed(positions))
 
 
 class MaskedLM(nn.Module):

@@ -7,8 +7,6 @@ about meshes.
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -65,19 +63,38 @@ def dense(features, axes: tuple, config: ModelConfig, name: str | None = None) -
   return Dense(features if isinstance(features, tuple) else (features,), axes, config, name=name)
 
 
-class SelfAttention(nn.Module):
+class Attention(nn.Module):
+  """Multi-head attention: self-attention, cross-attention (`kv`), or one incremental step.
+
+  Padding and packing are given as `lengths` (right padding, the cuDNN-friendly form)
+  or as a boolean `mask` broadcastable to [batch, 1, queries, keys]. With
+  `decode_position` set, `x` is one new position whose keys and values are written
+  into the `cache` collection at that index; it then attends to positions up to it.
+  """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, lengths=None):
+  def __call__(self, x, kv=None, mask=None, lengths=None, decode_position=None, cache_len: int = 0):
     cfg = self.config
     head_dim = cfg.d_model // cfg.num_heads
-    qkv = [dense((cfg.num_heads, head_dim), ("embed", "heads", "kv"), cfg, name=n)(x)
-           for n in ("query", "key", "value")]
-    q, k, v = (nn.with_logical_constraint(t, ("batch", "length", "heads", "kv")) for t in qkv)
+    kv = x if kv is None else kv
+    proj = lambda name, t: nn.with_logical_constraint(
+        dense((cfg.num_heads, head_dim), ("embed", "heads", "kv"), cfg, name=name)(t),
+        ("batch", "length", "heads", "kv"))
+    q, k, v = proj("query", x), proj("key", kv), proj("value", kv)
+    implementation = attention_implementation(cfg)
+    if decode_position is not None:
+      shape = (x.shape[0], cache_len, cfg.num_heads, head_dim)
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+      at = (0, decode_position, 0, 0)
+      cached_k.value = k = jax.lax.dynamic_update_slice(cached_k.value, k, at)
+      cached_v.value = v = jax.lax.dynamic_update_slice(cached_v.value, v, at)
+      mask = (jnp.arange(cache_len) <= decode_position)[None, None, None, :]
+      implementation = None  # one query row: XLA's kernel, and cuDNN refuses such masks
     out = jax.nn.dot_product_attention(
-        q, k, v, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-        implementation=attention_implementation(cfg))
+        q, k, v, mask=mask, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+        implementation=implementation)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     return dense(cfg.d_model, ("heads", "kv", "embed"), cfg, name="out")(out)
 
@@ -100,23 +117,28 @@ class EncoderLayer(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, lengths=None):
+  def __call__(self, x, lengths=None, mask=None):
     cfg = self.config
-    drop = functools.partial(nn.Dropout(cfg.dropout), deterministic=self.deterministic)
-    if cfg.pre_ln:
-      x = x + drop(SelfAttention(cfg, name="attention")(layer_norm(cfg, "ln_attention")(x), lengths))
-      x = x + drop(MLP(cfg, self.d_ff, name="mlp")(layer_norm(cfg, "ln_mlp")(x), self.deterministic))
-    else:
-      x = layer_norm(cfg, "ln_attention")(x + drop(SelfAttention(cfg, name="attention")(x, lengths)))
-      x = layer_norm(cfg, "ln_mlp")(x + drop(MLP(cfg, self.d_ff, name="mlp")(x, self.deterministic)))
+    attention = lambda h: Attention(cfg, name="attention")(h, mask=mask, lengths=lengths)
+    mlp = lambda h: MLP(cfg, self.d_ff, name="mlp")(h, self.deterministic)
+    x = residual(cfg, self.deterministic, "ln_attention", attention, x)
+    x = residual(cfg, self.deterministic, "ln_mlp", mlp, x)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def residual(cfg: ModelConfig, deterministic: bool, ln_name: str, sublayer, x):
+  """x + sublayer(x) with dropout, normalised after (post-LN) or before (pre-LN)."""
+  drop = nn.Dropout(cfg.dropout)
+  if cfg.pre_ln:
+    return x + drop(sublayer(layer_norm(cfg, ln_name)(x)), deterministic=deterministic)
+  return layer_norm(cfg, ln_name)(x + drop(sublayer(x), deterministic=deterministic))
 
 
 class ScannedLayer(EncoderLayer):
   """The layer in `nn.scan`'s (carry, x) -> (carry, y) form."""
 
-  def __call__(self, x, lengths=None):
-    return super().__call__(x, lengths), None
+  def __call__(self, x, lengths=None, mask=None):
+    return super().__call__(x, lengths, mask), None
 
 
 REMAT_POLICIES = {
