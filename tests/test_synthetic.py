@@ -1,6 +1,7 @@
 """Tests for the synthetic language corpus."""
 
 import collections
+import copy
 import itertools
 import re
 import time
@@ -78,6 +79,8 @@ def test_seeds_and_splits_differ():
   a, b = SyntheticLanguage(seed=0), SyntheticLanguage(seed=1)
   assert a.vocabulary != b.vocabulary
   assert a.document(0) != b.document(0)
+  assert a.target_vocabulary != b.target_vocabulary
+  assert a.pair(0) != b.pair(0)
   train = {a.document(i, "train") for i in range(50)}
   evals = {a.document(i, "eval") for i in range(50)}
   assert len(train) == 50 and len(evals) == 50
@@ -410,5 +413,231 @@ def test_generation_speed(lang: SyntheticLanguage):
   for doc in lang.documents("train", start=1000):
     size += len(doc) + 1
     if size >= 200_000:
+      break
+  assert time.perf_counter() - start < 2.0
+
+
+# -- translation: the "French-like" target language ----------------------------
+
+_CONTENT = ("N", "Vt", "Vi", "Adj", "Adv", "P")
+
+
+def _forms_index(lexicon: dict[str, synthetic.Category]) -> dict[str, tuple[str, str, int]]:
+  """Surface form -> (category, inflection key, lexeme)."""
+  index = {}
+  for name, cat in lexicon.items():
+    for key, forms in cat.forms.items():
+      for i, w in enumerate(forms):
+        assert w not in index, (w, name)  # every form names one lexeme
+        index[w] = (name, key, i)
+  return index
+
+
+@pytest.fixture(scope="module")
+def target_index(lang: SyntheticLanguage) -> dict[str, tuple[str, str, int]]:
+  return _forms_index(lang.target_lexicon)
+
+
+def _phrases(node: Node, label: str) -> Iterator[Node]:
+  if node.label == label:
+    yield node
+  for child in node.children:
+    yield from _phrases(child, label)
+
+
+def test_pairs_are_deterministic(lang: SyntheticLanguage):
+  other = SyntheticLanguage(seed=0)
+  assert other.target_vocabulary == lang.target_vocabulary
+  for split in synthetic.PAIR_SPLITS:
+    assert [other.pair(i, split) for i in range(20)] == [lang.pair(i, split) for i in range(20)]
+  assert lang.render_target(lang.pair_tree(3, "test")) == lang.pair(3, "test")[1].split(" ")
+
+
+def test_pair_splits_differ(lang: SyntheticLanguage):
+  # Splits own disjoint sets of sentences (by a hash of the source text), so
+  # even short frequent sentences never recur across them.
+  by_split = {split: [lang.pair(i, split)[0] for i in range(200)]
+              for split in synthetic.PAIR_SPLITS}
+  for split, sources in by_split.items():
+    assert len(set(sources)) > 185, split
+  for a, b in itertools.combinations(synthetic.PAIR_SPLITS, 2):
+    assert not set(by_split[a]) & set(by_split[b]), (a, b)
+  # Pairs do not replay documents' streams: document i's first sentence is
+  # not pair i (chance agreement of a short sentence aside).
+  firsts = [lang.document(i).split(" . ")[0] + " ." for i in range(50)]
+  assert sum(f == s for f, s in zip(firsts, by_split["train"])) <= 2
+
+
+def test_pairs_stream_from_start(lang: SyntheticLanguage):
+  for split in synthetic.PAIR_SPLITS:
+    got = list(itertools.islice(lang.pairs(split, start=7), 4))
+    assert got == [lang.pair(i, split) for i in range(7, 11)]
+
+
+def test_pair_format(lang: SyntheticLanguage):
+  source_vocab, target_vocab = set(lang.vocabulary), set(lang.target_vocabulary)
+  for source, target in itertools.islice(lang.pairs("train"), 500):
+    for text, vocab in ((source, source_vocab), (target, target_vocab)):
+      assert text == text.strip() and "  " not in text and "\n" not in text
+      words = text.split(" ")
+      assert words[-1] == synthetic.STOP and words.count(synthetic.STOP) == 1
+      assert set(words) <= vocab
+    assert len(source.split(" ")) <= synthetic.MAX_PAIR_WORDS
+
+
+def test_bad_pair_arguments_raise(lang: SyntheticLanguage):
+  with pytest.raises(ValueError, match="split"):
+    lang.pair(0, "validation")
+  with pytest.raises(ValueError, match="split"):
+    lang.pairs("dev")  # at the call, not at the first next()
+  with pytest.raises(ValueError, match="index"):
+    lang.pair(-1)
+  with pytest.raises(ValueError, match="start"):
+    lang.pairs(start=-2)
+
+
+def test_target_lexicon_is_one_to_one(lang: SyntheticLanguage,
+                                      target_index: dict[str, tuple[str, str, int]]):
+  # Each source lexeme has exactly one target lexeme (and all target forms
+  # are distinct, which _forms_index checked).
+  assert lang.target_lexicon.keys() == lang.lexicon.keys()
+  for name, cat in lang.target_lexicon.items():
+    assert len(cat) == len(lang.lexicon[name]), name
+  assert set(lang.target_lexicon["Det"].forms) == set(synthetic.AGREEMENT_CELLS)
+  assert set(lang.target_lexicon["Adj"].forms) == set(synthetic.AGREEMENT_CELLS)
+  vocab = lang.target_vocabulary
+  assert len(set(vocab)) == len(vocab) == len(target_index) + 1
+  assert all(re.fullmatch(r"[a-z]+|\.", w) for w in vocab)
+
+
+def test_vocabularies_nearly_disjoint(lang: SyntheticLanguage):
+  source, target = set(lang.vocabulary), set(lang.target_vocabulary)
+  assert len(source & target) < 0.05 * len(target), source & target
+  emitted = {w for _, t in itertools.islice(lang.pairs("train"), 2000) for w in t.split(" ")}
+  assert len(emitted) > len(target) / 4
+
+
+def test_target_is_a_function_of_the_tree(lang: SyntheticLanguage, trees: list[Node]):
+  for tree in trees[:200]:
+    twin = copy.deepcopy(tree)
+    for leaf in twin.leaves():
+      leaf.word = "?"  # the target reads features, never source words
+    assert lang.render_target(twin) == lang.render_target(tree)
+  # Nor is it ambiguous given the source words alone: equal sources (short
+  # sentences recur) always have equal targets.
+  seen: dict[str, str] = {}
+  for tree in trees:
+    source, target = " ".join(lang.render(tree)), " ".join(lang.render_target(tree))
+    assert seen.setdefault(source, target) == target, source
+
+
+def test_target_agreement(lang: SyntheticLanguage, trees: list[Node],
+                          target_index: dict[str, tuple[str, str, int]]):
+  gender = lang.target_lexicon["N"].features["gender"]
+  cells = collections.Counter()
+  for tree in trees[:1500]:
+    for np_node in _phrases(tree, "NP"):
+      # Read gender and number off the target words alone: Det N (Adv? Adj)*.
+      det, noun, *rest = [target_index.get(w) for w in lang.render_target(np_node)]
+      assert det[0] == "Det" and noun[0] == "N"
+      assert noun[2] == _child(np_node, "N").features["lex"]
+      cell = f"{gender[noun[2]]}.{noun[1]}"
+      assert det[1] == cell
+      adjectives = list(itertools.takewhile(lambda x: x and x[0] in ("Adj", "Adv"), rest))
+      adjectives = [x for x in adjectives if x[0] == "Adj"]
+      assert len(adjectives) == sum(c.label == "AdjP" for c in np_node.children)
+      assert all(x[1] == cell for x in adjectives), lang.render_target(np_node)
+      cells[cell] += 1
+    for subject, vp in _subject_verb_pairs(tree):
+      subject_words = lang.render_target(subject)
+      number = target_index[subject_words[1]][1]
+      verbs = [target_index[w] for w in lang.render_target(vp)[:3]
+               if target_index[w][0] in ("Vt", "Vi")]
+      assert verbs[0][1] == number, lang.render_target(tree)
+  assert min(cells.values()) > 200, cells
+
+
+def test_target_reordering(lang: SyntheticLanguage, trees: list[Node],
+                           target_index: dict[str, tuple[str, str, int]]):
+  adjectival = negated = 0
+  neg = lang.target_lexicon["Neg"].forms
+  pre, post = neg["pre"][0], neg["post"][0]
+  rel = lang.target_lexicon["Rel"].forms
+  for tree in trees:
+    words = lang.render_target(tree)
+    # Adjectives follow their noun, nearest first (mirror order).
+    for np_node in _phrases(tree, "NP"):
+      adjps = [c for c in np_node.children if c.label == "AdjP"]
+      if not adjps:
+        continue
+      sub = [target_index[w] for w in lang.render_target(np_node)]
+      assert sub[1][0] == "N"
+      # Right after the noun: its adjectives, each with its intensifier.
+      after = itertools.takewhile(lambda x: x[0] in ("Adj", "Adv"), sub[2:])
+      got = [x[2] for x in after if x[0] == "Adj"]
+      assert got == [_child(a, "Adj").features["lex"] for a in reversed(adjps)]
+      adjectival += 1
+    # Negation: "pre V post" around the verb, once per negated VP.
+    num_neg = sum(vp.features["negated"] for vp in _phrases(tree, "VP"))
+    assert words.count(pre) == words.count(post) == num_neg
+    for i, w in enumerate(words):
+      if w == pre:
+        assert target_index[words[i + 1]][0] in ("Vt", "Vi") and words[i + 2] == post
+        negated += 1
+    # The relative pronoun marks its gap.
+    for relc in _phrases(tree, "RelC"):
+      assert lang.render_target(relc)[0] == rel[relc.features["kind"]][0]
+  assert adjectival > 500 and negated > 200
+
+
+def test_target_sentence_word_order(lang: SyntheticLanguage,
+                                    target_index: dict[str, tuple[str, str, int]]):
+  # On the texts of whole pairs with one noun: its adjectives precede it in
+  # the source and follow it in the target.
+  source_index = _forms_index(lang.lexicon)
+  checked = 0
+  for source, target in itertools.islice(lang.pairs("train"), 400):
+    s = [source_index.get(w, (w,))[0] for w in source.split(" ")]
+    t = [target_index.get(w, (w,))[0] for w in target.split(" ")]
+    if s.count("N") != 1 or "Adj" not in s:
+      continue
+    assert max(k for k, c in enumerate(s) if c == "Adj") < s.index("N")
+    assert min(k for k, c in enumerate(t) if c == "Adj") > t.index("N")
+    checked += 1
+  assert checked > 20
+
+
+def test_content_lexemes_preserved(lang: SyntheticLanguage,
+                                   target_index: dict[str, tuple[str, str, int]]):
+  # A word-alignment sanity check on the texts alone: mapping words back to
+  # lexemes gives the same multiset on both sides.
+  source_index = _forms_index(lang.lexicon)
+  for source, target in itertools.islice(lang.pairs("eval"), 300):
+    s = [source_index[w] for w in source.split(" ")[:-1]]
+    t = [target_index[w] for w in target.split(" ")[:-1]]
+    for name in _CONTENT + ("Det", "Rel", "Conj"):
+      assert (collections.Counter(x[2] for x in s if x[0] == name)
+              == collections.Counter(x[2] for x in t if x[0] == name)), (name, source, target)
+    num_neg = sum(x[0] == "Neg" for x in s)
+    assert sum(x[0] == "Neg" for x in t) == 2 * num_neg
+    assert len(t) == len(s) + num_neg
+
+
+def test_small_lexicon_pairs():
+  small = SyntheticLanguage(seed=3, num_words=synthetic.MIN_WORDS)
+  source_vocab, target_vocab = set(small.vocabulary), set(small.target_vocabulary)
+  assert len(source_vocab & target_vocab) < 0.05 * len(target_vocab)
+  for source, target in itertools.islice(small.pairs("test"), 50):
+    assert set(source.split(" ")) <= source_vocab
+    assert set(target.split(" ")) <= target_vocab
+
+
+def test_pair_speed(lang: SyntheticLanguage):
+  # ~2 MB/s of paired text on one core; the bound leaves room for loaded CI.
+  lang.pair(0)
+  start, size = time.perf_counter(), 0
+  for source, target in lang.pairs("train", start=5000):
+    size += len(source) + len(target) + 2
+    if size >= 400_000:
       break
   assert time.perf_counter() - start < 2.0

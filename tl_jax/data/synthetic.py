@@ -24,18 +24,44 @@ document topic (S) and each noun's class (N and NP).
 
 Every sentence is a tree (`Node`) before it is words, and the tree carries
 what later tasks need:
-  - translation: a "French" side re-renders the same tree with its own lexicon
-    (indexed by each leaf's `lex`), its own word order (e.g. adjectives after
-    the noun), and Det/Adj agreement from the NP's `gender` and `number`;
+  - translation: a "French-like" target language (`render_target`, `pair`)
+    re-renders the same tree with its own lexicon (`target_lexicon`, indexed
+    by each leaf's `lex`), its own word order and its own agreement; see
+    "Target language" below;
   - sentiment: sum the `polarity` of every Adj (weighted up under an
     intensifier Adv in its AdjP), flipping the sign inside a VP with
     `negated`; the sign of the sum is the label.
+
+Target language. A deterministic transduction of the trees, so that a
+seq2seq model has a real mapping to learn, but one that is exactly learnable:
+  - vocabulary: every source lexeme has one target lexeme, coined from its own
+    syllable inventory whose word-initial consonants (h j w x y qu ...) never
+    start a source word, so the two vocabularies share only ".";
+  - agreement: Det and Adj inflect for the gender (the noun's own, invisible
+    on the noun, as in French) and number of their NP: Det has four
+    suppletive forms, Adj suffixes (-, -e, -s, -es); nouns take -s/-x; verbs
+    agree with their subject (-e/-ent); "that" is split by the gap's role
+    (subject vs object relative, like qui/que);
+  - order: adjectives follow the noun, in mirror order (Det N Adj2 Adj1, as
+    in Romance), each after its own intensifier; negation is a circumfix
+    around the verb ("ne V pas"); PPs, relative clauses and adverbs keep the
+    source order. (Moving a manner adverb before the object would make the
+    target depend on attachment that the source string leaves ambiguous,
+    "V the N that runs quickly"; every rule here is decidable from the source
+    words, so a perfect translation exists.)
+`pair(index, split)` draws one sentence per pair (on a per-pair topic, at most
+MAX_PAIR_WORDS source words) from a stream of its own, for the splits
+"train", "eval" and "test". A hash of the source text assigns every sentence
+to one split (_PAIR_BUCKETS), and each split redraws the others' sentences:
+short frequent sentences would otherwise recur across splits (~7% of eval
+sentences were in 200k train pairs), and eval/test would measure recall.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import zlib
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -54,6 +80,17 @@ _LEXICON_TAG = 0x1E71C0
 # Semantics (topics, classes, preferences) get their own stream, so surface
 # forms for a seed are the same as before they existed.
 _SEMANTICS_TAG = 0x5E3A
+# Likewise the target lexicon and the sentence pairs: adding the translation
+# task changed no source document.
+_TARGET_LEXICON_TAG = 0x7A26E7
+_PAIR_TAG = 0x9A125
+PAIR_SPLITS = ("train", "eval", "test")
+_PAIR_STREAM_TAG = {"train": 1, "eval": 2, "test": 3}
+# Longer sentences (about 0.1%) are redrawn, so pairs fit short sequence lengths.
+MAX_PAIR_WORDS = 40
+# crc32(source text) % 10 -> the split owning the sentence: eval and test own
+# one bucket each (so they cost ~10 draws a pair), train the rest.
+_PAIR_BUCKETS = (2, 3, 1, 1, 1, 1, 1, 1, 1, 1)
 
 # Grammar probabilities. Modifier odds shrink with nesting level so that
 # deep, long sentences are occasional rather than typical.
@@ -93,6 +130,20 @@ _ONSETS = ("", "b", "br", "bl", "d", "dr", "f", "fr", "fl", "g", "gr", "gl",
 _VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ou", "ea")
 _INNER_CODAS = ("", "", "", "", "n", "r", "l", "s")
 _FINAL_CODAS = ("", "", "", "n", "r", "l", "s", "m", "k", "st", "nt", "rd")
+
+# Target syllables. Word-initial onsets use only letters that no source word
+# starts with (source words start with a vowel or one of b c d f g k l m n p r
+# s t v z), so no target form can equal a source form.
+_T_INITIALS = ("h", "j", "w", "x", "y", "qu", "hr", "wr")
+_T_ONSETS = ("c", "d", "gn", "h", "j", "l", "ll", "m", "n", "qu", "rr", "ss",
+             "t", "v", "x", "y")
+_T_VOWELS = ("a", "e", "i", "o", "u", "y", "a", "e", "eu", "au", "oi", "ie", "ui")
+_T_INNER_CODAS = ("", "", "", "", "n", "r", "s")
+_T_FINAL_CODAS = ("", "", "", "n", "r", "l", "x", "t", "c", "nd", "rt")
+# Agreement cells of Det and Adj, gender x number; keys of their target forms.
+AGREEMENT_CELLS = ("m.sg", "f.sg", "m.pl", "f.pl")
+_CELL = {("m", "sg"): "m.sg", ("f", "sg"): "f.sg", ("m", "pl"): "m.pl",
+         ("f", "pl"): "f.pl"}
 
 # A sampling table: cumulative probabilities and the lexeme each slot names.
 _Table = tuple[list[float], list[int]]
@@ -195,6 +246,56 @@ def _check_split(split: str) -> int:
   if split not in _STREAM_TAG:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
   return _STREAM_TAG[split]
+
+
+def _check_pair_split(split: str) -> int:
+  if split not in _PAIR_STREAM_TAG:
+    raise ValueError(f"split must be one of {PAIR_SPLITS}, got {split!r}")
+  return _PAIR_STREAM_TAG[split]
+
+
+def _check_index(name: str, value: Any) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+    raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+  return int(value)
+
+
+class _Coiner:
+  """Coins pseudo-words, unique across everything it has coined, from one
+  syllable inventory (`initials` are the onsets of a word's first syllable)."""
+
+  def __init__(self, rng: np.random.Generator, initials: tuple[str, ...],
+               onsets: tuple[str, ...], vowels: tuple[str, ...],
+               inner_codas: tuple[str, ...], final_codas: tuple[str, ...]):
+    self._rng = rng
+    self._initials, self._onsets, self._vowels = initials, onsets, vowels
+    self._inner_codas, self._final_codas = inner_codas, final_codas
+    self.taken: set[str] = set()
+
+  def _syllable(self, first: bool, final: bool) -> str:
+    # Onset, vowel, coda: this draw order fixes the source lexicon of a seed.
+    rng = self._rng
+    onsets = self._initials if first else self._onsets
+    codas = self._final_codas if final else self._inner_codas
+    return (onsets[rng.integers(len(onsets))] + self._vowels[rng.integers(len(self._vowels))]
+            + codas[rng.integers(len(codas))])
+
+  def coin(self, num_syllables: int, make: Callable[[str], list[str]]) -> list[str]:
+    """`make(stem)`: the stem's inflected forms, all kept unique."""
+    # Rejection keeps all surface forms unique; growing the length after
+    # repeated clashes guarantees termination for large lexicons.
+    tries = 0
+    while True:
+      stem = "".join(self._syllable(i == 0, i == num_syllables - 1)
+                     for i in range(num_syllables))
+      forms = make(stem)
+      if (len(stem) >= 2 and len(set(forms)) == len(forms)
+          and not self.taken.intersection(forms)):
+        self.taken.update(forms)
+        return forms
+      tries += 1
+      if tries % 20 == 0:
+        num_syllables += 1
 
 
 def _topic_weights(rng: np.random.Generator,
@@ -327,6 +428,21 @@ class SyntheticLanguage:
     vocab = [w for cat in lex.values() for forms in cat.forms.values() for w in forms]
     self._vocabulary = tuple(vocab) + (STOP,)
 
+    target = self._build_target_lexicon()
+    self.target_lexicon: dict[str, Category] = target
+    self._t_det = target["Det"].forms
+    self._t_noun = target["N"].forms
+    self._t_verb = {"Vt": target["Vt"].forms, "Vi": target["Vi"].forms}
+    self._t_adj = target["Adj"].forms
+    self._t_adv = target["Adv"].forms["base"]
+    self._t_prep = target["P"].forms["base"]
+    self._t_rel = {kind: forms[0] for kind, forms in target["Rel"].forms.items()}
+    self._t_conj = target["Conj"].forms["base"][0]
+    self._t_neg_pre = target["Neg"].forms["pre"][0]
+    self._t_neg_post = target["Neg"].forms["post"][0]
+    vocab = [w for cat in target.values() for forms in cat.forms.values() for w in forms]
+    self._target_vocabulary = tuple(vocab) + (STOP,)
+
   # -- lexicon ---------------------------------------------------------------
 
   def _build_lexicon(self) -> tuple[dict[str, Category], dict[str, np.ndarray]]:
@@ -339,27 +455,7 @@ class SyntheticLanguage:
       sizes[name] = int(open_total * share)
     sizes["N"] += open_total - sum(sizes[n] for n in _OPEN_SHARES)
 
-    taken: set[str] = set()
-
-    def syllable(final: bool) -> str:
-      codas = _FINAL_CODAS if final else _INNER_CODAS
-      return (_ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))]
-              + codas[rng.integers(len(codas))])
-
-    def coin(num_syllables: int, make: Callable[[str], list[str]]) -> list[str]:
-      # Rejection keeps all surface forms unique; growing the length after
-      # repeated clashes guarantees termination for large lexicons.
-      tries = 0
-      while True:
-        stem = "".join(syllable(i == num_syllables - 1) for i in range(num_syllables))
-        forms = make(stem)
-        if (len(stem) >= 2 and len(set(forms)) == len(forms)
-            and not taken.intersection(forms)):
-          taken.update(forms)
-          return forms
-        tries += 1
-        if tries % 20 == 0:
-          num_syllables += 1
+    coin = _Coiner(rng, _ONSETS, _ONSETS, _VOWELS, _INNER_CODAS, _FINAL_CODAS).coin
 
     def vowel_final(stem: str) -> bool:
       return stem[-1] in "aeiou"
@@ -435,6 +531,72 @@ class SyntheticLanguage:
     }
     return lexicon, weights
 
+  def _build_target_lexicon(self) -> dict[str, Category]:
+    """The target lexicon: lexeme i of a category translates lexeme i of the
+    same source category. Forms are keyed by inflection: AGREEMENT_CELLS for
+    Det and Adj, "sg"/"pl" for N, Vt and Vi, "subj"/"obj" for Rel (the
+    relative's gap), "pre"/"post" for the two halves of Neg, "base" otherwise.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TARGET_LEXICON_TAG]))
+    coin = _Coiner(rng, _T_INITIALS, _T_ONSETS, _T_VOWELS, _T_INNER_CODAS,
+                   _T_FINAL_CODAS).coin
+    src = self.lexicon
+    sizes = {name: len(cat) for name, cat in src.items()}
+    intensifier = src["Adv"].features["intensifier"]
+
+    def vowel_final(stem: str) -> bool:
+      return stem[-1] in "aeiouy"
+
+    def single(stem: str) -> list[str]:
+      return [stem]
+
+    def adverb(rank: int) -> Callable[[str], list[str]]:
+      # Manner adverbs carry a derivational suffix, like French "-ment";
+      # intensifiers ("tres") do not.
+      return single if intensifier[rank] else lambda s: [s + "ment"]
+
+    makers: dict[str, Callable[[str], list[str]]] = {
+        "N": lambda s: [s, s + ("x" if s.endswith("u") else "s")],
+        "Adj": lambda s: [s, s + "e", s + "s", s + "es"],  # AGREEMENT_CELLS order
+        "Vt": lambda s: [s if vowel_final(s) else s + "e",
+                         s + ("nt" if vowel_final(s) else "ent")],
+    }
+    makers["Vi"] = makers["Vt"]
+    words: dict[str, list[list[str]]] = {name: [] for name in sizes}
+
+    # Closed classes: one syllable per form, and suppletive forms per cell
+    # (like le/la/les, qui/que, ne...pas), so none is a suffix of another.
+    cells = {"Det": len(AGREEMENT_CELLS), "Rel": 2, "Neg": 2}
+    for name in _CLOSED_SIZES:
+      for _ in range(sizes[name]):
+        words[name].append([w for _ in range(cells.get(name, 1))
+                            for w in coin(1, single)])
+
+    # Open classes interleaved by rank, as in the source: frequent words short.
+    order = sorted((rank / sizes[name], name, rank) for name in _OPEN_SHARES
+                   for rank in range(sizes[name]))
+    for frac, name, rank in order:
+      num_syllables = min(3, 1 + int(2.0 * frac + rng.random()))
+      make = adverb(rank) if name == "Adv" else makers.get(name, single)
+      words[name].append(coin(num_syllables, make))
+
+    def forms(name: str, keys: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+      return {k: tuple(w[i] for w in words[name]) for i, k in enumerate(keys)}
+
+    return {
+        "Det": Category("Det", forms("Det", AGREEMENT_CELLS)),
+        "N": Category("N", forms("N", ("sg", "pl")),
+                      {"gender": src["N"].features["gender"]}),
+        "Vt": Category("Vt", forms("Vt", ("sg", "pl"))),
+        "Vi": Category("Vi", forms("Vi", ("sg", "pl"))),
+        "Adj": Category("Adj", forms("Adj", AGREEMENT_CELLS)),
+        "Adv": Category("Adv", forms("Adv", ("base",))),
+        "P": Category("P", forms("P", ("base",))),
+        "Rel": Category("Rel", forms("Rel", ("subj", "obj"))),
+        "Conj": Category("Conj", forms("Conj", ("base",))),
+        "Neg": Category("Neg", forms("Neg", ("pre", "post"))),
+    }
+
   def _topic_tables(self, weights: dict[str, np.ndarray], topic: int) -> _Tables:
     """Sampling tables for row `topic` of the topic weights (NUM_TOPICS: global)."""
     lex = self.lexicon
@@ -460,6 +622,11 @@ class SyntheticLanguage:
   def vocabulary(self) -> list[str]:
     """Every surface form the language can emit, including "."."""
     return list(self._vocabulary)
+
+  @property
+  def target_vocabulary(self) -> list[str]:
+    """Every surface form the target language can emit, including "."."""
+    return list(self._target_vocabulary)
 
   # -- generation ------------------------------------------------------------
 
@@ -488,12 +655,121 @@ class SyntheticLanguage:
         stack.extend(reversed(node.children))
     return out
 
+  def render_target(self, tree: Node) -> list[str]:
+    """Target-language words of `tree` (a sentence, or any phrase whose Det
+    and Adj leaves sit inside their NP), in target order.
+
+    A pure function of the tree's labels and features: leaf `word`s (the
+    source forms) are never read.
+    """
+    out: list[str] = []
+    self._emit_target(tree, out)
+    return out
+
+  def _emit_target(self, node: Node, out: list[str]) -> None:
+    label = node.label
+    if label == "NP":
+      self._emit_target_np(node, out)
+    elif label == "VP":
+      self._emit_target_vp(node, out)
+    elif label == "RelC":
+      # Rel's form names the gap (qui/que); the rest keeps source order.
+      out.append(self._t_rel[node.features["kind"]])
+      for child in node.children[1:]:
+        self._emit_target(child, out)
+    elif label == "P":
+      out.append(self._t_prep[node.features["lex"]])
+    elif label == "Conj":
+      out.append(self._t_conj)
+    elif label == "Stop":
+      out.append(STOP)
+    elif node.word is not None:
+      raise ValueError(f"a {label} leaf has no target form outside its phrase")
+    else:  # S, Clause, PP: source order
+      for child in node.children:
+        self._emit_target(child, out)
+
+  def _emit_target_np(self, node: Node, out: list[str]) -> None:
+    # Det N AdjP* (PP | RelC)? -> Det N AdjP*(reversed) (PP | RelC)?
+    cell = _CELL[node.features["gender"], node.features["number"]]
+    children = node.children
+    head = 1
+    while children[head].label == "AdjP":
+      head += 1
+    noun = children[head]
+    out.append(self._t_det[cell][children[0].features["lex"]])
+    out.append(self._t_noun[noun.features["number"]][noun.features["lex"]])
+    adjectives = self._t_adj[cell]
+    for i in range(head - 1, 0, -1):  # mirror order after the noun
+      for leaf in children[i].children:
+        if leaf.label == "Adj":
+          out.append(adjectives[leaf.features["lex"]])
+        else:  # the intensifier stays before its adjective
+          out.append(self._t_adv[leaf.features["lex"]])
+    for child in children[head + 1:]:
+      self._emit_target(child, out)
+
+  def _emit_target_vp(self, node: Node, out: list[str]) -> None:
+    # Neg? V NP? Adv? -> (ne)? V (pas)? NP? Adv?
+    negated = node.features["negated"]
+    for child in node.children:
+      label = child.label
+      if label == "Vt" or label == "Vi":
+        if negated:
+          out.append(self._t_neg_pre)
+        out.append(self._t_verb[label][child.features["number"]][child.features["lex"]])
+        if negated:
+          out.append(self._t_neg_post)
+      elif label == "NP":
+        self._emit_target_np(child, out)
+      elif label == "Adv":
+        out.append(self._t_adv[child.features["lex"]])
+      # Neg itself is spelled by the circumfix.
+
+  def pair_tree(self, index: int, split: str = "train") -> Node:
+    """The sentence tree behind `pair(index, split)`."""
+    return self._pair(index, split)[0]
+
+  def pair(self, index: int, split: str = "train") -> tuple[str, str]:
+    """Sentence pair `index` of `split` ("train", "eval" or "test"):
+    (source text, target text), both ending in "."."""
+    tree, text = self._pair(index, split)
+    return text, " ".join(self.render_target(tree))
+
+  def pairs(self, split: str = "train", start: int = 0) -> Iterator[tuple[str, str]]:
+    """Unbounded stream: pair(start), pair(start + 1), ..."""
+    _check_pair_split(split)  # fail at the call, not at the first next()
+    index = _check_index("start", start)
+
+    def stream() -> Iterator[tuple[str, str]]:
+      i = index
+      while True:
+        yield self.pair(i, split)
+        i += 1
+    return stream()
+
+  def _pair(self, index: int, split: str) -> tuple[Node, str]:
+    """Tree and source text of pair `index`; the stream is tagged with
+    _PAIR_TAG, so pairs never replay a document's draws."""
+    tag = _check_pair_split(split)
+    index = _check_index("index", index)
+    rng = np.random.default_rng(np.random.SeedSequence([self.seed, _PAIR_TAG, tag, index]))
+    u = _uniform_source(rng, 128)
+    topic = int(u() * NUM_TOPICS)
+    while True:  # deterministic: redraws continue the same stream
+      tree = self._sentence(u, topic)
+      words = self.render(tree)
+      if len(words) > MAX_PAIR_WORDS:
+        continue
+      text = " ".join(words)
+      if _PAIR_BUCKETS[zlib.crc32(text.encode()) % len(_PAIR_BUCKETS)] == tag:
+        return tree, text
+
   def document(self, index: int, split: str = "train") -> str:
     """Document `index` of `split`: 2-10 sentences on one topic."""
     tag = _check_split(split)
-    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or index < 0:
-      raise ValueError(f"index must be a non-negative int, got {index!r}")
-    rng = np.random.default_rng(np.random.SeedSequence([self.seed, tag, int(index)]))
+    index = _check_index("index", index)
+    rng = np.random.default_rng(np.random.SeedSequence([self.seed, tag, index]))
     u = _uniform_source(rng, 256)
     count = _MIN_SENTENCES + int(u() * (_MAX_SENTENCES - _MIN_SENTENCES + 1))
     topic = int(u() * NUM_TOPICS)
@@ -505,11 +781,10 @@ class SyntheticLanguage:
   def documents(self, split: str = "train", start: int = 0) -> Iterator[str]:
     """Unbounded stream: document(start), document(start + 1), ..."""
     _check_split(split)  # fail at the call, not at the first next()
-    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
-      raise ValueError(f"start must be a non-negative int, got {start!r}")
+    start = _check_index("start", start)
 
     def stream() -> Iterator[str]:
-      index = int(start)
+      index = start
       while True:
         yield self.document(index, split)
         index += 1
