@@ -110,4 +110,4 @@ def test_gradient_accumulation_equals_the_whole_batch():
   np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
   np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), split.params, whole.params)
-  assert m1["masked_tokens"] > 0 and optax.tree.norm(jax.tree.map(jnp.subtract, whole.params, state.params)) > 0
+  assert m1["tokens"] > 0 and optax.tree.norm(jax.tree.map(jnp.subtract, whole.params, state.params)) > 0

@@ -29,7 +29,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def global_batch(host_batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
-  """A global array from this process's rows (every process passes its own slice)."""
-  global_shape = (host_batch.shape[0] * jax.process_count(),) + host_batch.shape[1:]
-  return jax.make_array_from_process_local_data(sharding, host_batch, global_shape)
+def global_batch(host_batch, sharding):
+  """Global arrays from this process's rows (every process passes its own slice).
+
+  `host_batch` is an array or a tree of them; `sharding` a sharding or a matching tree.
+  """
+  def one(x, s):
+    return jax.make_array_from_process_local_data(s, x, (x.shape[0] * jax.process_count(),) + x.shape[1:])
+  return jax.tree.map(one, host_batch, sharding)

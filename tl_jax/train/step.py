@@ -1,7 +1,9 @@
-"""Pure train and eval steps for masked-LM pretraining.
+"""Pure train and eval steps.
 
-Both are functions of arrays only (configs are bound with functools.partial
-before jit), so one compiled executable serves the whole run.
+Every step is a function of arrays only (configs are bound with functools.partial
+before jit), so one compiled executable serves the whole run. The shared part
+(gradient accumulation, the optimizer update) is written once; each task supplies
+a function returning (sum of per-token losses, number of tokens) for a micro-batch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,49 @@ from tl_jax.data.masking import mask_tokens
 from tl_jax.train.state import TrainState
 
 
+def step_rng(state: TrainState) -> jax.Array:
+  """The key of this step: masks and dropout depend on (seed, step) only, so resumes are exact."""
+  return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def accumulate_and_update(state: TrainState, micro_batches, loss_sums, *, tx, schedule,
+                          grad_accum: int):
+  """One optimizer step from `grad_accum` micro-batches (leading axis of every leaf).
+
+  `loss_sums(params, i, micro_batch) -> (loss_sum, token_count)`. Summed gradients
+  are normalised once by the total token count, so the update equals that of the
+  whole batch at once.
+  """
+  def grads_of(i, batch):
+    (loss_sum, count), grads = jax.value_and_grad(
+        lambda p: loss_sums(p, i, batch), has_aux=True)(state.params)
+    return loss_sum, count, grads
+
+  if grad_accum == 1:
+    loss_sum, count, grads = grads_of(0, jax.tree.map(lambda x: x[0], micro_batches))
+  else:
+    def body(carry, xs):
+      return jax.tree.map(jnp.add, carry, grads_of(*xs)), None
+    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+    (loss_sum, count, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro_batches))
+
+  count = jnp.maximum(count, 1.0)
+  grads = jax.tree.map(lambda g: g / count, grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads),
+             "learning_rate": schedule(state.step), "tokens": count}
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state), metrics
+
+
+def split_micro(batch, grad_accum: int):
+  return jax.tree.map(lambda x: x.reshape((grad_accum, -1) + x.shape[1:]), batch)
+
+
+# ---------------------------------------------------------------------------
+# Masked-LM.
+
+
 def _masked_lm_sums(model, params, inputs, targets, weights, deterministic, dropout_rng=None):
   rngs = None if deterministic else {"dropout": dropout_rng}
   logits = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs)
@@ -24,41 +69,17 @@ def _masked_lm_sums(model, params, inputs, targets, weights, deterministic, drop
 
 def train_step(state: TrainState, tokens: jax.Array, *, model, tx, schedule, data: DataConfig,
                vocab_size: int, grad_accum: int):
-  """One optimizer step on a global batch [B, S] of token ids; masks drawn on device.
-
-  With `grad_accum` > 1 the batch is split into micro-batches whose summed
-  gradients are normalised once by the total number of masked tokens, so the
-  update equals that of the whole batch at once.
-  """
-  step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-  mask_rng, dropout_rng = jax.random.split(step_rng)
+  """One masked-LM optimizer step on a global batch [B, S] of token ids; masks drawn on device."""
+  mask_rng, dropout_rng = jax.random.split(step_rng(state))
   # Masks are drawn for the whole batch, so they do not depend on how it is split.
   masked = mask_tokens(mask_rng, tokens, vocab_size, data.mask_prob, data.mask_token_frac,
                        data.random_token_frac)
-  micro = jax.tree.map(lambda x: x.reshape((grad_accum, -1) + x.shape[1:]), masked)
 
-  def micro_grads(i, inputs, targets, weights):
-    loss_fn = lambda p: _masked_lm_sums(model, p, inputs, targets, weights, False,
-                                        jax.random.fold_in(dropout_rng, i))
-    (loss_sum, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return loss_sum, count, grads
+  def loss_sums(params, i, micro):
+    return _masked_lm_sums(model, params, *micro, False, jax.random.fold_in(dropout_rng, i))
 
-  if grad_accum == 1:
-    loss_sum, count, grads = micro_grads(0, *masked)
-  else:
-    def body(carry, xs):
-      return jax.tree.map(jnp.add, carry, micro_grads(*xs)), None
-    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
-    (loss_sum, count, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), *micro))
-
-  count = jnp.maximum(count, 1.0)
-  grads = jax.tree.map(lambda g: g / count, grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads),
-             "learning_rate": schedule(state.step), "masked_tokens": count}
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-  return new_state, metrics
+  return accumulate_and_update(state, split_micro(masked, grad_accum), loss_sums, tx=tx,
+                               schedule=schedule, grad_accum=grad_accum)
 
 
 def eval_step(params, tokens: jax.Array, batch_index: jax.Array, *, model, data: DataConfig,

@@ -1,0 +1,273 @@
+"""The training loop shared by every task (pretraining, translation, ...).
+
+A task builds a `Setup` (data, model, mesh, jitted step, an evaluation it can
+compile); `run` trains it until a stop condition. The loop does no Python work
+per step beyond fetching the next host batch; it synchronises with the device
+only at log, eval and checkpoint points, and counts the seconds in between as
+training seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from tl_jax.data.tokenizer import MODEL_FILE, Tokenizer, cached_tokenizer
+from tl_jax.parallel import sharding as shd
+from tl_jax.train import flops
+from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+from tl_jax.train.metrics import MetricWriter, format_seconds, truncate_after
+from tl_jax.train.stopwatch import Stopwatch, Timer
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early but saved everything
+
+
+def log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the loop needs from a task, built once."""
+  config: Any
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  tokenizer: Tokenizer
+  model: Any
+  loader: Any  # TrainLoader: .batch(step), .iterate(start, prefetch)
+  state_shardings: Any
+  abstract_state: Any
+  init_fn: Callable  # () -> a fresh, sharded TrainState
+  train_fn: Any  # jitted (state, batch) -> (state, metrics)
+  batch_sharding: Any  # a sharding, or a tree of them matching the batch
+  tokens_per_step: int
+  flops_per_token: float
+  # (state) -> evaluate(params, step) -> {metric: value}; compiles everything it needs.
+  compile_eval: Callable
+  eval_keys: tuple = ("eval_loss",)  # shown on the console
+
+
+def workdir_tokenizer(source, data, workdir: str, cache_dir: str) -> Tokenizer:
+  """The run's tokenizer: the workdir's own copy if it has one, else trained (or cached) and copied."""
+  path = os.path.join(workdir, "tokenizer", MODEL_FILE)
+  if not os.path.exists(path):
+    trained = cached_tokenizer(source, data, cache_dir)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    shutil.copy(trained.path, path + ".tmp")
+    os.replace(path + ".tmp", path)
+  return Tokenizer(path)
+
+
+def sharded_state(init_fn, mesh, rules):
+  """(abstract unboxed state, its shardings, a jitted init that places it)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    abstract, shardings = shd.logical_state_shardings(init_fn, mesh, rules)
+  placed_init = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)
+  return nn.meta.unbox(abstract), shardings, placed_init
+
+
+def host_rows(batch):
+  """This process's rows of a batch every process holds whole (e.g. a fixed eval batch)."""
+  def rows(x):
+    per_host = x.shape[0] // jax.process_count()
+    return x[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
+  return jax.tree.map(rows, batch)
+
+
+def abstract_batch(host_batch, sharding):
+  """Shapes of the global batch built from `host_batch`, for ahead-of-time compilation."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype,
+                                        sharding=s), host_batch, sharding)
+
+
+def peak_memory_note() -> str:
+  """Peak memory of the first local device, where the backend reports it (GPU, TPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return f" | peak device memory {peak / 2**30:.1f} GiB" if peak else ""
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after each step."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def run(setup: Setup, workdir: str, on_ready=None) -> int:
+  """Trains until a stop condition; returns the process exit code.
+
+  `on_ready` is called once the data, mesh and checkpoint are known to be usable,
+  before anything in the workdir changes (the CLI writes config.json there).
+  """
+  cfg, mesh = setup.config, setup.mesh
+  is_main = jax.process_index() == 0
+  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint.keep,
+                      cfg.checkpoint.async_save)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(setup.rules):
+    restored = ckpt.restore(abstract_with_shardings(setup.abstract_state, setup.state_shardings))
+    if restored is None:
+      state, watch = setup.init_fn(), Stopwatch()
+    else:
+      state, meta = restored
+      watch = Stopwatch.from_dict(meta["stopwatch"])
+    start = int(state.step)
+    if start:
+      log(f"resumed from step {start} ({format_seconds(watch.train)} of training)")
+    if on_ready is not None and is_main:
+      on_ready()
+    if start >= cfg.train.max_steps:
+      log(f"nothing to do: the run already reached train.max_steps={cfg.train.max_steps}")
+      ckpt.close()
+      return 0
+    if is_main:
+      truncate_after(workdir, start)
+    writer = MetricWriter(workdir, enabled=is_main)
+
+    with Timer() as t:
+      example = abstract_batch(setup.loader.batch(start), setup.batch_sharding)
+      train_fn = setup.train_fn.lower(state, example).compile()
+      evaluate = setup.compile_eval(state)
+    watch.compile += t.seconds
+    log(f"compiled in {t.seconds:.1f}s on {mesh.devices.size} x {jax.devices()[0].device_kind} "
+        f"(mesh {dict(mesh.shape)})")
+
+    tokens_per_step = setup.tokens_per_step
+    flops_per_step = tokens_per_step * setup.flops_per_token
+    peak = flops.device_peak_flops(cfg.train.peak_tflops)
+    peak_total = peak * mesh.devices.size if peak else None
+
+    def checkpoint(step: int, wait: bool = False):
+      with Timer() as t:
+        ckpt.save(step, state, {"stopwatch": watch.to_dict(), "data_position": step,
+                                "seed": cfg.train.seed})
+        if wait:
+          ckpt.wait()
+      watch.checkpoint += t.seconds
+      return time.perf_counter()
+
+    def record(step: int, values: dict):
+      line = {"step": step, **watch.to_dict(), **values}
+      writer.write(line)
+      return line
+
+    def run_eval(step: int):
+      with Timer() as t:
+        values = evaluate(state.params, step)
+      watch.eval += t.seconds
+      return record(step, values)
+
+    eval_enabled = cfg.eval.every_steps + cfg.eval.every_seconds > 0
+    last_eval_step = None
+    if start == 0 and eval_enabled:
+      line = run_eval(0)
+      last_eval_step = 0
+      log(f"step 0 | {eval_summary(setup, line)}")
+
+    last_sync = time.perf_counter()
+    last_ckpt_time = last_sync
+    last_eval_seconds = watch.train
+    window_start_step = start
+    metrics = None
+    step = start
+    exit_code = 0
+    stop_reason = f"reached train.max_steps={cfg.train.max_steps}"
+    with _Preemption() as preemption:
+      batches = setup.loader.iterate(start, cfg.data.prefetch)
+      while step < cfg.train.max_steps:
+        _, host_batch = next(batches)
+        state, metrics = train_fn(state, shd.global_batch(host_batch, setup.batch_sharding))
+        step += 1
+
+        eval_due = (cfg.eval.every_steps and step % cfg.eval.every_steps == 0) or (
+            cfg.eval.every_seconds and watch.train - last_eval_seconds >= cfg.eval.every_seconds)
+        ckpt_due = step % cfg.checkpoint.every_steps == 0 or (
+            cfg.checkpoint.every_seconds and time.perf_counter() - last_ckpt_time >= cfg.checkpoint.every_seconds)
+        last = step == cfg.train.max_steps
+        if not (step % cfg.train.log_every == 0 or eval_due or ckpt_due or last
+                or preemption.requested):
+          continue
+
+        # Synchronise: everything since the last sync was training.
+        values = jax.device_get(metrics)
+        now = time.perf_counter()
+        window = now - last_sync
+        watch.train += window
+        steps_done = step - window_start_step
+        tokens_per_second = steps_done * tokens_per_step / window
+        mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
+        line = record(step, {"loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
+                             "grad_norm": float(values["grad_norm"]),
+                             "tokens_per_second": tokens_per_second, "mfu": mfu})
+        remaining = (cfg.train.max_steps - step) * window / steps_done
+        if cfg.train.max_train_seconds:
+          remaining = min(remaining, cfg.train.max_train_seconds - watch.train)
+        log(f"step {step}/{cfg.train.max_steps} | loss {line['loss']:.4f} | "
+            f"{tokens_per_second / 1e3:.1f}k tok/s" + (f" | mfu {mfu:.2f}" if mfu else "") +
+            f" | train {format_seconds(watch.train)} | ETA {format_seconds(remaining)}")
+
+        if not math.isfinite(line["loss"]):
+          log(f"error: the loss became non-finite at step {step}; lower train.learning_rate or check "
+              "the data. The last checkpoint is kept.")
+          ckpt.close()
+          writer.close()
+          return 1
+
+        if eval_due:
+          last_eval_seconds, last_eval_step = watch.train, step
+          eval_line = run_eval(step)
+          log(f"step {step} | {eval_summary(setup, eval_line)}")
+          if cfg.train.target_eval_loss and eval_line["eval_loss"] <= cfg.train.target_eval_loss:
+            stop_reason = f"eval_loss reached train.target_eval_loss={cfg.train.target_eval_loss}"
+            break
+        if cfg.train.max_train_seconds and watch.train >= cfg.train.max_train_seconds:
+          stop_reason = f"used the budget train.max_train_seconds={cfg.train.max_train_seconds}"
+          break
+        if preemption.requested:
+          stop_reason = "SIGTERM: checkpoint saved; re-run the same command to resume"
+          exit_code = PREEMPTED_EXIT_CODE
+          break
+        if ckpt_due:
+          last_ckpt_time = checkpoint(step)
+        last_sync = time.perf_counter()
+        window_start_step = step
+
+      del batches  # stops the prefetch thread
+    if eval_enabled and last_eval_step != step and exit_code == 0:
+      eval_line = run_eval(step)  # every finished run ends with the eval loss it reached
+      log(f"step {step} | {eval_summary(setup, eval_line)}")
+    if ckpt.latest_step() != step:
+      checkpoint(step, wait=True)
+    ckpt.close()
+    writer.close()
+  log(f"stopped at step {step}: {stop_reason} | train {format_seconds(watch.train)}, compile "
+      f"{format_seconds(watch.compile)}, eval {format_seconds(watch.eval)}, checkpoint "
+      f"{format_seconds(watch.checkpoint)}, elapsed {format_seconds(watch.elapsed())}"
+      + peak_memory_note())
+  return exit_code
+
+
+def eval_summary(setup: Setup, line: dict) -> str:
+  return " | ".join(f"{k} {line[k]:.4f}" for k in setup.eval_keys if line.get(k) is not None)
