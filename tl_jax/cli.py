@@ -21,6 +21,7 @@ USAGE = """tl-jax COMMAND [flags]
 
 commands:
   pretrain   masked-LM pretraining: --config=FILE:PRESET --workdir=DIR [--config.a.b=V ...] [--override]
+  translate  translation training:  --config=FILE:PRESET --workdir=DIR [--config.a.b=V ...] [--override]
 """
 
 
@@ -31,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parse(argv: list[str]):
   parser = _Parser(prog="tl-jax", usage=USAGE, add_help=True)
-  parser.add_argument("command", choices=["pretrain"])
+  parser.add_argument("command", choices=["pretrain", "translate"])
   parser.add_argument("--config", default=None, help="FILE:PRESET, e.g. configs/mlm.py:tiny")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--override", action="store_true",
@@ -57,6 +58,10 @@ def resolve_config(args, overrides: dict) -> tuple[config_lib.Config, bool]:
     raise UserError(f"{args.workdir} holds no config.json, so a new run needs "
                     "--config=configs/mlm.py:PRESET.")
   config = config_lib.load_preset(args.config) if args.config else saved
+  if config.task != args.command:
+    raise UserError(f"the config is for `tl-jax {config.task}`, not `tl-jax {args.command}`; use "
+                    f"configs/{'mlm' if config.task == 'pretrain' else 'translate'}.py presets with "
+                    f"`{config.task}` or pick the matching command.")
   config = config_lib.apply_overrides(config, overrides)
   config_lib.validate(config)
   if saved is not None:
@@ -101,9 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     config, replaces = resolve_config(args, overrides)
     os.makedirs(args.workdir, exist_ok=True)
     _quiet_libraries()
-    from tl_jax.train import pretrain  # imports jax: keep `--help` and config errors fast
-    return pretrain.run(config, args.workdir,
-                        on_ready=lambda: commit_config(config, args.workdir, replaces))
+    # Imported here: jax makes `--help` and config errors slow.
+    if args.command == "translate":
+      from tl_jax.train import translate as task
+    else:
+      from tl_jax.train import pretrain as task
+    return task.run(config, args.workdir,
+                    on_ready=lambda: commit_config(config, args.workdir, replaces))
   except UserError as e:
     print(f"tl-jax: error: {e}", file=sys.stderr)
     return 2

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from tl_jax.config import TrainConfig
 
 
 def schedule(train: TrainConfig) -> optax.Schedule:
+  if train.schedule == "inverse_sqrt":  # Vaswani et al.: linear warmup, then 1/sqrt(step)
+    warmup = max(train.warmup_steps, 1)
+    return lambda step: train.learning_rate * jnp.minimum(
+        (step + 1) / warmup, jnp.sqrt(warmup / jnp.maximum(step + 1, 1)))
   decay_steps = train.decay_steps or train.max_steps
   warmup = min(train.warmup_steps, decay_steps)
   return optax.join_schedules(

@@ -1,0 +1,154 @@
+"""Autoregressive decoding, greedy and beam search, driven by a per-row step function.
+
+The model side is one function, `step_fn(cache, last_tokens, position) -> (logits, cache)`:
+it feeds `last_tokens` (BOS at position 0) and returns the logits for the next token.
+Everything per row lives in `cache`, a pytree whose leaves all lead with the row axis, so
+the decoders can reorder beams without knowing what the model stores. Both decoders are
+one `lax.while_loop` with static shapes, so they jit whole and stop once no row can change.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+StepFn = Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+# Finite stand-in for log(0): dead beams and empty slots still go through sums, divisions
+# and top-k, where an infinity could turn into nan (-inf - -inf, inf * 0).
+NEG_INF = -1.0e9
+_DEAD = NEG_INF / 2  # anything at or below this is an empty slot or a dead beam
+
+
+def tile_beams(tree, beam_size: int):
+  """Repeats every leaf's rows beam_size times: [B, ...] -> [B*beam_size, ...].
+
+  Row b*beam_size + k is a copy of row b, the layout `beam_search` expects.
+  """
+  return jax.tree.map(lambda x: jnp.repeat(x, beam_size, axis=0), tree)
+
+
+def length_penalty_divisor(length: jax.Array, alpha: float) -> jax.Array:
+  """GNMT's ((5 + length) / 6) ** alpha, in float32."""
+  return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** jnp.float32(alpha)
+
+
+def greedy_decode(step_fn: StepFn, cache, batch_size: int, max_len: int, bos_id: int, eos_id: int,
+                  pad_id: int = 0) -> jax.Array:
+  """int32[B, max_len]: argmax tokens after BOS; after a row's EOS, its positions hold pad_id."""
+  if max_len < 1:
+    raise ValueError(f"max_len must be at least 1, got {max_len}")
+
+  def cond(state):
+    i, _, _, _, done = state
+    return (i < max_len) & ~jnp.all(done)
+
+  def body(state):
+    i, cache, last, out, done = state
+    logits, cache = step_fn(cache, last, i)
+    token = jnp.argmax(logits.astype(jnp.float32), axis=-1).astype(jnp.int32)
+    # Finished rows keep being stepped (the batch moves together) but emit padding.
+    token = jnp.where(done, jnp.int32(pad_id), token)
+    out = lax.dynamic_update_slice(out, token[:, None], (jnp.int32(0), i))
+    return i + 1, cache, token, out, done | (token == eos_id)
+
+  state = (jnp.int32(0), cache, jnp.full((batch_size,), bos_id, jnp.int32),
+           jnp.full((batch_size, max_len), pad_id, jnp.int32), jnp.zeros((batch_size,), bool))
+  return lax.while_loop(cond, body, state)[3]
+
+
+class _BeamState(NamedTuple):
+  i: jax.Array           # tokens generated so far (= position of the next input)
+  alive_seq: jax.Array   # int32[B, K, L], pad beyond i
+  alive_logp: jax.Array  # float32[B, K], sum of log-probs; NEG_INF for dead beams; sorted
+  alive_last: jax.Array  # int32[B, K], the token to feed next
+  cache: Any             # leaves [B*K, ...], row b*K + k belongs to alive beam k of example b
+  fin_seq: jax.Array     # int32[B, K, L], EOS then pad
+  fin_score: jax.Array   # float32[B, K], length-penalised; NEG_INF for empty slots; sorted
+
+
+def _take_beams(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """x[b, idx[b, j], ...] for x [B, n, ...] and idx [B, m]."""
+  return jax.vmap(lambda row, j: row[j])(x, idx)
+
+
+def beam_search(step_fn: StepFn, cache, batch_size: int, beam_size: int, max_len: int, bos_id: int,
+                eos_id: int, length_penalty: float = 0.6,
+                pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+  """(sequences int32[B, beam_size, max_len], scores float32[B, beam_size]), best first.
+
+  `cache` must already be tiled to B*beam_size rows (tile_beams). Score = sum of log-probs /
+  ((5 + length) / 6) ** length_penalty, length counting tokens up to and including EOS.
+  Hypotheses still unfinished at max_len are scored the same way (length max_len) and are
+  ranked with the finished ones only for examples with fewer than beam_size finished. After
+  EOS positions hold pad_id. Slots no hypothesis could fill (vocabulary too small for the
+  beam) get score -inf and an all-pad sequence.
+
+  Stops once every example has beam_size finished hypotheses (fairseq's rule; with
+  beam_size=1 this is exactly greedy decoding). Only an EOS among the best beam_size
+  candidates of a step finishes a hypothesis.
+  """
+  if max_len < 1:
+    raise ValueError(f"max_len must be at least 1, got {max_len}")
+  B, K, L = batch_size, beam_size, max_len
+  f32 = jnp.float32
+
+  def penalty(length):
+    return length_penalty_divisor(length, length_penalty)
+
+  def cond(s: _BeamState):
+    # fairseq's rule: an example is done once beam_size hypotheses have finished (or no
+    # beam is alive). This makes beam_size=1 exactly greedy decoding.
+    full = jnp.min(s.fin_score, axis=1) > _DEAD
+    no_alive = jnp.max(s.alive_logp, axis=1) <= _DEAD
+    return (s.i < L) & ~jnp.all(full | no_alive)
+
+  def body(s: _BeamState) -> _BeamState:
+    logits, cache = step_fn(s.cache, s.alive_last.reshape(B * K), s.i)
+    V = logits.shape[-1]
+    logp = jax.nn.log_softmax(logits.astype(f32), axis=-1).reshape(B, K, V)
+    cand = (s.alive_logp[:, :, None] + logp).reshape(B, K * V)
+    # 2K candidates: even if K of them end in EOS, K remain to keep the beam full.
+    cand_logp, flat = lax.top_k(cand, min(2 * K, K * V))
+    parent, token = flat // V, (flat % V).astype(jnp.int32)
+    seqs = _take_beams(s.alive_seq, parent)
+    seqs = lax.dynamic_update_slice(seqs, token[:, :, None], (jnp.int32(0), jnp.int32(0), s.i))
+    is_eos = token == eos_id
+
+    # Finished: merge with the kept set, old ones first so ties keep the earlier hypothesis.
+    # Only EOS among the best K candidates finishes a hypothesis (as fairseq): a runner-up
+    # EOS never displaces the continuations that rank above it.
+    top_k = jnp.arange(cand_logp.shape[1]) < K
+    new_score = jnp.where(is_eos & top_k & (cand_logp > _DEAD), cand_logp / penalty(s.i + 1), NEG_INF)
+    fin_score, idx = lax.top_k(jnp.concatenate([s.fin_score, new_score], axis=1), K)
+    fin_seq = _take_beams(jnp.concatenate([s.fin_seq, seqs], axis=1), idx)
+
+    # Alive: the best K candidates that did not end in EOS.
+    alive_logp, idx = lax.top_k(jnp.where(is_eos, NEG_INF, cand_logp), K)
+    rows = (jnp.arange(B, dtype=jnp.int32)[:, None] * K + _take_beams(parent, idx)).reshape(-1)
+    cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), cache)
+    return _BeamState(s.i + 1, _take_beams(seqs, idx), alive_logp, _take_beams(token, idx), cache,
+                      fin_seq, fin_score)
+
+  # Only beam 0 is alive at first: the K rows hold the same prefix, and letting all of them
+  # expand would fill the beam with K copies of each continuation.
+  alive_logp = jnp.full((B, K), NEG_INF, f32).at[:, 0].set(0.0)
+  init = _BeamState(
+      i=jnp.int32(0), alive_seq=jnp.full((B, K, L), pad_id, jnp.int32), alive_logp=alive_logp,
+      alive_last=jnp.full((B, K), bos_id, jnp.int32), cache=cache,
+      fin_seq=jnp.full((B, K, L), pad_id, jnp.int32), fin_score=jnp.full((B, K), NEG_INF, f32))
+  s = lax.while_loop(cond, body, init)
+
+  # Unfinished beams have length i (= L unless the loop stopped early, and then they are
+  # either dead or cannot beat a full finished set, so they are not used).
+  n_finished = jnp.sum(s.fin_score > _DEAD, axis=1)
+  alive_score = jnp.where(s.alive_logp > _DEAD, s.alive_logp / penalty(s.i), NEG_INF)
+  alive_score = jnp.where((n_finished < K)[:, None], alive_score, NEG_INF)
+  scores, idx = lax.top_k(jnp.concatenate([s.fin_score, alive_score], axis=1), K)
+  seqs = _take_beams(jnp.concatenate([s.fin_seq, s.alive_seq], axis=1), idx)
+  valid = scores > _DEAD
+  seqs = jnp.where(valid[:, :, None], seqs, jnp.int32(pad_id))
+  return seqs, jnp.where(valid, scores, -jnp.inf).astype(f32)
