@@ -22,6 +22,7 @@ USAGE = """tl-jax COMMAND [flags]
 commands:
   pretrain   masked-LM pretraining: --config=FILE:PRESET --workdir=DIR [--config.a.b=V ...] [--override]
   translate  translation training:  --config=FILE:PRESET --workdir=DIR [--config.a.b=V ...] [--override]
+  translate-file  --workdir=DIR --input=FILE --output=FILE  (the run's newest checkpoint)
 """
 
 
@@ -32,9 +33,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _parse(argv: list[str]):
   parser = _Parser(prog="tl-jax", usage=USAGE, add_help=True)
-  parser.add_argument("command", choices=["pretrain", "translate"])
+  parser.add_argument("command", choices=["pretrain", "translate", "translate-file"])
   parser.add_argument("--config", default=None, help="FILE:PRESET, e.g. configs/mlm.py:tiny")
   parser.add_argument("--workdir", required=True)
+  parser.add_argument("--input", help="translate-file: text to translate, one sentence a line")
+  parser.add_argument("--output", help="translate-file: where the translations go")
   parser.add_argument("--override", action="store_true",
                       help="continue a workdir with a config that differs from its config.json")
   args, rest = parser.parse_known_args(argv)
@@ -103,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   try:
     args, overrides = _parse(argv)
+    if args.command == "translate-file":
+      if not (args.input and args.output):
+        raise UserError("translate-file needs --input=FILE and --output=FILE.")
+      _quiet_libraries()
+      from tl_jax.train import translate
+      return translate.translate_file(args.workdir, args.input, args.output)
     config, replaces = resolve_config(args, overrides)
     os.makedirs(args.workdir, exist_ok=True)
     _quiet_libraries()

@@ -198,3 +198,62 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
 
 def run(config: TranslateConfig, workdir: str, devices=None, on_ready=None) -> int:
   return loop.run(build(config, workdir, devices), workdir, on_ready)
+
+
+def translate_file(workdir: str, input_path: str, output_path: str, batch_size: int = 64) -> int:
+  """Translates each line of `input_path` with the workdir's newest checkpoint."""
+  from tl_jax import config as config_lib
+  from tl_jax.data.tokenizer import MODEL_FILE, Tokenizer
+  from tl_jax.errors import UserError
+  from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    raise UserError(f"{workdir} holds no config.json; point --workdir at a `tl-jax translate` run.")
+  config = config_lib.load(config_path)
+  if config.task != "translate":
+    raise UserError(f"{workdir} is a `tl-jax {config.task}` run, not a translation run.")
+  try:
+    with open(input_path, encoding="utf-8") as f:
+      lines = [line.strip() for line in f]
+  except FileNotFoundError:
+    raise UserError(f"input file {input_path} does not exist.") from None
+  except UnicodeDecodeError as e:
+    raise UserError(f"input file {input_path} is not valid UTF-8 (byte {e.start}); convert it "
+                    "with iconv.") from None
+
+  tokenizer = Tokenizer(os.path.join(workdir, "tokenizer", MODEL_FILE))
+  mesh = make_mesh(config)
+  rules = rules_for(config.parallel.rules)
+  model = Translator(config.model, padded_vocab(tokenizer.vocab_size))
+  seq_len = config.data.seq_len
+  example = {k: np.zeros((1, seq_len), np.int32) for k in ("src", "src_segments", "src_positions",
+                                                           "tgt_in", "tgt_out", "tgt_segments",
+                                                           "tgt_positions")}
+  init_fn = functools.partial(init_state, model, optimizer(config.train), config.train.seed, example)
+  abstract, shardings, _ = loop.sharded_state(init_fn, mesh, rules)
+  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), config.checkpoint.keep)
+  with jax.set_mesh(mesh):
+    restored = ckpt.restore(abstract_with_shardings(abstract, shardings))
+  ckpt.close()
+  if restored is None:
+    raise UserError(f"{workdir} has no checkpoint yet; train it with `tl-jax translate` first.")
+  state, _ = restored
+  decode = jax.jit(functools.partial(
+      translate_batch, model=model, vocab_size=tokenizer.vocab_size,
+      beam_size=config.eval.beam_size, length_penalty=config.eval.length_penalty, max_len=seq_len))
+
+  outputs = []
+  for start in range(0, len(lines), batch_size):
+    chunk = lines[start:start + batch_size]
+    rows = np.full((batch_size, seq_len), PAD_ID, np.int32)
+    for i, ids in enumerate(tokenizer.encode(chunk)):
+      ids = ids[: seq_len - 1] + [EOS_ID]
+      rows[i, :len(ids)] = ids
+    out = np.asarray(jax.device_get(decode(state.params, rows)))
+    outputs += [tokenizer.decode(row) if text else "" for row, text in zip(out, chunk)]
+  with open(output_path + ".tmp", "w", encoding="utf-8") as f:
+    f.write("".join(line + "\n" for line in outputs))
+  os.replace(output_path + ".tmp", output_path)
+  log(f"translated {len(lines)} lines with the checkpoint of step {int(state.step)} into {output_path}")
+  return 0
