@@ -22,7 +22,7 @@ USAGE = """tl-jax COMMAND [flags]
 commands:
   pretrain   masked-LM pretraining: --config=FILE:PRESET --workdir=DIR [--config.a.b=V ...] [--override]
   translate  translation training:  --config=FILE:PRESET --workdir=DIR [--config.a.b=V ...] [--override]
-  translate-file  --workdir=DIR --input=FILE --output=FILE  (the run's newest checkpoint)
+  translate-file  --workdir=DIR --input=FILE --output=FILE  (the best-BLEU parameters)
 """
 
 

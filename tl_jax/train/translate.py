@@ -8,6 +8,7 @@ detokenized beam-search output, written to `WORKDIR/decodes/step_N.txt`).
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import jax
@@ -91,6 +92,39 @@ def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_siz
   return sequences[:, 0]
 
 
+class BestParams:
+  """The parameters of the best BLEU so far, in WORKDIR/best (params only: enough to translate).
+
+  Kept apart from the rolling checkpoints, which keep the newest steps for resuming.
+  """
+
+  def __init__(self, workdir: str):
+    self.directory = os.path.join(os.path.abspath(workdir), "best")
+    self.bleu = self.read(workdir)["bleu"] if os.path.exists(self.info_path(workdir)) else -1.0
+
+  @staticmethod
+  def info_path(workdir: str) -> str:
+    return os.path.join(workdir, "best", "best.json")
+
+  @classmethod
+  def read(cls, workdir: str) -> dict:
+    with open(cls.info_path(workdir)) as f:
+      return json.load(f)
+
+  def offer(self, params, step: int, bleu: float) -> None:
+    if bleu <= self.bleu:
+      return
+    import orbax.checkpoint as ocp
+    self.bleu = bleu
+    with ocp.StandardCheckpointer() as checkpointer:
+      checkpointer.save(os.path.join(self.directory, "params"), params, force=True)
+    if jax.process_index() == 0:  # written after the params, so it never names a missing save
+      with open(self.info_path(os.path.dirname(self.directory)) + ".tmp", "w") as f:
+        json.dump({"step": step, "bleu": bleu}, f)
+      os.replace(self.info_path(os.path.dirname(self.directory)) + ".tmp",
+                 self.info_path(os.path.dirname(self.directory)))
+
+
 def bleu_score(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
   """Corpus BLEU (sacreBLEU defaults, 13a tokenizer) and its signature."""
   import sacrebleu
@@ -159,6 +193,8 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
       rows[i, :len(ids)] = ids
     return rows
 
+  best = BestParams(workdir)
+
   def compile_eval(state):
     compiled_loss = loss_fn.lower(
         state.params, loop.abstract_batch(host_rows(eval_loss_batches[0]), batch_sharding)).compile()
@@ -184,6 +220,7 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
           f.write("\n".join(hypotheses) + "\n")
         with open(os.path.join(workdir, "decodes", "bleu_signature.txt"), "w") as f:
           f.write(signature + "\n")
+      best.offer(params, step, values["bleu"])
       return values
     return evaluate
 
@@ -201,7 +238,7 @@ def run(config: TranslateConfig, workdir: str, devices=None, on_ready=None) -> i
 
 
 def translate_file(workdir: str, input_path: str, output_path: str, batch_size: int = 64) -> int:
-  """Translates each line of `input_path` with the workdir's newest checkpoint."""
+  """Translates each line of `input_path` with the best-BLEU parameters (else the newest checkpoint)."""
   from tl_jax import config as config_lib
   from tl_jax.data.tokenizer import MODEL_FILE, Tokenizer
   from tl_jax.errors import UserError
@@ -232,13 +269,22 @@ def translate_file(workdir: str, input_path: str, output_path: str, batch_size: 
                                                            "tgt_positions")}
   init_fn = functools.partial(init_state, model, optimizer(config.train), config.train.seed, example)
   abstract, shardings, _ = loop.sharded_state(init_fn, mesh, rules)
-  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), config.checkpoint.keep)
-  with jax.set_mesh(mesh):
-    restored = ckpt.restore(abstract_with_shardings(abstract, shardings))
-  ckpt.close()
-  if restored is None:
-    raise UserError(f"{workdir} has no checkpoint yet; train it with `tl-jax translate` first.")
-  state, _ = restored
+  if os.path.exists(BestParams.info_path(workdir)):
+    import orbax.checkpoint as ocp
+    best = BestParams.read(workdir)
+    with ocp.StandardCheckpointer() as checkpointer:
+      params = checkpointer.restore(os.path.join(os.path.abspath(workdir), "best", "params"),
+                                    abstract_with_shardings(abstract.params, shardings.params))
+    chosen = f"the best-BLEU parameters (step {best['step']}, BLEU {best['bleu']:.2f})"
+  else:
+    ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), config.checkpoint.keep)
+    with jax.set_mesh(mesh):
+      restored = ckpt.restore(abstract_with_shardings(abstract, shardings))
+    ckpt.close()
+    if restored is None:
+      raise UserError(f"{workdir} has no checkpoint yet; train it with `tl-jax translate` first.")
+    params = restored[0].params
+    chosen = f"the newest checkpoint (step {int(restored[0].step)})"
   decode = jax.jit(functools.partial(
       translate_batch, model=model, vocab_size=tokenizer.vocab_size,
       beam_size=config.eval.beam_size, length_penalty=config.eval.length_penalty, max_len=seq_len))
@@ -250,10 +296,10 @@ def translate_file(workdir: str, input_path: str, output_path: str, batch_size: 
     for i, ids in enumerate(tokenizer.encode(chunk)):
       ids = ids[: seq_len - 1] + [EOS_ID]
       rows[i, :len(ids)] = ids
-    out = np.asarray(jax.device_get(decode(state.params, rows)))
+    out = np.asarray(jax.device_get(decode(params, rows)))
     outputs += [tokenizer.decode(row) if text else "" for row, text in zip(out, chunk)]
   with open(output_path + ".tmp", "w", encoding="utf-8") as f:
     f.write("".join(line + "\n" for line in outputs))
   os.replace(output_path + ".tmp", output_path)
-  log(f"translated {len(lines)} lines with the checkpoint of step {int(state.step)} into {output_path}")
+  log(f"translated {len(lines)} lines with {chosen} into {output_path}")
   return 0
