@@ -40,7 +40,8 @@ def test_tiny_synthetic_translation_bleu_rises(tmp_path):
   c.eval.every_steps = 400
   c.parallel.data = 1
   workdir = str(tmp_path / "mt")
-  assert translate.run(c, workdir, jax.devices()[:1]) == 0
+  save_config = lambda: config_lib.save(c, os.path.join(workdir, "config.json"))  # as the CLI does
+  assert translate.run(c, workdir, jax.devices()[:1], on_ready=save_config) == 0
   evals = [l for l in metrics.read(workdir) if "bleu" in l]
   assert evals[0]["bleu"] < 5.0 and evals[-1]["bleu"] > 25.0, evals
   assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 3.0
