@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax.config import TranslateConfig, d_ff
+from tl_jax.config import ParallelConfig, TranslateConfig, d_ff
 from tl_jax.data import cache as token_cache
 from tl_jax.data.loader import TrainLoader, eval_batches
 from tl_jax.data.pairs import JointText, pack, padding_fraction, PackedPairs, prepare_packed, tokenize_pairs
@@ -260,7 +260,9 @@ def translate_file(workdir: str, input_path: str, output_path: str, batch_size: 
                     "with iconv.") from None
 
   tokenizer = Tokenizer(os.path.join(workdir, "tokenizer", MODEL_FILE))
-  mesh = make_mesh(config)
+  # One device, whatever mesh trained the run: checkpoints restore onto any mesh.
+  config.parallel = ParallelConfig(data=1)
+  mesh = make_mesh(config, jax.devices()[:1])
   rules = rules_for(config.parallel.rules)
   model = Translator(config.model, padded_vocab(tokenizer.vocab_size))
   seq_len = config.data.seq_len
