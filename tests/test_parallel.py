@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from tl_jax import config as config_lib
 from tl_jax.errors import UserError

@@ -19,7 +19,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from tl_jax.data.tokenizer import MODEL_FILE, Tokenizer, cached_tokenizer
 from tl_jax.parallel import sharding as shd
