@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 
 import numpy as np
 
+from tl_jax.data.atomic import publish_dir
 from tl_jax.data.tokenizer import EOS_ID, Tokenizer
 from tl_jax.errors import UserError
 
@@ -73,21 +73,17 @@ def prepare(source, split: str, tokenizer: Tokenizer, max_tokens: int, cache_dir
          "max_tokens": max_tokens}
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   out_dir = os.path.join(cache_dir, "tokens", f"{split}-{digest}")
-  if not os.path.exists(os.path.join(out_dir, "meta.json")):
-    tmp_dir = out_dir + f".tmp{os.getpid()}"
-    os.makedirs(tmp_dir, exist_ok=True)
+
+  def fill(tmp_dir: str):
     count = _write(source, split, tokenizer, max_tokens, tmp_dir)
     if count == 0:
-      shutil.rmtree(tmp_dir, ignore_errors=True)
       raise UserError(f"the {split} split of the data source holds no text; check the data settings.")
     meta = dict(key, num_tokens=count, dtype=np.dtype(_dtype_for(tokenizer.vocab_size)).name,
                 vocab_size=tokenizer.vocab_size)
     with open(os.path.join(tmp_dir, "meta.json"), "w") as f:
       json.dump(meta, f, indent=2, sort_keys=True)
-    try:
-      os.rename(tmp_dir, out_dir)  # atomic publish; a killed prepare leaves only a tmp dir
-    except OSError:
-      shutil.rmtree(tmp_dir, ignore_errors=True)
+
+  publish_dir(out_dir, fill)
   return TokenCache(out_dir)
 
 

@@ -12,10 +12,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 
 import numpy as np
 
+from tl_jax.data.atomic import publish_dir
 from tl_jax.data.tokenizer import BOS_ID, EOS_ID, Tokenizer
 
 FIELDS = ("src", "src_segments", "src_positions", "tgt_in", "tgt_out", "tgt_segments", "tgt_positions")
@@ -126,18 +126,15 @@ def prepare_packed(source, split: str, tokenizer: Tokenizer, data, cache_dir: st
          "seq_len": data.seq_len, "ratio": data.max_length_ratio}
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   out_dir = os.path.join(cache_dir, "pairs", f"{split}-{digest}")
-  if not os.path.exists(os.path.join(out_dir, "stats.json")):
+
+  def fill(tmp_dir: str):
     pairs, _, stats = tokenize_pairs(source, split, tokenizer, key["max_pairs"], data.seq_len,
                                      data.max_length_ratio)
-    tmp = out_dir + f".tmp{os.getpid()}"
-    os.makedirs(tmp, exist_ok=True)
-    np.savez(os.path.join(tmp, "rows.npz"), **pack(pairs, data.seq_len))
-    with open(os.path.join(tmp, "stats.json"), "w") as f:
+    np.savez(os.path.join(tmp_dir, "rows.npz"), **pack(pairs, data.seq_len))
+    with open(os.path.join(tmp_dir, "stats.json"), "w") as f:
       json.dump(dataclasses.asdict(stats), f)
-    try:
-      os.rename(tmp, out_dir)
-    except OSError:
-      shutil.rmtree(tmp, ignore_errors=True)
+
+  publish_dir(out_dir, fill)
   with np.load(os.path.join(out_dir, "rows.npz")) as npz:
     rows = {k: npz[k] for k in FIELDS}
   with open(os.path.join(out_dir, "stats.json")) as f:

@@ -14,6 +14,7 @@ import tempfile
 
 import sentencepiece as spm
 
+from tl_jax.data.atomic import publish_dir
 from tl_jax.errors import UserError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID = 0, 1, 2, 3, 4
@@ -79,16 +80,12 @@ def cached_tokenizer(source, data, cache_dir: str) -> Tokenizer:
                     "type": data.tokenizer_type, "chars": data.tokenizer_train_chars}, sort_keys=True)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   out_dir = os.path.join(cache_dir, "tokenizers", digest)
-  path = os.path.join(out_dir, MODEL_FILE)
-  if not os.path.exists(path):
-    tmp_dir = out_dir + f".tmp{os.getpid()}"
+
+  def fill(tmp_dir: str):
     _train(source.documents("train"), tmp_dir, data.vocab_size, data.tokenizer_type,
            data.tokenizer_train_chars)
     with open(os.path.join(tmp_dir, "key.json"), "w") as f:
       f.write(key)
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    try:
-      os.rename(tmp_dir, out_dir)  # atomic: a concurrent run either sees all of it or none
-    except OSError:
-      shutil.rmtree(tmp_dir, ignore_errors=True)  # another process finished first
-  return Tokenizer(path)
+
+  publish_dir(out_dir, fill)
+  return Tokenizer(os.path.join(out_dir, MODEL_FILE))

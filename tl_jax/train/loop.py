@@ -41,8 +41,6 @@ class Setup:
   config: Any
   mesh: jax.sharding.Mesh
   rules: tuple
-  tokenizer: Tokenizer
-  model: Any
   loader: Any  # TrainLoader: .batch(step), .iterate(start, prefetch)
   state_shardings: Any
   abstract_state: Any

@@ -74,7 +74,7 @@ def build(config: Config, workdir: str, devices=None) -> Setup:
     return evaluate
 
   return Setup(
-      config=config, mesh=mesh, rules=rules, tokenizer=tokenizer, model=model, loader=loader,
+      config=config, mesh=mesh, rules=rules, loader=loader,
       state_shardings=state_shardings, abstract_state=abstract, init_fn=placed_init,
       train_fn=train_fn, batch_sharding=batch_sharding,
       tokens_per_step=config.train.batch_size * seq_len,

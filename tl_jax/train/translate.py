@@ -18,7 +18,7 @@ import numpy as np
 from tl_jax.config import ParallelConfig, TranslateConfig, d_ff
 from tl_jax.data import cache as token_cache
 from tl_jax.data.loader import TrainLoader, eval_batches
-from tl_jax.data.pairs import JointText, pack, padding_fraction, PackedPairs, prepare_packed, tokenize_pairs
+from tl_jax.data.pairs import FIELDS, JointText, pack, padding_fraction, PackedPairs, prepare_packed, tokenize_pairs
 from tl_jax.data.parallel_sources import make_parallel_source
 from tl_jax.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from tl_jax.models import decoding
@@ -100,15 +100,15 @@ class BestParams:
 
   def __init__(self, workdir: str):
     self.directory = os.path.join(os.path.abspath(workdir), "best")
-    self.bleu = self.read(workdir)["bleu"] if os.path.exists(self.info_path(workdir)) else -1.0
+    self.params_path = os.path.join(self.directory, "params")
+    self.info_path = os.path.join(self.directory, "best.json")
+    self.bleu = self.info()["bleu"] if self.exists() else -1.0
 
-  @staticmethod
-  def info_path(workdir: str) -> str:
-    return os.path.join(workdir, "best", "best.json")
+  def exists(self) -> bool:
+    return os.path.exists(self.info_path)
 
-  @classmethod
-  def read(cls, workdir: str) -> dict:
-    with open(cls.info_path(workdir)) as f:
+  def info(self) -> dict:
+    with open(self.info_path) as f:
       return json.load(f)
 
   def offer(self, params, step: int, bleu: float) -> None:
@@ -117,12 +117,25 @@ class BestParams:
     import orbax.checkpoint as ocp
     self.bleu = bleu
     with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(os.path.join(self.directory, "params"), params, force=True)
+      checkpointer.save(self.params_path, params, force=True)
     if jax.process_index() == 0:  # written after the params, so it never names a missing save
-      with open(self.info_path(os.path.dirname(self.directory)) + ".tmp", "w") as f:
+      with open(self.info_path + ".tmp", "w") as f:
         json.dump({"step": step, "bleu": bleu}, f)
-      os.replace(self.info_path(os.path.dirname(self.directory)) + ".tmp",
-                 self.info_path(os.path.dirname(self.directory)))
+      os.replace(self.info_path + ".tmp", self.info_path)
+
+  def restore(self, abstract_params):
+    import orbax.checkpoint as ocp
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(self.params_path, abstract_params)
+
+
+def source_rows(id_lists: list[list[int]], num_rows: int, seq_len: int) -> np.ndarray:
+  """Decoder input: each source truncated to fit, closed by </s>, right-padded; unused rows all pad."""
+  rows = np.full((num_rows, seq_len), PAD_ID, np.int32)
+  for i, ids in enumerate(id_lists):
+    ids = ids[: seq_len - 1] + [EOS_ID]
+    rows[i, :len(ids)] = ids
+  return rows
 
 
 def bleu_score(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
@@ -168,7 +181,7 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
 
   model = Translator(config.model, padded_vocab(tokenizer.vocab_size))
   tx = optimizer(config.train)
-  example = {k: np.zeros((1, data.seq_len), np.int32) for k in train_rows.rows}
+  example = {k: np.zeros((1, data.seq_len), np.int32) for k in FIELDS}
   init_fn = functools.partial(init_state, model, tx, config.train.seed, example)
   abstract, state_shardings, placed_init = loop.sharded_state(init_fn, mesh, rules)
   batch_sharding = {k: shd.batch_sharding(mesh, rules) for k in train_rows.rows}
@@ -186,19 +199,12 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
       length_penalty=config.eval.length_penalty, max_len=data.seq_len))
   decode_rows = config.eval.decode_batch_size
 
-  def source_rows(chunk):
-    rows = np.full((decode_rows, data.seq_len), PAD_ID, np.int32)
-    for i, ids in enumerate(chunk):
-      ids = ids[: data.seq_len - 1] + [EOS_ID]
-      rows[i, :len(ids)] = ids
-    return rows
-
   best = BestParams(workdir)
 
   def compile_eval(state):
     compiled_loss = loss_fn.lower(
         state.params, loop.abstract_batch(host_rows(eval_loss_batches[0]), batch_sharding)).compile()
-    compiled_decode = decode_fn.lower(state.params, source_rows([])).compile() if bleu_src else None
+    compiled_decode = decode_fn.lower(state.params, source_rows([], decode_rows, data.seq_len)).compile() if bleu_src else None
 
     def evaluate(params, step):
       total, count = 0.0, 0.0
@@ -211,7 +217,7 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
       hypotheses = []
       for start in range(0, len(bleu_src), decode_rows):
         chunk = bleu_src[start:start + decode_rows]
-        out = np.asarray(jax.device_get(compiled_decode(params, source_rows(chunk))))
+        out = np.asarray(jax.device_get(compiled_decode(params, source_rows(chunk, decode_rows, data.seq_len))))
         hypotheses += [tokenizer.decode(row) for row in out[:len(chunk)]]
       values["bleu"], signature = bleu_score(hypotheses, bleu_refs)
       if jax.process_index() == 0:
@@ -225,7 +231,7 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
     return evaluate
 
   return Setup(
-      config=config, mesh=mesh, rules=rules, tokenizer=tokenizer, model=model, loader=loader,
+      config=config, mesh=mesh, rules=rules, loader=loader,
       state_shardings=state_shardings, abstract_state=abstract, init_fn=placed_init,
       train_fn=train_fn, batch_sharding=batch_sharding,
       tokens_per_step=config.train.batch_size * data.seq_len,
@@ -266,18 +272,13 @@ def translate_file(workdir: str, input_path: str, output_path: str, batch_size: 
   rules = rules_for(config.parallel.rules)
   model = Translator(config.model, padded_vocab(tokenizer.vocab_size))
   seq_len = config.data.seq_len
-  example = {k: np.zeros((1, seq_len), np.int32) for k in ("src", "src_segments", "src_positions",
-                                                           "tgt_in", "tgt_out", "tgt_segments",
-                                                           "tgt_positions")}
+  example = {k: np.zeros((1, seq_len), np.int32) for k in FIELDS}
   init_fn = functools.partial(init_state, model, optimizer(config.train), config.train.seed, example)
   abstract, shardings, _ = loop.sharded_state(init_fn, mesh, rules)
-  if os.path.exists(BestParams.info_path(workdir)):
-    import orbax.checkpoint as ocp
-    best = BestParams.read(workdir)
-    with ocp.StandardCheckpointer() as checkpointer:
-      params = checkpointer.restore(os.path.join(os.path.abspath(workdir), "best", "params"),
-                                    abstract_with_shardings(abstract.params, shardings.params))
-    chosen = f"the best-BLEU parameters (step {best['step']}, BLEU {best['bleu']:.2f})"
+  best = BestParams(workdir)
+  if best.exists():
+    params = best.restore(abstract_with_shardings(abstract.params, shardings.params))
+    chosen = f"the best-BLEU parameters (step {best.info()['step']}, BLEU {best.bleu:.2f})"
   else:
     ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), config.checkpoint.keep)
     with jax.set_mesh(mesh):
@@ -294,10 +295,7 @@ def translate_file(workdir: str, input_path: str, output_path: str, batch_size: 
   outputs = []
   for start in range(0, len(lines), batch_size):
     chunk = lines[start:start + batch_size]
-    rows = np.full((batch_size, seq_len), PAD_ID, np.int32)
-    for i, ids in enumerate(tokenizer.encode(chunk)):
-      ids = ids[: seq_len - 1] + [EOS_ID]
-      rows[i, :len(ids)] = ids
+    rows = source_rows(tokenizer.encode(chunk), batch_size, seq_len)
     out = np.asarray(jax.device_get(decode(params, rows)))
     outputs += [tokenizer.decode(row) if text else "" for row, text in zip(out, chunk)]
   with open(output_path + ".tmp", "w", encoding="utf-8") as f:
