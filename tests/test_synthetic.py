@@ -641,3 +641,162 @@ def test_pair_speed(lang: SyntheticLanguage):
     if size >= 400_000:
       break
   assert time.perf_counter() - start < 2.0
+
+
+# -- sentiment and document tone -----------------------------------------------
+
+def _adjp(polarity: int, intensified: bool = False) -> Node:
+  children = [Node("Adv", [], "very", {"lex": 0, "intensifier": True})] if intensified else []
+  children.append(Node("Adj", [], "adj", {"lex": 0, "polarity": polarity}))
+  return Node("AdjP", children)
+
+
+def _np(*adjps: Node, modifier: Node | None = None) -> Node:
+  children = [Node("Det", [], "the"), *adjps, Node("N", [], "n")]
+  return Node("NP", children + ([modifier] if modifier else []))
+
+
+def _vp(negated: bool, obj: Node | None = None) -> Node:
+  children = [Node("Neg", [], "not")] if negated else []
+  children.append(Node("Vt" if obj else "Vi", [], "v"))
+  return Node("VP", children + ([obj] if obj else []),
+              features={"negated": negated, "transitive": obj is not None, "gap": False})
+
+
+def _sentence(subject: Node, vp: Node) -> Node:
+  return Node("S", [Node("Clause", [subject, vp]), Node("Stop", [], ".")])
+
+
+def _reference_sum(node: Node, sign: int = 1, weight: int = 1) -> int:
+  """The polarity sum, written independently of the module's."""
+  if node.label == "VP" and node.features["negated"]:
+    sign = -sign
+  if node.label == "AdjP" and any(c.label == "Adv" for c in node.children):
+    weight = 2
+  if node.label == "Adj":
+    return sign * weight * node.features["polarity"]
+  return sum(_reference_sum(c, sign, weight) for c in node.children)
+
+
+@pytest.fixture(scope="module")
+def sentiment_trees(lang: SyntheticLanguage) -> list[Node]:
+  return [lang.sentiment_tree(i) for i in range(400)]
+
+
+def test_sentiment_of_hand_built_trees(lang: SyntheticLanguage):
+  # good N [not] V the very good N: +1 -+ 2.
+  tree = _sentence(_np(_adjp(1)), _vp(True, _np(_adjp(1, intensified=True))))
+  assert lang.sentiment(tree) == -1
+  assert lang.sentiment(tree, negation=False) == 1
+  assert lang.sentiment(_sentence(_np(_adjp(1)), _vp(False, _np(_adjp(1, True))))) == 1
+  # Nested negation composes: bad N [not] V the N that [not] V the bad N.
+  inner = Node("RelC", [Node("Rel", [], "that"), _vp(True, _np(_adjp(-1)))],
+               features={"kind": "subj"})
+  tree = _sentence(_np(_adjp(-1)), _vp(True, _np(modifier=inner)))
+  assert lang.sentiment(tree) == -1  # -1 + (-1)(-1)(-1)
+  # Neutral adjectives and a tie count as no sentiment.
+  assert lang.sentiment(_sentence(_np(_adjp(0)), _vp(False))) == 0
+  assert lang.sentiment(_sentence(_np(_adjp(1), _adjp(-1)), _vp(False))) == 0
+  assert lang.sentiment(_np(_adjp(-1, True))) == -1  # any phrase
+
+
+def test_sentiment_examples_are_deterministic(lang: SyntheticLanguage):
+  other = SyntheticLanguage(seed=0)
+  for split in synthetic.PAIR_SPLITS:
+    got = [other.sentiment_example(i, split) for i in range(8)]
+    assert got == [lang.sentiment_example(i, split) for i in range(8)]
+    assert list(itertools.islice(lang.sentiment_examples(split, start=3), 5)) == got[3:8]
+  assert SyntheticLanguage(seed=1).sentiment_example(0) != lang.sentiment_example(0)
+
+
+def test_sentiment_labels(lang: SyntheticLanguage, sentiment_trees: list[Node]):
+  vocab = set(lang.vocabulary)
+  examples = [lang.sentiment_example(i) for i in range(len(sentiment_trees))]
+  for (text, label), tree in zip(examples, sentiment_trees):
+    assert text == " ".join(lang.render(tree))
+    words = text.split(" ")
+    assert words[-1] == synthetic.STOP and words.count(synthetic.STOP) == 1
+    assert len(words) <= synthetic.MAX_PAIR_WORDS and set(words) <= vocab
+    assert label in (0, 1)
+    total = _reference_sum(tree)
+    assert total != 0 and label == int(total > 0), text
+  assert 0.4 < np.mean([label for _, label in examples]) < 0.6
+  assert len({text for text, _ in examples}) > 0.97 * len(examples)
+
+
+def test_sentiment_splits_are_disjoint(lang: SyntheticLanguage):
+  by_split = {split: {lang.sentiment_example(i, split)[0] for i in range(150)}
+              for split in synthetic.PAIR_SPLITS}
+  for a, b in itertools.combinations(synthetic.PAIR_SPLITS, 2):
+    assert not by_split[a] & by_split[b], (a, b)
+
+
+def test_negation_decides_many_labels(lang: SyntheticLanguage,
+                                      sentiment_trees: list[Node]):
+  flipped = [t for t in sentiment_trees
+             if lang.sentiment(t) != lang.sentiment(t, negation=False)]
+  assert 0.3 < len(flipped) / len(sentiment_trees) < 0.5
+  for tree in flipped:
+    assert any(vp.features["negated"] for vp in _phrases(tree, "VP"))
+  # With one negated VP, the label is the sum with that VP's part negated.
+  checked = 0
+  for tree in flipped:
+    negated = [vp for vp in _phrases(tree, "VP") if vp.features["negated"]]
+    if len(negated) != 1:
+      continue
+    total, part = _reference_sum(tree), _reference_sum(negated[0])
+    assert lang.sentiment(tree) == np.sign(total) != 0
+    # Without the negation the VP's part counts with the other sign, and the
+    # sum is the naive one, of the other (or no) sign.
+    twin = copy.deepcopy(tree)
+    for vp in _phrases(twin, "VP"):
+      vp.features["negated"] = False
+    assert _reference_sum(twin) == total - 2 * part
+    assert np.sign(total - 2 * part) == lang.sentiment(tree, negation=False)
+    assert np.sign(total - 2 * part) != np.sign(total)
+    checked += 1
+  assert checked > 50
+
+
+def test_bad_sentiment_arguments_raise(lang: SyntheticLanguage):
+  with pytest.raises(ValueError, match="split"):
+    lang.sentiment_example(0, "validation")
+  with pytest.raises(ValueError, match="split"):
+    lang.sentiment_examples("dev")  # at the call, not at the first next()
+  with pytest.raises(ValueError, match="index"):
+    lang.sentiment_example(-1)
+  with pytest.raises(ValueError, match="start"):
+    lang.sentiment_examples(start=-2)
+  for bad in (2, -2, True, 0.5):
+    with pytest.raises(ValueError, match="tone"):
+      lang.sentence(np.random.default_rng(0), tone=bad)
+
+
+def test_documents_have_a_tone(lang: SyntheticLanguage):
+  # Read polarity off the document text: a positive document has many more
+  # positive than negative adjectives, a negative one the reverse, so that
+  # pretraining on documents can learn polarity from co-occurrence.
+  polarity = dict(zip(lang.lexicon["Adj"].forms["base"],
+                      lang.lexicon["Adj"].features["polarity"]))
+  counts = {tone: collections.Counter() for tone in (-1, 0, 1)}
+  sentiments = {tone: collections.Counter() for tone in (-1, 0, 1)}
+  for i in range(200):
+    trees = lang.document_trees(i)
+    assert lang.document(i) == " ".join(w for t in trees for w in lang.render(t))
+    tone = trees[0].features["tone"]
+    assert all(t.features["tone"] == tone for t in trees)
+    counts[tone]["docs"] += 1
+    counts[tone].update(polarity[w] for w in lang.document(i).split(" ") if w in polarity)
+    sentiments[tone].update(lang.sentiment(t) for t in trees)
+  for tone in (-1, 0, 1):
+    assert counts[tone]["docs"] > 20, counts
+  assert counts[1][1] > 3 * counts[1][-1], counts[1]
+  assert counts[-1][-1] > 3 * counts[-1][1], counts[-1]
+  assert 0.7 < counts[0][1] / counts[0][-1] < 1.4, counts[0]
+  # Negated objects take the opposite polarity, so whole sentences follow the
+  # tone too.
+  assert sentiments[1][1] > 4 * sentiments[1][-1], sentiments[1]
+  assert sentiments[-1][-1] > 4 * sentiments[-1][1], sentiments[-1]
+  # Sentences drawn outside documents have no tone.
+  assert lang.sentence(np.random.default_rng(0)).features["tone"] == 0
+  assert lang.sentence(np.random.default_rng(0), topic=2, tone=-1).features["tone"] == -1

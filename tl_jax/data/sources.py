@@ -21,7 +21,7 @@ if typing.TYPE_CHECKING:
 SPLITS = ("train", "eval")
 
 # Bump when the synthetic generator's output for a given (seed, num_words) changes.
-SYNTHETIC_VERSION = 2
+SYNTHETIC_VERSION = 3
 # Bump when the rule turning lines into documents changes.
 TEXT_VERSION = 1
 # Bytes decoded at a time by the UTF-8 check; small enough to bound memory on huge files.

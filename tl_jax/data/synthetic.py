@@ -18,9 +18,17 @@ entropy:
     and every preposition for its object, and a slot obeys its governor's
     preference with probability 0.85 (_P_PREFER). Hundreds of arbitrary verb->class
     and adjective->class associations take capacity to memorise.
-The lexicon records both (Category.features "topics", "semclass",
-"subject_classes", "object_classes", "noun_classes"); the trees record the
-document topic (S) and each noun's class (N and NP).
+  - tone: a document is positive, negative or neutral (_P_POSITIVE_TONE,
+    _P_NEGATIVE_TONE, else neutral) and a toned document redraws half
+    (_P_TONE) of its adjectives among those of its polarity, keeping their
+    topic and class preference; the object of a negated VP takes the opposite
+    polarity ("not see the bad film" in a good review). As in real reviews,
+    where "great" and "wonderful" co-occur, masked-LM pretraining can thus
+    learn each adjective's polarity, and how negation turns it, from
+    co-occurrence alone, which the sentiment task below then rewards.
+The lexicon records topics and preferences (Category.features "topics",
+"semclass", "subject_classes", "object_classes", "noun_classes"); the trees
+record the document topic and tone (S) and each noun's class (N and NP).
 
 Every sentence is a tree (`Node`) before it is words, and the tree carries
 what later tasks need:
@@ -28,9 +36,10 @@ what later tasks need:
     re-renders the same tree with its own lexicon (`target_lexicon`, indexed
     by each leaf's `lex`), its own word order and its own agreement; see
     "Target language" below;
-  - sentiment: sum the `polarity` of every Adj (weighted up under an
-    intensifier Adv in its AdjP), flipping the sign inside a VP with
-    `negated`; the sign of the sum is the label.
+  - sentiment (`sentiment`, `sentiment_example`): sum the `polarity` of
+    every Adj (doubled under an intensifier Adv in its AdjP), flipping the
+    sign inside a VP with `negated` (nested negations compose); the sign of
+    the sum is the label. See "Sentiment task" below.
 
 Target language. A deterministic transduction of the trees, so that a
 seq2seq model has a real mapping to learn, but one that is exactly learnable:
@@ -55,6 +64,18 @@ MAX_PAIR_WORDS source words) from a stream of its own, for the splits
 to one split (_PAIR_BUCKETS), and each split redraws the others' sentences:
 short frequent sentences would otherwise recur across splits (~7% of eval
 sentences were in 200k train pairs), and eval/test would measure recall.
+
+Sentiment task. `sentiment_example(index, split)` is one sentence (at most
+MAX_PAIR_WORDS words) and a label, 1 positive or 0 negative, from a stream of
+its own, split by the same hash of the text as pairs (so no sentence is in
+two splits). The label needs composition: each example first draws its label
+(even odds) and whether negation flips it (_P_SENTIMENT_FLIPPED = 0.4: the
+negation-blind sum has the other sign, or none), then draws sentences until
+one fits; sentences with sum 0 never qualify. They are drawn on a topic but
+without tone, and with more adjectives, objects and negation than documents
+(_SENTIMENT_P_*) so that fitting sentences come quickly (~2 ms an eval
+example). A model finetuned from scratch has to learn hundreds of adjective
+polarities from labels; one pretrained on the (toned) documents has seen them.
 """
 
 from __future__ import annotations
@@ -91,6 +112,17 @@ MAX_PAIR_WORDS = 40
 # crc32(source text) % 10 -> the split owning the sentence: eval and test own
 # one bucket each (so they cost ~10 draws a pair), train the rest.
 _PAIR_BUCKETS = (2, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+# Sentiment examples: a stream of their own, split like pairs (PAIR_SPLITS,
+# _PAIR_BUCKETS on the sentence text).
+_SENTIMENT_TAG = 0x5E471
+_INTENSIFIER_WEIGHT = 2  # an intensified adjective counts double
+_P_SENTIMENT_FLIPPED = 0.4  # examples whose label negation flips
+# Grammar rates of sentiment sentences: more adjectives, objects and negation
+# than in documents, so that a sentence whose label negation flips is ~13% of
+# draws rather than ~1.7%.
+_SENTIMENT_P_ADJ = 0.6
+_SENTIMENT_P_TRANSITIVE = 0.8
+_SENTIMENT_P_NEG = 0.5
 
 # Grammar probabilities. Modifier odds shrink with nesting level so that
 # deep, long sentences are occasional rather than typical.
@@ -107,6 +139,10 @@ _P_NEG = 0.12
 _P_TRANSITIVE = 0.55
 _P_ADVERB = 0.2
 _MIN_SENTENCES, _MAX_SENTENCES = 2, 10
+# Document tone: positive, negative (else neutral), and the share of a toned
+# document's adjectives redrawn among those of its polarity.
+_P_POSITIVE_TONE, _P_NEGATIVE_TONE = 0.4, 0.4
+_P_TONE = 0.5
 
 # Semantics. A lexeme of global probability g has topical share
 # tau = min(_TOPICAL_MAX, _TOPICAL_CAP * _TOPICS_PER_LEXEME / (NUM_TOPICS * g)):
@@ -157,8 +193,9 @@ class Node:
   Adv, P, Rel, Vt, Vi, Neg, Conj, Stop. Leaves have `word` (source surface
   form) and `features["lex"]` (frequency rank within the category).
   Features by label: S has topic (document topic, None for a sentence drawn
-  without one); N has number ("sg"/"pl"), gender ("m"/"f") and semclass
-  (0..NUM_CLASSES-1); NP copies its head noun's; Det and Vt/Vi have number;
+  without one) and tone (+1/-1/0, the document's; 0 without one); N has
+  number ("sg"/"pl"), gender ("m"/"f") and semclass (0..NUM_CLASSES-1); NP
+  copies its head noun's; Det and Vt/Vi have number;
   Adj has polarity (+1/0/-1); Adv has intensifier (bool); VP has number,
   negated, transitive and gap (True for the object-less VP of an object
   relative); RelC has kind ("subj"/"obj").
@@ -203,7 +240,8 @@ class Category:
 
 @dataclasses.dataclass(slots=True)
 class _Tables:
-  """Sampling tables of one topic (or of the global distribution)."""
+  """What a sentence is drawn from: the sampling tables of one topic (or of
+  the global distribution) under one tone, and the grammar rates."""
   noun: _Table
   noun_by_class: list[_Table]  # nouns of class c
   vt: _Table
@@ -214,6 +252,14 @@ class _Tables:
   adj: _Table
   adj_by_class: list[_Table]  # adjectives preferring noun class c
   manner: _Table  # manner adverbs, indexed from 0
+  topic: int | None  # None: the global distribution
+  tone: int = 0  # +1/-1: adj and adj_by_class favour that polarity
+  p_adj: float = _P_ADJ
+  p_transitive: float = _P_TRANSITIVE
+  p_neg: float = _P_NEG
+  # Tables for the object of a negated VP: the opposite tone, so that the
+  # polarity a tone favours is the one that counts after negation.
+  negated: _Tables | None = None
 
 
 def _zipf_weights(n: int) -> np.ndarray:
@@ -355,6 +401,39 @@ def _preferences(rng: np.random.Generator, n: int,
   return tuple(out)
 
 
+def _polarity_sums(node: Node) -> tuple[int, int]:
+  """Adjective polarity summed over `node`: (with negation, without).
+
+  An adjective counts its polarity, times _INTENSIFIER_WEIGHT under an
+  intensifier in its AdjP; the first sum flips inside every negated VP
+  (nested negations compose).
+  """
+  if node.label == "Adj":
+    polarity = node.features["polarity"]
+    return polarity, polarity
+  if node.label == "AdjP":
+    weight = 1
+    signed = 0
+    for child in node.children:
+      if child.label == "Adv" and child.features.get("intensifier"):
+        weight = _INTENSIFIER_WEIGHT
+      elif child.label == "Adj":
+        signed += child.features["polarity"]
+    return weight * signed, weight * signed
+  signed = unsigned = 0
+  for child in node.children:
+    a, b = _polarity_sums(child)
+    signed += a
+    unsigned += b
+  if node.label == "VP" and node.features.get("negated"):
+    signed = -signed
+  return signed, unsigned
+
+
+def _sign(x: int) -> int:
+  return (x > 0) - (x < 0)
+
+
 def _by_class(weights: np.ndarray, prefs: tuple[tuple[int, ...], ...],
               fallback: _Table) -> list[_Table]:
   """Per class c, a table over the lexemes preferring c.
@@ -423,7 +502,20 @@ class SyntheticLanguage:
     self._cdf_det = _zipf_cdf(len(lex["Det"]))
     self._cdf_prep = _zipf_cdf(len(lex["P"]))
     self._cdf_intensifier = _zipf_cdf(self._num_intensifiers)
-    self._tables = [self._topic_tables(weights, t) for t in range(NUM_TOPICS + 1)]
+    # Draw contexts, indexed [tone][topic] (topic NUM_TOPICS: global).
+    neutral = [self._topic_tables(weights, t) for t in range(NUM_TOPICS + 1)]
+    positive = [self._toned_tables(tab, weights["Adj"][t], 1)
+                for t, tab in enumerate(neutral)]
+    negative = [self._toned_tables(tab, weights["Adj"][t], -1)
+                for t, tab in enumerate(neutral)]
+    sentiment = [dataclasses.replace(tab, p_adj=_SENTIMENT_P_ADJ,
+                                     p_transitive=_SENTIMENT_P_TRANSITIVE,
+                                     p_neg=_SENTIMENT_P_NEG) for tab in neutral]
+    for tabs in zip(neutral, positive, negative, sentiment):
+      tabs[0].negated, tabs[3].negated = tabs[0], tabs[3]
+      tabs[1].negated, tabs[2].negated = tabs[2], tabs[1]
+    self._tables = {0: neutral, 1: positive, -1: negative}
+    self._sentiment_tables = sentiment
 
     vocab = [w for cat in lex.values() for forms in cat.forms.values() for w in forms]
     self._vocabulary = tuple(vocab) + (STOP,)
@@ -616,7 +708,36 @@ class SyntheticLanguage:
         adj=everything["Adj"],
         adj_by_class=_by_class(w["Adj"], lex["Adj"].features["noun_classes"],
                                everything["Adj"]),
-        manner=everything["Adv"])
+        manner=everything["Adv"], topic=None if topic == NUM_TOPICS else topic)
+
+  def _toned_tables(self, tab: _Tables, weights: np.ndarray, tone: int) -> _Tables:
+    """`tab` under `tone` (+1/-1): a _P_TONE share of adjective draws is
+    redrawn among the adjectives of that polarity, with the same topic
+    `weights` and, in adj_by_class, the same class preference (the whole
+    polarity where no adjective of it prefers the class)."""
+    prefs = self.lexicon["Adj"].features["noun_classes"]
+    share = weights / np.array([len(p) for p in prefs], dtype=np.float64)
+    everything = np.arange(len(weights))
+    polar = np.flatnonzero(np.asarray(self._polarity) == tone)
+
+    def mix(base_weights: np.ndarray, base: np.ndarray, toned_weights: np.ndarray,
+            toned: np.ndarray) -> _Table:
+      mixed = np.zeros(len(weights))
+      mixed[base] += (1.0 - _P_TONE) * base_weights[base] / base_weights[base].sum()
+      mixed[toned] += _P_TONE * toned_weights[toned] / toned_weights[toned].sum()
+      return _table(mixed, np.flatnonzero(mixed))
+
+    by_class = []
+    for c in range(NUM_CLASSES):
+      ids = np.array([i for i, p in enumerate(prefs) if c in p], dtype=np.int64)
+      if not len(ids):  # as _by_class: no preference to keep
+        by_class.append(mix(weights, everything, weights, polar))
+        continue
+      toned = ids[np.isin(ids, polar)]
+      by_class.append(mix(share, ids, share, toned) if len(toned)
+                      else mix(share, ids, weights, polar))
+    return dataclasses.replace(tab, adj=mix(weights, everything, weights, polar),
+                               adj_by_class=by_class, tone=tone)
 
   @property
   def vocabulary(self) -> list[str]:
@@ -630,18 +751,24 @@ class SyntheticLanguage:
 
   # -- generation ------------------------------------------------------------
 
-  def sentence(self, rng: np.random.Generator, topic: int | None = None) -> Node:
+  def sentence(self, rng: np.random.Generator, topic: int | None = None,
+               tone: int = 0) -> Node:
     """One sentence tree; draws from `rng` in blocks of uniforms.
 
     With `topic` (0..NUM_TOPICS-1) words follow that topic, as inside a
     document; without, they follow the global (topic-averaged) distribution.
+    With `tone` +1 (-1), adjectives favour positive (negative) polarity, as
+    in a document of that tone.
     """
     if topic is not None and (isinstance(topic, bool)
                               or not isinstance(topic, (int, np.integer))
                               or not 0 <= topic < NUM_TOPICS):
       raise ValueError(f"topic must be None or an int in [0, {NUM_TOPICS}), "
                        f"got {topic!r}")
-    return self._sentence(_uniform_source(rng, 64), topic)
+    if isinstance(tone, bool) or tone not in (-1, 0, 1):
+      raise ValueError(f"tone must be -1, 0 or 1, got {tone!r}")
+    tab = self._tables[int(tone)][NUM_TOPICS if topic is None else int(topic)]
+    return self._sentence(_uniform_source(rng, 64), tab)
 
   def render(self, tree: Node) -> list[str]:
     """Source-language surface words of `tree`, in order."""
@@ -755,9 +882,9 @@ class SyntheticLanguage:
     index = _check_index("index", index)
     rng = np.random.default_rng(np.random.SeedSequence([self.seed, _PAIR_TAG, tag, index]))
     u = _uniform_source(rng, 128)
-    topic = int(u() * NUM_TOPICS)
+    tab = self._tables[0][int(u() * NUM_TOPICS)]
     while True:  # deterministic: redraws continue the same stream
-      tree = self._sentence(u, topic)
+      tree = self._sentence(u, tab)
       words = self.render(tree)
       if len(words) > MAX_PAIR_WORDS:
         continue
@@ -765,17 +892,87 @@ class SyntheticLanguage:
       if _PAIR_BUCKETS[zlib.crc32(text.encode()) % len(_PAIR_BUCKETS)] == tag:
         return tree, text
 
-  def document(self, index: int, split: str = "train") -> str:
-    """Document `index` of `split`: 2-10 sentences on one topic."""
+  def sentiment(self, tree: Node, negation: bool = True) -> int:
+    """Sentiment of `tree` (any phrase): the sign (-1, 0 or +1) of the
+    adjectives' polarity sum, an intensified adjective counting
+    _INTENSIFIER_WEIGHT times, its sign flipped inside every negated VP
+    (nested negations compose). `negation=False` ignores negation: the naive
+    reading that the task's examples are drawn to defeat."""
+    signed, unsigned = _polarity_sums(tree)
+    return _sign(signed if negation else unsigned)
+
+  def sentiment_tree(self, index: int, split: str = "train") -> Node:
+    """The sentence tree behind `sentiment_example(index, split)`."""
+    return self._sentiment_example(index, split)[0]
+
+  def sentiment_example(self, index: int, split: str = "train") -> tuple[str, int]:
+    """Sentiment example `index` of `split` ("train", "eval" or "test"):
+    (sentence text ending in ".", label), label 1 for a positive sentence
+    and 0 for a negative one (see `sentiment`)."""
+    tree, text = self._sentiment_example(index, split)
+    return text, int(self.sentiment(tree) > 0)
+
+  def sentiment_examples(self, split: str = "train",
+                         start: int = 0) -> Iterator[tuple[str, int]]:
+    """Unbounded stream: sentiment_example(start), sentiment_example(start + 1), ..."""
+    _check_pair_split(split)  # fail at the call, not at the first next()
+    index = _check_index("start", start)
+
+    def stream() -> Iterator[tuple[str, int]]:
+      i = index
+      while True:
+        yield self.sentiment_example(i, split)
+        i += 1
+    return stream()
+
+  def _sentiment_example(self, index: int, split: str) -> tuple[Node, str]:
+    """Tree and text of sentiment example `index`.
+
+    The stream (tagged _SENTIMENT_TAG) first draws the label (+/-, even odds),
+    whether negation flips it (_P_SENTIMENT_FLIPPED: the naive, negation-blind
+    sum has another sign, or none) and a topic, then draws neutral-tone
+    sentences, at the richer _SENTIMENT_P_* rates, until one matches, fits
+    MAX_PAIR_WORDS and hashes to `split` (as pairs do, by _PAIR_BUCKETS).
+    """
+    tag = _check_pair_split(split)
+    index = _check_index("index", index)
+    rng = np.random.default_rng(
+        np.random.SeedSequence([self.seed, _SENTIMENT_TAG, tag, index]))
+    u = _uniform_source(rng, 256)
+    label = 1 if u() < 0.5 else -1
+    flipped = u() < _P_SENTIMENT_FLIPPED
+    tab = self._sentiment_tables[int(u() * NUM_TOPICS)]
+    while True:  # deterministic: redraws continue the same stream
+      tree = self._sentence(u, tab)
+      signed, unsigned = _polarity_sums(tree)
+      if _sign(signed) != label or (_sign(unsigned) != label) != flipped:
+        continue
+      words = self.render(tree)
+      if len(words) > MAX_PAIR_WORDS:
+        continue
+      text = " ".join(words)
+      if _PAIR_BUCKETS[zlib.crc32(text.encode()) % len(_PAIR_BUCKETS)] == tag:
+        return tree, text
+
+  def document_trees(self, index: int, split: str = "train") -> list[Node]:
+    """The sentence trees of `document(index, split)`; each S records the
+    document's topic and tone."""
     tag = _check_split(split)
     index = _check_index("index", index)
     rng = np.random.default_rng(np.random.SeedSequence([self.seed, tag, index]))
     u = _uniform_source(rng, 256)
     count = _MIN_SENTENCES + int(u() * (_MAX_SENTENCES - _MIN_SENTENCES + 1))
     topic = int(u() * NUM_TOPICS)
+    r = u()
+    tone = 1 if r < _P_POSITIVE_TONE else -1 if r < _P_POSITIVE_TONE + _P_NEGATIVE_TONE else 0
+    tab = self._tables[tone][topic]
+    return [self._sentence(u, tab) for _ in range(count)]
+
+  def document(self, index: int, split: str = "train") -> str:
+    """Document `index` of `split`: 2-10 sentences on one topic and tone."""
     words: list[str] = []
-    for _ in range(count):
-      words.extend(self.render(self._sentence(u, topic)))
+    for tree in self.document_trees(index, split):
+      words.extend(self.render(tree))
     return " ".join(words)
 
   def documents(self, split: str = "train", start: int = 0) -> Iterator[str]:
@@ -790,18 +987,17 @@ class SyntheticLanguage:
         index += 1
     return stream()
 
-  def _sentence(self, u: Callable[[], float], topic: int | None) -> Node:
-    tab = self._tables[NUM_TOPICS if topic is None else topic]
+  def _sentence(self, u: Callable[[], float], tab: _Tables) -> Node:
     children = [self._clause(u, tab)]
     if u() < _P_CONJOIN:
       children.append(Node("Conj", [], self._conj, {"lex": 0}))
       children.append(self._clause(u, tab))
     children.append(Node("Stop", [], STOP, {}))
-    return Node("S", children, None, {"topic": topic})
+    return Node("S", children, None, {"topic": tab.topic, "tone": tab.tone})
 
   def _clause(self, u: Callable[[], float], tab: _Tables) -> Node:
     # The verb comes first so that its subject can be chosen to suit it.
-    transitive = u() < _P_TRANSITIVE
+    transitive = u() < tab.p_transitive
     cdf, ids = tab.vt if transitive else tab.vi
     v = ids[bisect.bisect_right(cdf, u())]
     prefs = self._vt_subject[v] if transitive else self._vi_subject[v]
@@ -824,7 +1020,7 @@ class SyntheticLanguage:
     noun = Node("N", [], self._noun[number][n],
                 {"lex": n, "number": number, "gender": gender, "semclass": semclass})
     children = [det]
-    if u() < _P_ADJ:
+    if u() < tab.p_adj:
       children.append(self._adjp(u, tab, semclass))
       while len(children) <= _MAX_ADJ and u() < _P_MORE_ADJ:
         children.append(self._adjp(u, tab, semclass))
@@ -858,7 +1054,7 @@ class SyntheticLanguage:
     if u() < _P_SUBJECT_REL:
       # The gap is the subject: the verb suits, and agrees with, the
       # modified noun.
-      transitive = u() < _P_TRANSITIVE
+      transitive = u() < tab.p_transitive
       if transitive:
         cdf, ids = tab.vt_by_subject[semclass] if prefer else tab.vt
       else:
@@ -881,12 +1077,13 @@ class SyntheticLanguage:
           object_level: int, transitive: bool, v: int) -> Node:
     """VP around the already chosen verb lexeme `v`."""
     children = []
-    negated = u() < _P_NEG
+    negated = u() < tab.p_neg
     if negated:
       children.append(Node("Neg", [], self._neg, {"lex": 0}))
     if transitive:
       children.append(Node("Vt", [], self._vt[number][v], {"lex": v, "number": number}))
-      children.append(self._np(u, tab, object_level, self._vt_object[v]))
+      children.append(self._np(u, tab.negated if negated else tab, object_level,
+                               self._vt_object[v]))
     else:
       children.append(Node("Vi", [], self._vi[number][v], {"lex": v, "number": number}))
     if u() < _P_ADVERB:
