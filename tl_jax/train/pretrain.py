@@ -17,6 +17,7 @@ from tl_jax.parallel import sharding as shd
 from tl_jax.parallel.mesh import make_mesh
 from tl_jax.parallel.rules import rules_for
 from tl_jax.train import flops, loop
+from tl_jax.train.best import BestParams
 from tl_jax.train.loop import Setup, Timer, host_rows, log
 from tl_jax.train.optimizer import optimizer, schedule
 from tl_jax.train.state import init_state
@@ -60,6 +61,8 @@ def build(config: Config, workdir: str, devices=None) -> Setup:
                     in_shardings=(state_shardings.params, batch_sharding, replicated),
                     out_shardings=replicated)
 
+  best = BestParams(workdir, "eval_loss", higher_is_better=False)  # what `tl-jax finetune` may start from
+
   def compile_eval(state):
     example = loop.abstract_batch(host_rows(eval_data[0]), batch_sharding)
     compiled = eval_fn.lower(state.params, example, np.int32(0)).compile()
@@ -70,6 +73,7 @@ def build(config: Config, workdir: str, devices=None) -> Setup:
         loss_sum, n = compiled(params, shd.global_batch(host_rows(batch), batch_sharding), np.int32(i))
         total, count = total + float(loss_sum), count + float(n)
       loss = total / max(count, 1.0)
+      best.offer(params, step, loss)
       return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
     return evaluate
 

@@ -8,7 +8,6 @@ detokenized beam-search output, written to `WORKDIR/decodes/step_N.txt`).
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import jax
@@ -28,6 +27,7 @@ from tl_jax.parallel import sharding as shd
 from tl_jax.parallel.mesh import make_mesh
 from tl_jax.parallel.rules import rules_for
 from tl_jax.train import loop
+from tl_jax.train.best import BestParams
 from tl_jax.train.loop import Setup, Timer, host_rows, log
 from tl_jax.train.optimizer import optimizer, schedule
 from tl_jax.train.state import init_state
@@ -90,43 +90,6 @@ def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_siz
   sequences, _ = decoding.beam_search(step_fn, cache, src.shape[0], beam_size, max_len, BOS_ID,
                                       EOS_ID, length_penalty, PAD_ID)
   return sequences[:, 0]
-
-
-class BestParams:
-  """The parameters of the best BLEU so far, in WORKDIR/best (params only: enough to translate).
-
-  Kept apart from the rolling checkpoints, which keep the newest steps for resuming.
-  """
-
-  def __init__(self, workdir: str):
-    self.directory = os.path.join(os.path.abspath(workdir), "best")
-    self.params_path = os.path.join(self.directory, "params")
-    self.info_path = os.path.join(self.directory, "best.json")
-    self.bleu = self.info()["bleu"] if self.exists() else -1.0
-
-  def exists(self) -> bool:
-    return os.path.exists(self.info_path)
-
-  def info(self) -> dict:
-    with open(self.info_path) as f:
-      return json.load(f)
-
-  def offer(self, params, step: int, bleu: float) -> None:
-    if bleu <= self.bleu:
-      return
-    import orbax.checkpoint as ocp
-    self.bleu = bleu
-    with ocp.StandardCheckpointer() as checkpointer:
-      checkpointer.save(self.params_path, params, force=True)
-    if jax.process_index() == 0:  # written after the params, so it never names a missing save
-      with open(self.info_path + ".tmp", "w") as f:
-        json.dump({"step": step, "bleu": bleu}, f)
-      os.replace(self.info_path + ".tmp", self.info_path)
-
-  def restore(self, abstract_params):
-    import orbax.checkpoint as ocp
-    with ocp.StandardCheckpointer() as checkpointer:
-      return checkpointer.restore(self.params_path, abstract_params)
 
 
 def source_rows(id_lists: list[list[int]], num_rows: int, seq_len: int) -> np.ndarray:
@@ -199,7 +162,7 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
       length_penalty=config.eval.length_penalty, max_len=data.seq_len))
   decode_rows = config.eval.decode_batch_size
 
-  best = BestParams(workdir)
+  best = BestParams(workdir, "bleu", higher_is_better=True)
 
   def compile_eval(state):
     compiled_loss = loss_fn.lower(
@@ -275,10 +238,10 @@ def translate_file(workdir: str, input_path: str, output_path: str, batch_size: 
   example = {k: np.zeros((1, seq_len), np.int32) for k in FIELDS}
   init_fn = functools.partial(init_state, model, optimizer(config.train), config.train.seed, example)
   abstract, shardings, _ = loop.sharded_state(init_fn, mesh, rules)
-  best = BestParams(workdir)
+  best = BestParams(workdir, "bleu", higher_is_better=True)
   if best.exists():
     params = best.restore(abstract_with_shardings(abstract.params, shardings.params))
-    chosen = f"the best-BLEU parameters (step {best.info()['step']}, BLEU {best.bleu:.2f})"
+    chosen = best.describe()
   else:
     ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), config.checkpoint.keep)
     with jax.set_mesh(mesh):
