@@ -40,6 +40,9 @@ class ModelConfig:
   scan_layers: bool = False  # one compiled layer body: faster compiles for deep models
   remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
   ln_eps: float = 1e-5
+  # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:
+  type_vocab_size: int = 0  # token-type (segment) embeddings: BERT 2, RoBERTa 1, tl_jax 0 (none)
+  position_offset: int = 0  # first position id: RoBERTa 2 (padding_idx + 1), else 0
 
 
 @dataclasses.dataclass
@@ -189,7 +192,91 @@ class TranslateConfig:
   task: str = "translate"
 
 
-ROOTS = {"pretrain": Config, "translate": TranslateConfig}
+@dataclasses.dataclass
+class InitConfig:
+  """Where a finetuning run's encoder, tokenizer and model shape come from."""
+  workdir: str = ""  # a `tl-jax pretrain` or `tl-jax import-hf` workdir (the --init flag)
+  checkpoint: str = "auto"  # auto (newest checkpoint, else best params) | latest | best
+  from_scratch: bool = False  # same shape and tokenizer, fresh weights: the no-pretraining baseline
+
+
+@dataclasses.dataclass
+class HeadConfig:
+  """The classification head (fresh at the start of finetuning)."""
+  pooling: str = "first"  # first (<s>/[CLS], RoBERTa's) | mean (average of the real tokens)
+
+
+@dataclasses.dataclass
+class ClassifyDataConfig:
+  """Labelled sentences or sentence pairs for finetuning."""
+  source: str = "synthetic"  # synthetic | tsv | tfds
+  # synthetic: a task on the synthetic language (tl_jax/data/synthetic.py), labels 0/1:
+  # sentiment (polarity under negation scope) | agreement (subject-verb number across a phrase)
+  synthetic_task: str = "sentiment"
+  synthetic_seed: int = 0
+  synthetic_words: int = 3000
+  # tsv: UTF-8 files with a header row naming the columns below
+  train_files: str = ""  # comma-separated files or globs
+  eval_files: str = ""  # '' = carve dev_fraction of the train rows off (seeded by dev_seed)
+  dev_fraction: float = 0.05
+  dev_seed: int = 0
+  # tfds: e.g. glue/sst2, glue/mnli (read through tfds.data_source, no TensorFlow)
+  tfds_name: str = ""
+  tfds_data_dir: str = ""
+  tfds_train_split: str = "train"
+  tfds_eval_splits: str = "validation"  # comma-separated; the first picks the best checkpoint
+  # columns / features
+  text_field: str = "sentence"
+  pair_field: str = ""  # second sentence of a pair task (e.g. hypothesis); '' = single sentences
+  label_field: str = "label"
+  labels: str = ""  # comma-separated label values as written in the data; '' = from tfds / 0,1
+  max_train_examples: int = 0  # 0 = all (required > 0 for synthetic)
+  max_eval_examples: int = 0  # per eval split; 0 = all (required > 0 for synthetic)
+  # tokenized inputs: <s> A </s></s> B </s> (RoBERTa), or [CLS] A [SEP] B [SEP] with token types
+  seq_len: int = 128
+  truncation: str = "longest_first"  # longest_first | only_first | only_second
+  prefetch: int = 2
+
+
+@dataclasses.dataclass
+class FinetuneTrainConfig(TrainConfig):
+  """RoBERTa's finetuning recipe; `epochs` > 0 sets max_steps from the training set size."""
+  learning_rate: float = 0.0  # 0 = by width: 2e-5 at d_model 768, scaled by 768 / d_model, in [1e-5, 1e-4]
+  weight_decay: float = 0.1
+  b2: float = 0.98
+  epochs: float = 3.0  # 0 = train.max_steps decides
+  warmup_fraction: float = 0.06  # of the run's steps; replaces warmup_steps when > 0
+  batch_size: int = 32
+  log_every: int = 50
+
+
+@dataclasses.dataclass
+class ClassifyEvalConfig:
+  every_steps: int = 500  # 0 = off
+  every_seconds: float = 0.0
+  batch_size: int = 64  # every example of every eval split is scored
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+  """Sentence(-pair) classification from a pretrained encoder (`tl-jax finetune`).
+
+  `model` is the init workdir's, copied when the run starts; only dropout, dtype,
+  attention and remat may be changed for finetuning.
+  """
+  init: InitConfig = dataclasses.field(default_factory=InitConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
+  data: ClassifyDataConfig = dataclasses.field(default_factory=ClassifyDataConfig)
+  train: FinetuneTrainConfig = dataclasses.field(default_factory=FinetuneTrainConfig)
+  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  eval: ClassifyEvalConfig = dataclasses.field(default_factory=ClassifyEvalConfig)
+  name: str = ""
+  task: str = "finetune"
+
+
+ROOTS = {"pretrain": Config, "translate": TranslateConfig, "finetune": FinetuneConfig}
 
 
 # ---------------------------------------------------------------------------
@@ -333,8 +420,15 @@ _CHOICES = {
     "model.remat": ("none", "full", "dots"),
     "model.positions": ("learned", "sinusoidal"),
     "train.schedule": ("linear", "inverse_sqrt"),
-    "data.source": ("synthetic", "text", "tfds"),
-    "data.tokenizer_type": ("unigram", "bpe"),
+}
+_TASK_CHOICES = {
+    "pretrain": {"data.source": ("synthetic", "text", "tfds"), "data.tokenizer_type": ("unigram", "bpe")},
+    "translate": {"data.source": ("synthetic", "text", "tfds"), "data.tokenizer_type": ("unigram", "bpe")},
+    "finetune": {"data.source": ("synthetic", "tsv", "tfds"),
+                 "data.synthetic_task": ("sentiment", "agreement"),
+                 "head.pooling": ("first", "mean"),
+                 "data.truncation": ("longest_first", "only_first", "only_second"),
+                 "init.checkpoint": ("auto", "latest", "best")},
 }
 
 
@@ -345,8 +439,8 @@ def _check_positive(values: dict) -> None:
 
 
 def validate(config) -> None:
-  """Checks the fields of either task's tree; raises UserError naming field and fix."""
-  for dotted, choices in _CHOICES.items():
+  """Checks the fields of any task's tree; raises UserError naming field and fix."""
+  for dotted, choices in {**_CHOICES, **_TASK_CHOICES[config.task]}.items():
     section, name = dotted.split(".")
     value = getattr(getattr(config, section), name)
     if value not in choices:
@@ -355,10 +449,10 @@ def validate(config) -> None:
   m, d, t, p = config.model, config.data, config.train, config.parallel
   _check_positive({
       "model.num_layers": m.num_layers, "model.d_model": m.d_model, "model.num_heads": m.num_heads,
-      "model.max_len": m.max_len, "data.seq_len": d.seq_len, "data.vocab_size": d.vocab_size,
+      "model.max_len": m.max_len, "data.seq_len": d.seq_len,
       "train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum,
       "train.max_steps": t.max_steps, "train.log_every": t.log_every,
-      "eval.batch_size": config.eval.batch_size, "eval.num_batches": config.eval.num_batches,
+      "eval.batch_size": config.eval.batch_size,
       "checkpoint.every_steps": config.checkpoint.every_steps, "checkpoint.keep": config.checkpoint.keep,
   })
   if not 0.0 <= t.label_smoothing < 1.0:
@@ -366,13 +460,11 @@ def validate(config) -> None:
   if m.d_model % m.num_heads:
     raise UserError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
                     "choose heads that divide the width (the paper uses 64-dim heads).")
-  if d.seq_len > m.max_len:
-    raise UserError(f"data.seq_len={d.seq_len} exceeds model.max_len={m.max_len}; raise "
-                    "model.max_len or shorten data.seq_len.")
+  if d.seq_len + m.position_offset > m.max_len:
+    raise UserError(f"data.seq_len={d.seq_len} (plus model.position_offset={m.position_offset}) "
+                    f"exceeds model.max_len={m.max_len}; raise model.max_len or shorten data.seq_len.")
   if d.seq_len < 8:
     raise UserError(f"data.seq_len={d.seq_len} is too short; use at least 8.")
-  if d.vocab_size < 16:
-    raise UserError(f"data.vocab_size={d.vocab_size} is too small; use at least 16.")
   if not 0.0 <= m.dropout < 1.0:
     raise UserError(f"model.dropout={m.dropout} must be in [0, 1).")
   if t.batch_size % t.grad_accum:
@@ -383,14 +475,20 @@ def validate(config) -> None:
       raise UserError(f"config field {name}={value} must be a positive size or -1 (fill).")
   if [p.data, p.fsdp, p.tensor].count(-1) > 1:
     raise UserError("only one of parallel.data, parallel.fsdp, parallel.tensor may be -1.")
-  if config.task == "translate":
-    _validate_translation(config)
-  else:
-    _validate_pretraining(config)
+  {"translate": _validate_translation, "pretrain": _validate_pretraining,
+   "finetune": _validate_finetuning}[config.task](config)
+
+
+def _validate_tokenizer_data(config) -> None:
+  d = config.data
+  _check_positive({"data.vocab_size": d.vocab_size, "eval.num_batches": config.eval.num_batches})
+  if d.vocab_size < 16:
+    raise UserError(f"data.vocab_size={d.vocab_size} is too small; use at least 16.")
 
 
 def _validate_translation(config: TranslateConfig) -> None:
   m, d, e = config.model, config.data, config.eval
+  _validate_tokenizer_data(config)
   _check_positive({"model.decoder_layers": m.decoder_layers, "eval.beam_size": e.beam_size,
                    "eval.decode_batch_size": e.decode_batch_size,
                    "data.max_length_ratio": d.max_length_ratio})
@@ -405,6 +503,7 @@ def _validate_translation(config: TranslateConfig) -> None:
 
 def _validate_pretraining(config: Config) -> None:
   m, d = config.model, config.data
+  _validate_tokenizer_data(config)
   if m.decoder_layers:
     raise UserError("model.decoder_layers must be 0 for masked-LM pretraining (an encoder).")
   if not 0.0 < d.mask_prob < 1.0:
@@ -418,6 +517,56 @@ def _validate_pretraining(config: Config) -> None:
                     "files or globs).")
   if d.source == "tfds" and not d.tfds_name:
     raise UserError("data.source=tfds needs data.tfds_name (e.g. wikipedia/20230601.en).")
+
+
+# Finetuning may change these model fields; every other one must match the init workdir's.
+FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat")
+
+
+def _validate_finetuning(config: FinetuneConfig) -> None:
+  d, t = config.data, config.train
+  if not config.init.workdir:
+    raise UserError("finetuning needs --init=WORKDIR: a `tl-jax pretrain` or `tl-jax import-hf` workdir.")
+  if config.model.decoder_layers:
+    raise UserError("finetuning needs an encoder; the --init workdir holds a translation model.")
+  if t.epochs < 0:
+    raise UserError(f"train.epochs={t.epochs} must be >= 0 (0 lets train.max_steps decide).")
+  if not 0.0 <= t.warmup_fraction < 1.0:
+    raise UserError(f"train.warmup_fraction={t.warmup_fraction} must be in [0, 1).")
+  if d.source == "synthetic" and (d.max_train_examples <= 0 or d.max_eval_examples <= 0):
+    raise UserError("data.max_train_examples and data.max_eval_examples must be positive for the "
+                    "unbounded synthetic source.")
+  if d.source == "tsv" and not d.train_files:
+    raise UserError("data.source=tsv needs data.train_files (a TSV with a header row).")
+  if d.source == "tsv" and not d.eval_files and not 0.0 < d.dev_fraction < 1.0:
+    raise UserError(f"data.dev_fraction={d.dev_fraction} must lie strictly between 0 and 1 to carve "
+                    "a dev split off the training rows (or set data.eval_files).")
+  if d.source == "tfds" and not d.tfds_name:
+    raise UserError("data.source=tfds needs data.tfds_name (e.g. glue/sst2 or glue/mnli).")
+
+
+def inherit_init_model(config: FinetuneConfig, overrides: dict[str, str]) -> FinetuneConfig:
+  """Gives a finetuning config the model of its --init workdir, then re-applies the command
+  line's model overrides, which may touch only FINETUNE_MODEL_FIELDS."""
+  init = config.init.workdir
+  if not init:
+    raise UserError("finetuning needs --init=WORKDIR: a `tl-jax pretrain` or `tl-jax import-hf` workdir.")
+  path = os.path.join(init, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"--init={init} holds no config.json; point it at a `tl-jax pretrain` or "
+                    "`tl-jax import-hf` workdir.")
+  pretrained = load(path)
+  if pretrained.task != "pretrain":
+    raise UserError(f"--init={init} is a `tl-jax {pretrained.task}` run; finetuning starts from a "
+                    "masked-LM encoder (`tl-jax pretrain` or `tl-jax import-hf`).")
+  config.model = dataclasses.replace(pretrained.model)
+  for dotted, text in overrides.items():
+    if dotted.startswith("model."):
+      if dotted[len("model."):] not in FINETUNE_MODEL_FIELDS:
+        raise UserError(f"--config.{dotted} comes from the --init workdir and cannot change when "
+                        f"finetuning; only model.{', model.'.join(FINETUNE_MODEL_FIELDS)} can.")
+      set_field(config, dotted, text)
+  return config
 
 
 def d_ff(model: ModelConfig) -> int:

@@ -115,6 +115,7 @@ _PAIR_BUCKETS = (2, 3, 1, 1, 1, 1, 1, 1, 1, 1)
 # Sentiment examples: a stream of their own, split like pairs (PAIR_SPLITS,
 # _PAIR_BUCKETS on the sentence text).
 _SENTIMENT_TAG = 0x5E471
+_AGREEMENT_TAG = 0xA64EE
 _INTENSIFIER_WEIGHT = 2  # an intensified adjective counts double
 _P_SENTIMENT_FLIPPED = 0.4  # examples whose label negation flips
 # Grammar rates of sentiment sentences: more adjectives, objects and negation
@@ -954,6 +955,57 @@ class SyntheticLanguage:
       if _PAIR_BUCKETS[zlib.crc32(text.encode()) % len(_PAIR_BUCKETS)] == tag:
         return tree, text
 
+  def agreement_example(self, index: int, split: str = "train") -> tuple[str, int]:
+    """Agreement example `index` of `split` ("train", "eval" or "test"): (sentence text, label),
+    label 1 when the main verb agrees in number with its subject and 0 when its number was
+    flipped. The subject always carries a PP or relative clause between its head noun and
+    the verb, so the label needs the head found through that phrase (an agreement-attraction
+    test, as in BLiMP/CoLA): a structure masked-LM pretraining on the documents learns."""
+    tree, text = self._agreement_example(index, split)
+    return text, 1 if text == " ".join(self.render(tree)) else 0
+
+  def agreement_examples(self, split: str = "train", start: int = 0) -> Iterator[tuple[str, int]]:
+    """Unbounded stream: agreement_example(start), agreement_example(start + 1), ..."""
+    _check_pair_split(split)
+    index = _check_index("start", start)
+
+    def stream() -> Iterator[tuple[str, int]]:
+      i = index
+      while True:
+        yield self.agreement_example(i, split)
+        i += 1
+    return stream()
+
+  def _agreement_example(self, index: int, split: str) -> tuple[Node, str]:
+    """The (grammatical) tree of agreement example `index` and the example's text, whose main
+    verb is in the wrong number for a drawn half of the examples. Sentences are drawn at
+    document rates (no tone) until the first clause's subject has a modifier, the sentence fits
+    MAX_PAIR_WORDS and its grammatical text hashes to `split` (as pairs do)."""
+    tag = _check_pair_split(split)
+    index = _check_index("index", index)
+    rng = np.random.default_rng(np.random.SeedSequence([self.seed, _AGREEMENT_TAG, tag, index]))
+    u = _uniform_source(rng, 256)
+    grammatical = u() < 0.5
+    tab = self._tables[0][int(u() * NUM_TOPICS)]
+    while True:
+      tree = self._sentence(u, tab)
+      subject, vp = tree.children[0].children
+      if not any(c.label in ("PP", "RelC") for c in subject.children):
+        continue
+      words = self.render(tree)
+      if len(words) > MAX_PAIR_WORDS:
+        continue
+      text = " ".join(words)
+      if _PAIR_BUCKETS[zlib.crc32(text.encode()) % len(_PAIR_BUCKETS)] != tag:
+        continue
+      if grammatical:
+        return tree, text
+      verb = next(c for c in vp.children if c.label in ("Vt", "Vi"))
+      forms = self._vt if verb.label == "Vt" else self._vi
+      other = "pl" if verb.features["number"] == "sg" else "sg"
+      wrong = dataclasses.replace(verb, word=forms[other][verb.features["lex"]])
+      return tree, " ".join(self.render(_replace_leaf(tree, verb, wrong)))
+
   def document_trees(self, index: int, split: str = "train") -> list[Node]:
     """The sentence trees of `document(index, split)`; each S records the
     document's topic and tone."""
@@ -1092,3 +1144,12 @@ class SyntheticLanguage:
       children.append(Node("Adv", [], self._adv[k], {"lex": k, "intensifier": False}))
     return Node("VP", children, None, {"number": number, "negated": negated,
                                        "transitive": transitive, "gap": False})
+
+
+def _replace_leaf(tree: Node, old: Node, new: Node) -> Node:
+  """A copy of `tree` with the leaf `old` (by identity) replaced by `new`."""
+  if tree is old:
+    return new
+  if tree.word is not None:
+    return tree
+  return dataclasses.replace(tree, children=[_replace_leaf(c, old, new) for c in tree.children])

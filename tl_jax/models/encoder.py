@@ -52,10 +52,12 @@ class Encoder(nn.Module):
     return x
 
   @nn.compact
-  def __call__(self, tokens, *, deterministic: bool, lengths=None, mask=None, positions=None):
-    """Hidden states [B, S, D]; `positions` (packed rows restart them) default to 0..S-1."""
+  def __call__(self, tokens, *, deterministic: bool, lengths=None, mask=None, positions=None,
+               types=None):
+    """Hidden states [B, S, D]; `positions` (packed rows restart them) default to 0..S-1;
+    `types` are token-type (segment) ids, used where model.type_vocab_size > 0."""
     cfg = self.config
-    x = embed_tokens(cfg, self.token_embed, tokens, positions)
+    x = embed_tokens(cfg, self.token_embed, tokens, positions, types)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = self._layers(x, lengths, mask, deterministic)
@@ -70,13 +72,16 @@ def sinusoidal(positions, d_model: int):
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
-def embed_tokens(cfg: ModelConfig, token_embed: nn.Embed, tokens, positions=None):
+def embed_tokens(cfg: ModelConfig, token_embed: nn.Embed, tokens, positions=None, types=None):
   """Token + position embeddings: RoBERTa's (learned, LayerNorm) or Vaswani's (scaled, sinusoidal).
 
-  Called inside a compact module, whose scope then owns the position and norm parameters.
+  Imported BERT/RoBERTa checkpoints add token-type embeddings and start positions at
+  `position_offset` (model config). Called inside a compact module, whose scope then
+  owns the position and norm parameters.
   """
   if positions is None:
     positions = jnp.arange(tokens.shape[1])[None, :]
+  positions = positions + cfg.position_offset
   if cfg.positions == "sinusoidal":
     x = token_embed(tokens) * jnp.sqrt(cfg.d_model).astype(dtype_of(cfg.dtype))
     return x + sinusoidal(positions, cfg.d_model).astype(x.dtype)
@@ -84,7 +89,13 @@ def embed_tokens(cfg: ModelConfig, token_embed: nn.Embed, tokens, positions=None
       cfg.max_len, cfg.d_model, dtype=dtype_of(cfg.dtype), param_dtype=jnp.float32,
       embedding_init=nn.with_logical_partitioning(_INIT, ("position", "embed")),
       name="position_embed")
-  return layer_norm(cfg, "ln_embed")(token_embed(tokens) + position_embed(positions))
+  x = token_embed(tokens) + position_embed(positions)
+  if cfg.type_vocab_size:
+    type_embed = nn.Embed(
+        cfg.type_vocab_size, cfg.d_model, dtype=dtype_of(cfg.dtype), param_dtype=jnp.float32,
+        embedding_init=nn.with_logical_partitioning(_INIT, ("types", "embed")), name="type_embed")
+    x = x + type_embed(jnp.zeros_like(tokens) if types is None else types)
+  return layer_norm(cfg, "ln_embed")(x)
 
 
 class MaskedLM(nn.Module):
@@ -101,8 +112,8 @@ class MaskedLM(nn.Module):
                                                                           ("vocab",)),
                                 (self.vocab_size,), jnp.float32)
 
-  def __call__(self, tokens, *, deterministic: bool = True, lengths=None):
-    h = self.encoder(tokens, deterministic=deterministic, lengths=lengths)
+  def __call__(self, tokens, *, deterministic: bool = True, lengths=None, types=None):
+    h = self.encoder(tokens, deterministic=deterministic, lengths=lengths, types=types)
     h = self.head_ln(nn.gelu(self.head_dense(h), approximate=False))
     logits = self.token_embed.attend(h) + self.head_bias.astype(h.dtype)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

@@ -31,6 +31,8 @@ REPLICATED = (
     ("length", None),
     ("kv", None),
     ("position", None),
+    ("types", None),  # token-type (segment) embedding rows
+    ("classes", None),  # classification labels
     ("embed_out", None),
     ("layers", None),
     ("embed", None),
