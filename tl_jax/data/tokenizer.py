@@ -23,7 +23,14 @@ MODEL_FILE = "spm.model"
 
 
 class Tokenizer:
-  """A loaded sentencepiece model."""
+  """A loaded sentencepiece model.
+
+  Every tokenizer a task uses has this interface: the special ids as attributes,
+  `vocab_size`, `encode` (no special tokens added), `decode`, `sha256`. tl_jax's
+  own always have the fixed ids above; an imported one (data/hf_tokenizer.py)
+  carries its checkpoint's.
+  """
+  pad_id, bos_id, eos_id, unk_id, mask_id = PAD_ID, BOS_ID, EOS_ID, UNK_ID, MASK_ID
 
   def __init__(self, model_path: str):
     self.path = model_path
@@ -89,3 +96,15 @@ def cached_tokenizer(source, data, cache_dir: str) -> Tokenizer:
 
   publish_dir(out_dir, fill)
   return Tokenizer(os.path.join(out_dir, MODEL_FILE))
+
+
+def load_tokenizer(directory: str):
+  """The tokenizer a workdir's `tokenizer/` holds: tl_jax's sentencepiece model or an imported one."""
+  model_path = os.path.join(directory, MODEL_FILE)
+  if os.path.exists(model_path):
+    return Tokenizer(model_path)
+  from tl_jax.data.hf_tokenizer import HFTokenizer, has_tokenizer_files
+  if has_tokenizer_files(directory):
+    return HFTokenizer(directory)
+  raise UserError(f"{directory} holds no tokenizer (neither {MODEL_FILE} nor a Hugging Face tokenizer); "
+                  "the workdir was not made by tl-jax pretrain or tl-jax import-hf.")

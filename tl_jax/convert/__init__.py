@@ -1,0 +1,1 @@
+"""Importers of checkpoints trained elsewhere (`tl-jax import-hf`)."""
