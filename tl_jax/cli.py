@@ -1,6 +1,8 @@
 """The `tl-jax` command line.
 
     tl-jax pretrain --config=configs/mlm.py:tiny --workdir=DIR [--config.a.b=VALUE ...] [--override]
+    tl-jax finetune --config=configs/glue.py:sst2 --init=PRETRAIN_WORKDIR --workdir=DIR
+    tl-jax import-hf --source=HF_DIR --workdir=DIR
 
 Re-running a command on an existing workdir resumes it. A workdir remembers its
 resolved config in `config.json`; a command asking for a different one is refused
@@ -11,6 +13,7 @@ the user can fix end with one sentence on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 
@@ -23,7 +26,12 @@ commands:
   pretrain   masked-LM pretraining: --config=FILE:PRESET --workdir=DIR [--config.a.b=V ...] [--override]
   translate  translation training:  --config=FILE:PRESET --workdir=DIR [--config.a.b=V ...] [--override]
   translate-file  --workdir=DIR --input=FILE --output=FILE  (the best-BLEU parameters)
+  finetune   classification:        --config=FILE:PRESET --init=PRETRAIN_WORKDIR --workdir=DIR [--config.a.b=V ...]
+  import-hf  a Hugging Face RoBERTa/BERT checkpoint as a workdir `finetune --init` accepts:
+             --source=DIR (config.json, model.safetensors, tokenizer files) --workdir=DIR
 """
+
+PRESET_FILES = {"pretrain": "mlm", "translate": "translate", "finetune": "glue"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,11 +41,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _parse(argv: list[str]):
   parser = _Parser(prog="tl-jax", usage=USAGE, add_help=True)
-  parser.add_argument("command", choices=["pretrain", "translate", "translate-file"])
+  parser.add_argument("command", choices=["pretrain", "translate", "translate-file", "finetune",
+                                          "import-hf"])
   parser.add_argument("--config", default=None, help="FILE:PRESET, e.g. configs/mlm.py:tiny")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--input", help="translate-file: text to translate, one sentence a line")
   parser.add_argument("--output", help="translate-file: where the translations go")
+  parser.add_argument("--init", help="finetune: the pretraining (or import-hf) workdir to start from")
+  parser.add_argument("--source", help="import-hf: a directory with a Hugging Face checkpoint")
   parser.add_argument("--override", action="store_true",
                       help="continue a workdir with a config that differs from its config.json")
   args, rest = parser.parse_known_args(argv)
@@ -59,12 +70,21 @@ def resolve_config(args, overrides: dict) -> tuple[config_lib.Config, bool]:
   saved = config_lib.load(saved_path) if os.path.exists(saved_path) else None
   if args.config is None and saved is None:
     raise UserError(f"{args.workdir} holds no config.json, so a new run needs "
-                    "--config=configs/mlm.py:PRESET.")
-  config = config_lib.load_preset(args.config) if args.config else saved
+                    f"--config=configs/{PRESET_FILES[args.command]}.py:PRESET.")
+  # A copy: overrides must not edit `saved`, which the differences check compares against.
+  config = config_lib.load_preset(args.config) if args.config else copy.deepcopy(saved)
   if config.task != args.command:
     raise UserError(f"the config is for `tl-jax {config.task}`, not `tl-jax {args.command}`; use "
-                    f"configs/{'mlm' if config.task == 'pretrain' else 'translate'}.py presets with "
-                    f"`{config.task}` or pick the matching command.")
+                    f"configs/{PRESET_FILES[config.task]}.py presets with `{config.task}` or pick the "
+                    "matching command.")
+  if saved is not None and saved.task != config.task:
+    raise UserError(f"workdir {args.workdir} holds a `tl-jax {saved.task}` run; give "
+                    f"`tl-jax {config.task}` a new --workdir.")
+  if args.init and config.task != "finetune":
+    raise UserError("--init is for `tl-jax finetune`; pretraining and translation start from scratch.")
+  if config.task == "finetune":
+    config.init.workdir = args.init or (saved.init.workdir if saved else "")
+    config = config_lib.inherit_init_model(config, overrides)
   config = config_lib.apply_overrides(config, overrides)
   config_lib.validate(config)
   if saved is not None:
@@ -112,12 +132,21 @@ def main(argv: list[str] | None = None) -> int:
       _quiet_libraries()
       from tl_jax.train import translate
       return translate.translate_file(args.workdir, args.input, args.output)
+    if args.command == "import-hf":
+      if not args.source:
+        raise UserError("import-hf needs --source=DIR, a directory with config.json and model.safetensors.")
+      _quiet_libraries()
+      from tl_jax.convert.hf import import_hf
+      print(import_hf(args.source, args.workdir))
+      return 0
     config, replaces = resolve_config(args, overrides)
     os.makedirs(args.workdir, exist_ok=True)
     _quiet_libraries()
     # Imported here: jax makes `--help` and config errors slow.
     if args.command == "translate":
       from tl_jax.train import translate as task
+    elif args.command == "finetune":
+      from tl_jax.train import finetune as task
     else:
       from tl_jax.train import pretrain as task
     return task.run(config, args.workdir,

@@ -29,10 +29,14 @@ PEAK_TFLOPS = (
 )
 
 
-def mlm_flops_per_token(model: ModelConfig, vocab_size: int, seq_len: int) -> float:
+def encoder_flops_per_token(model: ModelConfig, seq_len: int) -> float:
   d, f, layers = model.d_model, d_ff(model), model.num_layers
-  dense_weights = layers * (4 * d * d + 2 * d * f) + d * d + d * vocab_size  # + LM head, decoder
-  return 6.0 * dense_weights + 12.0 * layers * seq_len * d
+  return 6.0 * layers * (4 * d * d + 2 * d * f) + 12.0 * layers * seq_len * d
+
+
+def mlm_flops_per_token(model: ModelConfig, vocab_size: int, seq_len: int) -> float:
+  d = model.d_model
+  return encoder_flops_per_token(model, seq_len) + 6.0 * (d * d + d * vocab_size)  # + LM head, decoder
 
 
 def device_peak_flops(override_tflops: float = 0.0) -> float | None:
