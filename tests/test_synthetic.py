@@ -800,3 +800,24 @@ def test_documents_have_a_tone(lang: SyntheticLanguage):
   # Sentences drawn outside documents have no tone.
   assert lang.sentence(np.random.default_rng(0)).features["tone"] == 0
   assert lang.sentence(np.random.default_rng(0), topic=2, tone=-1).features["tone"] == -1
+
+
+def test_agreement_examples_flip_only_the_main_verb():
+  lang = SyntheticLanguage(0, 3000)
+  examples = [lang.agreement_example(i) for i in range(300)]
+  assert examples == [lang.agreement_example(i) for i in range(300)]  # deterministic
+  assert 0.4 < np.mean([label for _, label in examples]) < 0.6
+  for i, (text, label) in enumerate(examples[:100]):
+    tree = lang._agreement_example(i, "train")[0]
+    subject, vp = tree.children[0].children
+    assert any(c.label in ("PP", "RelC") for c in subject.children)  # an attractor phrase
+    grammatical = lang.render(tree)
+    words = text.split()
+    differing = [j for j, (a, b) in enumerate(zip(grammatical, words)) if a != b]
+    assert len(words) == len(grammatical)
+    assert len(differing) == (0 if label else 1)
+    if not label:  # the one changed word is the main verb, now in the other number
+      verb = next(c for c in vp.children if c.label in ("Vt", "Vi"))
+      assert grammatical[differing[0]] == verb.word
+  evals = {text for text, _ in itertools.islice(lang.agreement_examples("eval"), 100)}
+  assert not evals & {text for text, _ in examples}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
-import importlib
 import itertools
 import logging
 import os
@@ -23,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tl_jax.data import sources
+from tl_jax.data import sources, tfds_builders
 from tl_jax.data.sources import SYNTHETIC_VERSION
 from tl_jax.errors import UserError
 
@@ -349,16 +348,6 @@ class TsvSource:
 # (no TensorFlow).
 
 
-def _import_tfds():
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise UserError("data.source=tfds needs tensorflow-datasets, which is not installed; install "
-                    "it with pip install tensorflow-datasets (or pip install 'tl_jax[data]').") \
-        from None
-  return tfds
-
-
 class TfdsClassificationSource:
   """A prepared TFDS classification dataset (array_record or parquet format).
 
@@ -386,45 +375,11 @@ class TfdsClassificationSource:
     self.max_eval = max_eval
     self._builder_cache = None
 
-  def _where(self) -> str:
-    return self.data_dir or "the default TFDS data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-
-  def _not_prepared(self) -> UserError:
-    return UserError(
-        f"TFDS dataset {self.name!r} is not prepared in {self._where()}; prepare it with "
-        f"`tfds build {self.name} --data_dir={self.data_dir or 'DIR'} --file_format=array_record` "
-        "on a machine with network, or point data.tfds_data_dir at a directory that holds a "
-        "prepared copy.")
-
   def _builder(self):
-    if self._builder_cache is not None:
-      return self._builder_cache
-    tfds = _import_tfds()
-    try:
-      # GLUE and the other text builders register only when their package is imported;
-      # without this a known but unprepared name looks unknown.
-      importlib.import_module("tensorflow_datasets.text")
-    except Exception:  # pylint: disable=broad-except
-      pass  # prepared datasets are still read from their files
-    if not self.name:
-      raise UserError("data.tfds_name is empty; set it to a prepared TFDS classification dataset, "
-                      "e.g. glue/sst2.")
-    try:
-      builder = tfds.builder(self.name, data_dir=self.data_dir or None)
-    except tfds.core.registered.DatasetNotFoundError:
-      # Its message lists every registered dataset: too long to repeat.
-      raise UserError(f"TFDS dataset {self.name!r} is neither a dataset tensorflow-datasets knows "
-                      f"nor prepared in {self._where()}; fix data.tfds_name or "
-                      "data.tfds_data_dir.") from None
-    except (AssertionError, ValueError) as e:
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      reason = reason.split('": ', 1)[-1]  # drop tfds's "Failed to construct dataset ..." prefix
-      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} cannot be opened ({reason}); "
-                      "fix data.tfds_name or data.tfds_data_dir.") from None
-    if not builder.is_prepared():
-      raise self._not_prepared()
-    self._builder_cache = builder
-    return builder
+    if self._builder_cache is None:
+      self._builder_cache = tfds_builders.open_builder(self.name, self.data_dir, family="text",
+                                                       example="glue/sst2")
+    return self._builder_cache
 
   def _tfds_split(self, split: str) -> str:
     _check_split(split, self.eval_splits)
@@ -435,7 +390,7 @@ class TfdsClassificationSource:
     try:
       return builder.info.splits[split]
     except (KeyError, ValueError):
-      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} has no split {split!r}; "
+      raise UserError(f"TFDS dataset {self.name!r} in {tfds_builders.where(self.data_dir)} has no split {split!r}; "
                       f"set {field} to one of: {known}.") from None
 
   def _label_map(self, builder) -> tuple[tuple[str, ...], dict[str, int]]:
@@ -490,7 +445,7 @@ class TfdsClassificationSource:
     file_format = getattr(builder.info, "file_format", None)
     value = getattr(file_format, "value", file_format)
     if value is not None and value not in ("array_record", "parquet"):
-      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} is stored as {value}, which "
+      raise UserError(f"TFDS dataset {self.name!r} in {tfds_builders.where(self.data_dir)} is stored as {value}, which "
                       "has no random access without TensorFlow; rebuild it with "
                       "`tfds build --file_format=array_record`.")
     label_names, _ = self._label_map(builder)
@@ -504,7 +459,7 @@ class TfdsClassificationSource:
         self._label(records[0], split, 0, self._label_map(builder)[1])
 
   def _records(self, split: str):
-    tfds = _import_tfds()
+    tfds = tfds_builders.import_tfds()
     return tfds.data_source(self.name, split=self._tfds_split(split),
                             data_dir=self.data_dir or None, download=False)
 

@@ -10,7 +10,6 @@ TFDS import.
 from __future__ import annotations
 
 import codecs
-import importlib
 import itertools
 import logging
 import os
@@ -19,7 +18,8 @@ import typing
 from typing import Iterator, NamedTuple
 
 from tl_jax.data import sources
-from tl_jax.data.sources import SYNTHETIC_VERSION, _import_tfds
+from tl_jax.data import tfds_builders
+from tl_jax.data.sources import SYNTHETIC_VERSION
 from tl_jax.errors import UserError
 
 if typing.TYPE_CHECKING:
@@ -306,44 +306,9 @@ class TfdsParallelSource:
     _check_split(split)
     return bool(self.splits[split])
 
-  def _where(self) -> str:
-    return self.data_dir or "the default TFDS data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-
-  def _not_prepared(self) -> UserError:
-    return UserError(
-        f"TFDS dataset {self.name!r} is not prepared in {self._where()}; prepare it with "
-        f"`tfds build {self.name} --data_dir={self.data_dir or 'DIR'} --file_format=array_record` "
-        "on a machine with network, or point data.tfds_data_dir at a directory that holds it.")
-
   def _builder(self):
-    tfds = _import_tfds()
-    try:
-      # `import tensorflow_datasets` registers the translation builders (WMT, TED, ...) only
-      # when their package is touched; without this a known but unprepared name looks unknown.
-      importlib.import_module("tensorflow_datasets.translate")
-    except Exception:  # pylint: disable=broad-except
-      pass  # a build without those builders still reads prepared datasets from their files
-    if not self.name:
-      raise UserError("data.tfds_name is empty; set it to a prepared TFDS translation dataset, "
-                      "e.g. wmt14_translate/fr-en.")
-    try:
-      builder = tfds.builder(self.name, data_dir=self.data_dir or None)
-    except tfds.core.registered.DatasetNotFoundError as e:
-      # Its message lists every registered dataset: too long to repeat; keep its suggestion.
-      guess = re.search(r"Did you mean: \S+ -> (\S+)", str(e))
-      hint = f" (did you mean {guess.group(1)!r}?)" if guess else ""
-      raise UserError(f"TFDS dataset {self.name!r} is neither a dataset tensorflow-datasets knows "
-                      f"nor prepared in {self._where()}{hint}; fix data.tfds_name or "
-                      "data.tfds_data_dir.") from None
-    except (AssertionError, ValueError) as e:
-      # E.g. a config or version that does not exist, or a malformed name.
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      reason = reason.split('": ', 1)[-1]  # drop tfds's "Failed to construct dataset ..." prefix
-      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} cannot be opened ({reason}); "
-                      "fix data.tfds_name or data.tfds_data_dir.") from None
-    if not builder.is_prepared():
-      raise self._not_prepared()
-    return builder
+    return tfds_builders.open_builder(self.name, self.data_dir, family="translate",
+                                      example="wmt14_translate/fr-en")
 
   def _split_info(self, builder, split: str):
     field = f"data.tfds_{split}_split"
@@ -355,7 +320,7 @@ class TfdsParallelSource:
       return builder.info.splits[name]
     except (KeyError, ValueError):
       skip = " (or to '' to go without a test split)" if split == "test" else ""
-      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} has no split {name!r}; "
+      raise UserError(f"TFDS dataset {self.name!r} in {tfds_builders.where(self.data_dir)} has no split {name!r}; "
                       f"set {field} to one of: {known}{skip}.") from None
 
   def check(self) -> None:
@@ -373,7 +338,7 @@ class TfdsParallelSource:
     file_format = getattr(builder.info, "file_format", None)
     value = getattr(file_format, "value", file_format)
     if value is not None and value not in ("array_record", "parquet"):
-      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} is stored as {value}, which "
+      raise UserError(f"TFDS dataset {self.name!r} in {tfds_builders.where(self.data_dir)} is stored as {value}, which "
                       "has no random access without TensorFlow; rebuild it with "
                       "`tfds build --file_format=array_record`.")
 
@@ -394,7 +359,7 @@ class TfdsParallelSource:
     return self._stream(split)
 
   def _stream(self, split: str) -> Iterator[tuple[str, str]]:
-    tfds = _import_tfds()
+    tfds = tfds_builders.import_tfds()
     records = tfds.data_source(self.name, split=self.splits[split],
                                data_dir=self.data_dir or None, download=False)
     total = len(records)

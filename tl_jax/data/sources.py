@@ -13,6 +13,7 @@ import os
 import typing
 from typing import Iterator
 
+from tl_jax.data import tfds_builders
 from tl_jax.errors import UserError
 
 if typing.TYPE_CHECKING:
@@ -193,15 +194,6 @@ class TextFilesSource:
 # TensorFlow Datasets, read through array_record random access (no TensorFlow).
 
 
-def _import_tfds():
-  try:
-    import tensorflow_datasets as tfds
-  except ImportError:
-    raise UserError("data.source=tfds needs tensorflow-datasets; install it with "
-                    "pip install 'tl_jax[data]'.") from None
-  return tfds
-
-
 class TfdsSource:
   """A prepared TFDS dataset (array_record format); one record's `text_key` is one document."""
 
@@ -212,30 +204,8 @@ class TfdsSource:
     self.splits = {"train": train_split, "eval": eval_split}
     self.text_key = text_key
 
-  def _where(self) -> str:
-    return self.data_dir or "the default TFDS data dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
-
-  def _not_prepared(self) -> UserError:
-    return UserError(
-        f"TFDS dataset {self.name!r} is not prepared in {self._where()}; prepare it there with "
-        f"`tfds build {self.name} --data_dir={self.data_dir or 'DIR'} --file_format=array_record` "
-        "or point data.tfds_data_dir at a directory that holds it.")
-
   def _builder(self):
-    tfds = _import_tfds()
-    try:
-      builder = tfds.builder(self.name, data_dir=self.data_dir or None)
-    except tfds.core.registered.DatasetNotFoundError:
-      # Its message lists every registered dataset: too long to repeat.
-      raise self._not_prepared() from None
-    except (AssertionError, ValueError) as e:
-      # E.g. a version or config that this directory does not hold.
-      reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} cannot be opened ({reason}); "
-                      "fix data.tfds_name or data.tfds_data_dir.") from None
-    if not builder.is_prepared():
-      raise self._not_prepared()
-    return builder
+    return tfds_builders.open_builder(self.name, self.data_dir, family="", example="wikipedia/20230601.en")
 
   def _split_info(self, builder, split: str):
     field = f"data.tfds_{split}_split"
@@ -244,7 +214,7 @@ class TfdsSource:
       return builder.info.splits[name]
     except (KeyError, ValueError):
       known = ", ".join(sorted(builder.info.splits.keys()))
-      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} has no split {name!r}; "
+      raise UserError(f"TFDS dataset {self.name!r} in {tfds_builders.where(self.data_dir)} has no split {name!r}; "
                       f"set {field} to one of: {known}.") from None
 
   def check(self) -> None:
@@ -258,12 +228,12 @@ class TfdsSource:
     file_format = getattr(builder.info, "file_format", None)
     value = getattr(file_format, "value", file_format)
     if value is not None and value not in ("array_record", "parquet"):
-      raise UserError(f"TFDS dataset {self.name!r} in {self._where()} is stored as {value}, which "
+      raise UserError(f"TFDS dataset {self.name!r} in {tfds_builders.where(self.data_dir)} is stored as {value}, which "
                       "has no random access without TensorFlow; rebuild it with "
                       "`tfds build --file_format=array_record`.")
 
   def _records(self, split: str):
-    tfds = _import_tfds()
+    tfds = tfds_builders.import_tfds()
     try:
       return tfds.data_source(self.name, split=self.splits[split], data_dir=self.data_dir or None,
                               download=False)
