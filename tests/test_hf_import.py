@@ -348,3 +348,37 @@ def test_a_workdir_with_a_run_is_refused(roberta, tmp_path):
   with pytest.raises(UserError, match="already holds checkpoints") as error:
     import_hf(roberta[2], str(other))
   _one_sentence(error)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["roberta", "bert"])
+def test_an_imported_encoder_finetunes_on_sentence_pairs(request, family, tmp_path):
+  """import-hf -> finetune --init: the imported tokenizer's own special ids and (for BERT)
+  token types carry a pair task that only the second sentence decides."""
+  from tl_jax.train import finetune, metrics
+  _, _, source = request.getfixturevalue(family)
+  import_hf(source, str(tmp_path / "imported"))
+  rng = np.random.default_rng(0)
+  words = ["the", "quick", "brown", "fox", "dog", "lazy", "tiny", "over"]
+  rows = ["label\tfirst\tsecond"]
+  for i in range(96):
+    first, second = (" ".join(rng.choice(words, 4)) for _ in range(2))
+    yes = i % 2 == 0
+    rows.append(f"{'yes' if yes else 'no'}\t{first} dog\t{second} {'dog' if yes else 'fox'}")
+  (tmp_path / "pairs.tsv").write_text("\n".join(rows) + "\n")
+
+  c = config_lib.load_preset("configs/glue.py:sst2")
+  c.init.workdir = str(tmp_path / "imported")
+  c = config_lib.inherit_init_model(c, {"model.dropout": "0.0"})
+  c.parallel.data = 1
+  # Scored on its own training rows: this checks the plumbing, not generalisation.
+  c.data.train_files = c.data.eval_files = str(tmp_path / "pairs.tsv")
+  c.data.pair_field = "second"
+  c.data.text_field, c.data.labels, c.data.seq_len = "first", "no,yes", 24
+  c.train.learning_rate, c.train.epochs, c.train.batch_size = 2e-3, 30, 16
+  c.eval.every_steps = 1000
+  config_lib.validate(c)
+  assert finetune.run(c, str(tmp_path / "finetuned"), jax.devices()[:1]) == 0
+  evals = [line for line in metrics.read(str(tmp_path / "finetuned")) if "accuracy" in line]
+  assert evals[0]["accuracy"] < 0.75 and evals[-1]["accuracy"] >= 0.95, evals
+  assert evals[-1]["eval_loss"] < 0.3 * evals[0]["eval_loss"], evals

@@ -167,10 +167,12 @@ def check_vocabulary(init: PretrainedEncoder, tokenizer, data) -> None:
                     f"but the model there was built for data.vocab_size={pre.vocab_size}; put back the "
                     "run's own tokenizer.")
   if data.source == "synthetic":
-    if pre.source != "synthetic":
-      raise UserError(f"--init={init.workdir} was pretrained on data.source={pre.source}, so its "
-                      "vocabulary does not cover the synthetic task; pretrain on the synthetic corpus "
-                      "or finetune on tsv/tfds data.")
+    imported = init.config.name.startswith("hf:")
+    if pre.source != "synthetic" or imported:
+      corpus = "an imported checkpoint" if imported else f"data.source={pre.source}"
+      raise UserError(f"--init={init.workdir} was pretrained on {corpus}, so its vocabulary does "
+                      "not cover the synthetic task; pretrain on the synthetic corpus or finetune "
+                      "on tsv/tfds data.")
     if (pre.synthetic_seed, pre.synthetic_words) != (data.synthetic_seed, data.synthetic_words):
       raise UserError(f"--init={init.workdir} was pretrained on the synthetic language with seed "
                       f"{pre.synthetic_seed} and {pre.synthetic_words} words, but the task uses seed "
