@@ -2,8 +2,11 @@
 # Pretrain an encoder on real English text for a training-seconds budget, then finetune it
 # on SST-2 (shared TSV, 5% carved off as dev) and print the dev accuracy. Usage:
 #   bench/sst2_from_pretraining.sh ROOT DATA MLM_PRESET PRETRAIN_SECONDS FINETUNE_SECONDS [--config.x=y ...]
-# e.g. (GPU)  bench/sst2_from_pretraining.sh runs/sst2 ../shared/data roberta-base 420 150
-#      (CPU)  bench/sst2_from_pretraining.sh runs/sst2 ../shared/data tiny 300 300
+# e.g. (GPU)  bench/sst2_from_pretraining.sh runs/sst2 ../shared/data roberta-base 330 240 \
+#               --config.train.max_steps=4000
+#      (CPU)  FINETUNE_ARGS="--config.head.pooling=mean --config.train.learning_rate=1e-3" \
+#             bench/sst2_from_pretraining.sh runs/sst2 ../shared/data tiny 90 150 \
+#               --config.train.max_steps=1000 --config.model.pre_ln=true
 # The text: WikiText-2 valid (train) and test (eval) plus the English side of Multi30k. Extra
 # arguments are pretraining overrides; $FINETUNE_ARGS holds finetuning ones. The encoder is
 # finetuned from its best pretraining checkpoint and, as the baseline, from random weights.
