@@ -26,7 +26,7 @@ for init in pretrained scratch; do
     --config.init.checkpoint=best --config.init.from_scratch=$([ $init = scratch ] && echo true || echo false) \
     --config.data.train_files="$data/sst2/train.tsv" --config.train.max_train_seconds="$ft_seconds" \
     --config.train.log_every=500 --config.eval.every_steps=500 --config.checkpoint.every_steps=1000000 \
-    $FINETUNE_ARGS 2>&1 | grep -E "^(data|finetuning|encoder|compiled|stopped|step [0-9]+ \|)"
+    ${FINETUNE_ARGS:-} 2>&1 | grep -E "^(data|finetuning|encoder|compiled|stopped|step [0-9]+ \|)"
 done
 python3 - "$root" <<'PY'
 import json, sys
