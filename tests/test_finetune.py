@@ -140,3 +140,19 @@ def test_eval_batches_cover_every_row_once():
   assert sum(float(b["weight"].sum()) for b in batches) == n
   labels = np.concatenate([b["label"][b["weight"] > 0] for b in batches])
   np.testing.assert_array_equal(labels, rows["label"])
+
+
+@pytest.mark.slow
+def test_finetuning_on_a_2x2x2_mesh_matches_one_device(pretrained, tmp_path):
+  """The head's `classes` and the pretrained encoder restore onto data x fsdp x tensor."""
+  results = {}
+  for name, devices, shape in (("one", jax.devices()[:1], (1, 1, 1)), ("mesh", jax.devices(), (2, 2, 2))):
+    c = finetune_config(pretrained)
+    c.parallel.data, c.parallel.fsdp, c.parallel.tensor = shape
+    c.train.epochs, c.train.max_steps = 0, 20
+    c.data.max_train_examples, c.data.max_eval_examples = 640, 256
+    c.eval.every_steps = 20
+    assert finetune.run(c, str(tmp_path / name), devices) == 0
+    results[name] = [l for l in metrics.read(str(tmp_path / name)) if "accuracy" in l][-1]
+  assert results["mesh"]["eval_loss"] == pytest.approx(results["one"]["eval_loss"], rel=2e-4)
+  assert results["mesh"]["accuracy"] == pytest.approx(results["one"]["accuracy"], abs=0.01)

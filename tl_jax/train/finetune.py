@@ -115,9 +115,11 @@ class PretrainedEncoder:
 
   def choose(self, which: str) -> str:
     """'latest' or 'best': what `init.checkpoint` (auto | latest | best) reads here."""
-    has_latest = Checkpointer(self._checkpoints(), keep=1, async_save=False)
-    latest = has_latest.latest_step()
-    has_latest.close()
+    latest = None
+    if os.path.isdir(self._checkpoints()):  # (a Checkpointer would create the directory)
+      ckpt = Checkpointer(self._checkpoints(), keep=1, async_save=False)
+      latest = ckpt.latest_step()
+      ckpt.close()
     has_best = BestParams(self.workdir, "eval_loss", higher_is_better=False).exists()
     if which == "auto":
       which = "latest" if latest is not None else "best"
