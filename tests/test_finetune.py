@@ -78,7 +78,8 @@ def write_tsv(path: pathlib.Path, rows: list[str]) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["missing-column", "unknown-label", "synthetic-seed", "wikitext-init"])
+@pytest.mark.parametrize("case", ["missing-column", "unknown-label", "synthetic-seed", "wikitext-init",
+                                  "tokenizer-size"])
 def test_bad_finetuning_input_is_one_sentence(pretrained, tmp_path, case):
   train = write_tsv(tmp_path / "train.tsv",
                     ["label\tsentence"] + [f"{i % 2}\tthe word number {i}" for i in range(40)])
@@ -94,14 +95,18 @@ def test_bad_finetuning_input_is_one_sentence(pretrained, tmp_path, case):
   elif case == "synthetic-seed":
     expect = ("seed", "data.synthetic_seed")
     args += ["--config=configs/glue.py:synthetic", "--config.data.synthetic_seed=5"]
-  else:  # an init pretrained on other text than the task's
+  else:  # an init pretrained on other text than the task's, or with another vocabulary
     other = tmp_path / "other-init"
     other.mkdir()
     saved = config_lib.load(os.path.join(pretrained, "config.json"))
-    saved.data.source = "text"
+    if case == "wikitext-init":
+      saved.data.source = "text"
+      expect = ("data.source=text", "synthetic")
+    else:
+      saved.data.vocab_size = 1999
+      expect = ("2000 pieces", "data.vocab_size=1999")
     config_lib.save(saved, str(other / "config.json"))
     os.symlink(os.path.join(pretrained, "tokenizer"), other / "tokenizer")
-    expect = ("data.source=text", "synthetic")
     args = ["finetune", f"--workdir={tmp_path / 'w'}", f"--init={other}",
             "--config=configs/glue.py:synthetic"]
   before = snapshot(pathlib.Path(pretrained))
