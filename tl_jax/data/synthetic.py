@@ -866,15 +866,7 @@ class SyntheticLanguage:
 
   def pairs(self, split: str = "train", start: int = 0) -> Iterator[tuple[str, str]]:
     """Unbounded stream: pair(start), pair(start + 1), ..."""
-    _check_pair_split(split)  # fail at the call, not at the first next()
-    index = _check_index("start", start)
-
-    def stream() -> Iterator[tuple[str, str]]:
-      i = index
-      while True:
-        yield self.pair(i, split)
-        i += 1
-    return stream()
+    return _indexed_stream(self.pair, split, start)
 
   def _pair(self, index: int, split: str) -> tuple[Node, str]:
     """Tree and source text of pair `index`; the stream is tagged with
@@ -916,15 +908,7 @@ class SyntheticLanguage:
   def sentiment_examples(self, split: str = "train",
                          start: int = 0) -> Iterator[tuple[str, int]]:
     """Unbounded stream: sentiment_example(start), sentiment_example(start + 1), ..."""
-    _check_pair_split(split)  # fail at the call, not at the first next()
-    index = _check_index("start", start)
-
-    def stream() -> Iterator[tuple[str, int]]:
-      i = index
-      while True:
-        yield self.sentiment_example(i, split)
-        i += 1
-    return stream()
+    return _indexed_stream(self.sentiment_example, split, start)
 
   def _sentiment_example(self, index: int, split: str) -> tuple[Node, str]:
     """Tree and text of sentiment example `index`.
@@ -966,15 +950,7 @@ class SyntheticLanguage:
 
   def agreement_examples(self, split: str = "train", start: int = 0) -> Iterator[tuple[str, int]]:
     """Unbounded stream: agreement_example(start), agreement_example(start + 1), ..."""
-    _check_pair_split(split)
-    index = _check_index("start", start)
-
-    def stream() -> Iterator[tuple[str, int]]:
-      i = index
-      while True:
-        yield self.agreement_example(i, split)
-        i += 1
-    return stream()
+    return _indexed_stream(self.agreement_example, split, start)
 
   def _agreement_example(self, index: int, split: str) -> tuple[Node, str]:
     """The (grammatical) tree of agreement example `index` and the example's text, whose main
@@ -1153,3 +1129,16 @@ def _replace_leaf(tree: Node, old: Node, new: Node) -> Node:
   if tree.word is not None:
     return tree
   return dataclasses.replace(tree, children=[_replace_leaf(c, old, new) for c in tree.children])
+
+
+def _indexed_stream(example: Callable[[int, str], Any], split: str, start: int) -> Iterator:
+  """example(start, split), example(start + 1, split), ...; bad arguments fail at the call."""
+  _check_pair_split(split)
+  index = _check_index("start", start)
+
+  def stream() -> Iterator:
+    i = index
+    while True:
+      yield example(i, split)
+      i += 1
+  return stream()
