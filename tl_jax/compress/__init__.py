@@ -1,0 +1,1 @@
+"""Compression of trained models: quantization, pruning, memory accounting and export."""
