@@ -258,6 +258,36 @@ class ClassifyEvalConfig:
 
 
 @dataclasses.dataclass
+class QuantConfig:
+  """Weight quantization (tl_jax/compress/quantize.py); bits are 1..8."""
+  method: str = "none"  # none | uniform | kmeans (2^bits centroids per matrix)
+  bits: int = 8
+  symmetric: bool = True  # uniform: absmax grid (qwix's), else min/max with a zero point
+  granularity: str = "channel"  # uniform: one scale per tensor | channel (output feature) | group
+  group_size: int = 128  # granularity=group: input rows per scale
+  kmeans_iters: int = 20
+  # parameter groups to quantize: attention, ffn, embedding, head, norm, bias
+  targets: str = "attention,ffn,embedding,head"
+
+
+@dataclasses.dataclass
+class PruneConfig:
+  """Weight pruning (tl_jax/compress/prune.py): magnitude (global or per matrix) or N:M."""
+  method: str = "none"  # none | magnitude | nm
+  sparsity: float = 0.0  # magnitude: the fraction of target weights set to zero, in [0, 1)
+  scope: str = "global"  # magnitude: global (one threshold) | layer (every matrix alike)
+  n: int = 2  # nm: keep n of every m consecutive input weights
+  m: int = 4
+  targets: str = "attention,ffn"  # the paper prunes the Transformer layers' matrices
+  # While finetuning: sparsity rises from 0 to `sparsity` on Zhu & Gupta's cubic schedule between
+  # these fractions of the run, masks recomputed every `every_steps` (oneshot: all at once, at begin).
+  schedule: str = "cubic"  # cubic | oneshot
+  begin_fraction: float = 0.0
+  end_fraction: float = 0.7
+  every_steps: int = 50
+
+
+@dataclasses.dataclass
 class FinetuneConfig:
   """Sentence(-pair) classification from a pretrained encoder (`tl-jax finetune`).
 
@@ -272,11 +302,42 @@ class FinetuneConfig:
   parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
   eval: ClassifyEvalConfig = dataclasses.field(default_factory=ClassifyEvalConfig)
+  # Compression while finetuning: pruning masks live in the train state; `qat` trains through
+  # fake quantization (straight-through gradients). Both off by default.
+  prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
+  qat: QuantConfig = dataclasses.field(default_factory=QuantConfig)
   name: str = ""
   task: str = "finetune"
 
 
-ROOTS = {"pretrain": Config, "translate": TranslateConfig, "finetune": FinetuneConfig}
+@dataclasses.dataclass
+class CompressConfig:
+  """A grid of compression points over one finetuned workdir (`tl-jax compress`).
+
+  Points: the uncompressed model; each quantizer in `quant_methods` at each of `bits`;
+  magnitude pruning at each of `sparsities`; N:M pruning if `nm`; and each of
+  `combined_sparsities` pruned, then quantized at each of `combined_bits`. `quant` and
+  `prune` hold the settings every point shares (granularity, scope, targets, ...).
+  """
+  quant: QuantConfig = dataclasses.field(default_factory=lambda: QuantConfig(method="uniform"))
+  prune: PruneConfig = dataclasses.field(default_factory=lambda: PruneConfig(method="magnitude"))
+  quant_methods: str = "uniform"  # comma-separated: uniform, kmeans
+  bits: str = "8,6,4,3,2"
+  sparsities: str = "0.3,0.5,0.7,0.9"
+  nm: bool = False
+  combined_sparsities: str = "0.5"
+  combined_bits: str = "4"
+  checkpoint: str = "best"  # best | latest: which finetuned parameters to compress
+  eval_batch_size: int = 64
+  max_eval_examples: int = 0  # 0 = the whole first eval split
+  analysis: bool = True  # per-layer weight error, output KL, kurtosis and outliers per point
+  export: bool = False  # write each point packed to WORKDIR/compressed/POINT, reload, re-evaluate
+  name: str = ""
+  task: str = "compress"
+
+
+ROOTS = {"pretrain": Config, "translate": TranslateConfig, "finetune": FinetuneConfig,
+         "compress": CompressConfig}
 
 
 # ---------------------------------------------------------------------------
@@ -428,7 +489,14 @@ _TASK_CHOICES = {
                  "data.synthetic_task": ("sentiment", "agreement"),
                  "head.pooling": ("first", "mean"),
                  "data.truncation": ("longest_first", "only_first", "only_second"),
-                 "init.checkpoint": ("auto", "latest", "best")},
+                 "init.checkpoint": ("auto", "latest", "best"),
+                 "prune.method": ("none", "magnitude", "nm"), "prune.scope": ("global", "layer"),
+                 "prune.schedule": ("cubic", "oneshot"), "qat.method": ("none", "uniform", "kmeans"),
+                 "qat.granularity": ("tensor", "channel", "group")},
+    "compress": {"quant.method": ("none", "uniform", "kmeans"),
+                 "quant.granularity": ("tensor", "channel", "group"),
+                 "prune.method": ("none", "magnitude", "nm"), "prune.scope": ("global", "layer"),
+                 "checkpoint": ("best", "latest")},
 }
 
 
@@ -440,11 +508,17 @@ def _check_positive(values: dict) -> None:
 
 def validate(config) -> None:
   """Checks the fields of any task's tree; raises UserError naming field and fix."""
-  for dotted, choices in {**_CHOICES, **_TASK_CHOICES[config.task]}.items():
-    section, name = dotted.split(".")
-    value = getattr(getattr(config, section), name)
+  choices_of = _TASK_CHOICES[config.task] if config.task == "compress" else {
+      **_CHOICES, **_TASK_CHOICES[config.task]}
+  for dotted, choices in choices_of.items():
+    value = config
+    for part in dotted.split("."):
+      value = getattr(value, part)
     if value not in choices:
       raise UserError(f"config field {dotted}={value!r} is not one of {', '.join(choices)}.")
+  if config.task == "compress":
+    _validate_compress(config)
+    return
 
   m, d, t, p = config.model, config.data, config.train, config.parallel
   _check_positive({
@@ -543,6 +617,61 @@ def _validate_finetuning(config: FinetuneConfig) -> None:
                     "a dev split off the training rows (or set data.eval_files).")
   if d.source == "tfds" and not d.tfds_name:
     raise UserError("data.source=tfds needs data.tfds_name (e.g. glue/sst2 or glue/mnli).")
+  validate_prune(config.prune, "prune")
+  validate_quant(config.qat, "qat")
+
+
+def validate_quant(q: QuantConfig, where: str) -> None:
+  if not 1 <= q.bits <= 8:
+    raise UserError(f"{where}.bits={q.bits} is outside 1..8; choose a bit width from 1 to 8.")
+  _check_positive({f"{where}.group_size": q.group_size, f"{where}.kmeans_iters": q.kmeans_iters})
+  _check_groups(q.targets, f"{where}.targets")
+
+
+def validate_prune(p: PruneConfig, where: str) -> None:
+  if not 0.0 <= p.sparsity < 1.0:
+    raise UserError(f"{where}.sparsity={p.sparsity} is outside [0, 1); give the fraction of "
+                    "weights to zero, e.g. 0.5.")
+  if not 0 < p.n < p.m:
+    raise UserError(f"{where}.n={p.n} and {where}.m={p.m} must satisfy 0 < n < m (2:4 keeps 2 of 4).")
+  if not 0.0 <= p.begin_fraction < p.end_fraction <= 1.0:
+    raise UserError(f"{where}.begin_fraction={p.begin_fraction} and end_fraction={p.end_fraction} "
+                    "must satisfy 0 <= begin < end <= 1.")
+  _check_positive({f"{where}.every_steps": p.every_steps})
+  _check_groups(p.targets, f"{where}.targets")
+
+
+def _check_groups(text: str, field: str) -> None:
+  from tl_jax.compress.layout import parse_groups  # the group names live beside the layouts
+  parse_groups(text, field)
+
+
+def parse_list(text: str, kind, field: str) -> list:
+  """`"8,6,4"` -> [8, 6, 4]: the grid fields of CompressConfig."""
+  try:
+    return [kind(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise UserError(f"config field {field}={text!r} is not a comma-separated list of "
+                    f"{kind.__name__}s.") from None
+
+
+def _validate_compress(config: CompressConfig) -> None:
+  validate_quant(config.quant, "quant")
+  validate_prune(config.prune, "prune")
+  _check_positive({"eval_batch_size": config.eval_batch_size})
+  for field in ("bits", "combined_bits"):
+    for b in parse_list(getattr(config, field), int, field):
+      if not 1 <= b <= 8:
+        raise UserError(f"config field {field} holds {b} bits, outside 1..8; choose bit widths "
+                        "from 1 to 8.")
+  for field in ("sparsities", "combined_sparsities"):
+    for v in parse_list(getattr(config, field), float, field):
+      if not 0.0 <= v < 1.0:
+        raise UserError(f"config field {field} holds sparsity {v}, outside [0, 1); give fractions "
+                        "of weights to zero, e.g. 0.5.")
+  for method in parse_list(config.quant_methods, str, "quant_methods"):
+    if method.strip() not in ("uniform", "kmeans"):
+      raise UserError(f"quant_methods holds {method!r}; choose uniform and/or kmeans.")
 
 
 def inherit_init_model(config: FinetuneConfig, overrides: dict[str, str]) -> FinetuneConfig:

@@ -32,13 +32,16 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore(self, abstract_state):
-    """(state, meta) of the newest readable checkpoint, or None if there is none.
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def restore(self, abstract_state, step: int | None = None):
+    """(state, meta) of the newest readable checkpoint (or of `step`), or None if there is none.
 
     A checkpoint that fails to read is reported and the one before it tried, so a
     damaged newest checkpoint never silently restarts the run from scratch.
     """
-    steps = sorted(self.manager.all_steps(), reverse=True)
+    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
     failures = []
     for step in steps:
       try:

@@ -22,6 +22,9 @@ import numpy as np
 import optax
 
 from tl_jax import config as config_lib
+from tl_jax.compress import apply as compress_apply
+from tl_jax.compress import layout as compress_layout
+from tl_jax.compress import training as compress_training
 from tl_jax.config import FinetuneConfig
 from tl_jax.data.classification import EncodedExamples, encode, make_classification_source
 from tl_jax.data.loader import TrainLoader
@@ -54,10 +57,17 @@ def _logits(model, params, batch, pad_id: int, deterministic: bool, rng=None):
                      rngs=None if deterministic else {"dropout": rng})
 
 
-def train_step(state, batch: dict, *, model, tx, schedule, pad_id: int, grad_accum: int):
+def train_step(state, batch: dict, *, model, tx, schedule, pad_id: int, grad_accum: int,
+               compression=None):
+  """One optimizer step; `compression` (compress/training.py) prunes on its schedule and runs
+  the forward pass through fake quantization."""
   dropout_rng = step_rng(state)
+  if compression is not None:
+    state = compression.update_masks(state)
 
   def loss_sums(params, i, micro):
+    if compression is not None:
+      params = compression.forward(params, state.masks)
     logits = _logits(model, params, micro, pad_id, False, jax.random.fold_in(dropout_rng, i))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, micro["label"])
     return jnp.sum(losses), jnp.asarray(losses.shape[0], jnp.float32)
@@ -66,8 +76,11 @@ def train_step(state, batch: dict, *, model, tx, schedule, pad_id: int, grad_acc
                                schedule=schedule, grad_accum=grad_accum)
 
 
-def eval_step(params, batch: dict, *, model, pad_id: int):
-  """(loss sum, correct predictions, examples) over the rows whose weight is 1."""
+def eval_step(params, batch: dict, *, model, pad_id: int, compression=None):
+  """(loss sum, correct predictions, examples) over the rows whose weight is 1; under
+  quantization-aware training, of the quantized model."""
+  if compression is not None:
+    params = compression.forward(params, compression.derived_masks(params))
   logits = _logits(model, params, batch, pad_id, True)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
   correct = (jnp.argmax(logits, axis=-1) == batch["label"]).astype(jnp.float32)
@@ -90,6 +103,13 @@ def eval_batches(rows: dict, batch_size: int, filler: np.ndarray) -> list[dict]:
                "label": np.concatenate([chunk["label"], np.zeros(short, np.int32)])}
     batches.append({**chunk, "weight": weight})
   return batches
+
+
+def filler_row(tokenizer, seq_len: int) -> np.ndarray:
+  """A short real sequence (<s></s>) that tops up the last eval batch."""
+  filler = np.full((seq_len,), tokenizer.pad_id, np.int32)
+  filler[:2] = tokenizer.bos_id, tokenizer.eos_id
+  return filler
 
 
 # ---------------------------------------------------------------------------
@@ -262,15 +282,16 @@ def build(config: FinetuneConfig, workdir: str, devices=None) -> Setup:
       f"peak learning rate {train.learning_rate:g}")
   loader = TrainLoader(EncodedExamples(train_rows, data.seq_len), train.batch_size, train.seed,
                        jax.process_index(), jax.process_count())
-  filler = np.full((data.seq_len,), tokenizer.pad_id, np.int32)
-  filler[:2] = tokenizer.bos_id, tokenizer.eos_id
+  filler = filler_row(tokenizer, data.seq_len)
   eval_sets = {split: eval_batches(rows, config.eval.batch_size, filler)
                for split, (rows, _) in eval_rows.items()}
 
   vocab_size = padded_vocab(tokenizer.vocab_size)
   model = Classifier(config.model, vocab_size, len(source.label_names), config.head.pooling)
   tx = optimizer(train)
-  init_fn = functools.partial(init_state, model, tx, train.seed, np.zeros((1, data.seq_len), np.int32))
+  compression = training_compression(config, model, data.seq_len, train.max_steps)
+  init_fn = functools.partial(init_state, model, tx, train.seed, np.zeros((1, data.seq_len), np.int32),
+                              compression.masked if compression else None)
   abstract, state_shardings, placed_init = loop.sharded_state(init_fn, mesh, rules)
   if checkpoint_choice is not None:
     pretrained_abstract = init.abstract_state(mesh, rules, vocab_size, data.seq_len)
@@ -289,10 +310,12 @@ def build(config: FinetuneConfig, workdir: str, devices=None) -> Setup:
   eval_sharding = {**batch_sharding, "weight": shd.batch_sharding(mesh, rules, 1)}
   replicated = shd.replicated(mesh)
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule(train),
-                           pad_id=tokenizer.pad_id, grad_accum=train.grad_accum)
+                           pad_id=tokenizer.pad_id, grad_accum=train.grad_accum,
+                           compression=compression)
   train_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
                      out_shardings=(state_shardings, replicated), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model, pad_id=tokenizer.pad_id),
+  eval_fn = jax.jit(functools.partial(eval_step, model=model, pad_id=tokenizer.pad_id,
+                                      compression=compression),
                     in_shardings=(state_shardings.params, eval_sharding), out_shardings=replicated)
   best = BestParams(workdir, "accuracy", higher_is_better=True)
   primary = source.eval_splits[0]
@@ -310,7 +333,9 @@ def build(config: FinetuneConfig, workdir: str, devices=None) -> Setup:
         suffix = "" if split == primary else f"_{split}"
         values[f"eval_loss{suffix}"] = sums[0] / max(sums[2], 1.0)
         values[f"accuracy{suffix}"] = sums[1] / max(sums[2], 1.0)
-      if best.offer(params, step, values["accuracy"], split=primary):
+      # While sparsity still rises, the model is not yet the pruned one asked for.
+      at_target = compression is None or not compression.pruning or step >= compression.end_step
+      if at_target and best.offer(params, step, values["accuracy"], split=primary):
         log(f"new best accuracy {values['accuracy']:.4f} on {primary} at step {step}: {best.directory}")
       return values
     return evaluate
@@ -323,6 +348,25 @@ def build(config: FinetuneConfig, workdir: str, devices=None) -> Setup:
       tokens_per_step=train.batch_size * data.seq_len,
       flops_per_token=flops.encoder_flops_per_token(config.model, data.seq_len),
       compile_eval=compile_eval, eval_keys=("eval_loss", "accuracy") + extra_keys)
+
+
+def training_compression(config: FinetuneConfig, model, seq_len: int, max_steps: int):
+  """The run's pruning / quantization-aware training (compress/training.py), or None; shape
+  conditions (N:M blocks, quantization groups) are checked here, before anything compiles."""
+  if config.prune.method == "none" and config.qat.method == "none":
+    return None
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, seq_len), np.int32)))
+  layouts = compress_apply.flat_layouts(compress_layout.layouts(boxed["params"]))
+  compress_apply.check_shapes(layouts, config.qat, config.prune)
+  compression = compress_training.TrainingCompression(layouts, config.prune, config.qat, max_steps)
+  p = config.prune
+  if compression.pruning:
+    target = f"{p.n}:{p.m}" if p.method == "nm" else f"sparsity {p.sparsity:g} ({p.schedule} schedule)"
+    log(f"pruning {p.targets} to {target}, steps {compression.begin_step}..{compression.end_step}; "
+        f"best parameters are kept from step {compression.end_step} on")
+  if config.qat.method != "none":
+    log(f"quantization-aware training: {config.qat.method} {config.qat.bits} bits on {config.qat.targets}")
+  return compression
 
 
 def run(config: FinetuneConfig, workdir: str, devices=None, on_ready=None) -> int:

@@ -14,7 +14,7 @@ import optax
 
 from tl_jax.config import DataConfig
 from tl_jax.data.masking import mask_tokens
-from tl_jax.train.state import TrainState
+from tl_jax.train.state import TrainState, mask_tree
 
 
 def step_rng(state: TrainState) -> jax.Array:
@@ -44,12 +44,14 @@ def accumulate_and_update(state: TrainState, micro_batches, loss_sums, *, tx, sc
     (loss_sum, count, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro_batches))
 
   count = jnp.maximum(count, 1.0)
-  grads = jax.tree.map(lambda g: g / count, grads)
+  # Pruned weights get no gradient (so no optimizer moments) and are re-zeroed after the update,
+  # which weight decay and old moments would otherwise move.
+  grads = mask_tree(jax.tree.map(lambda g: g / count, grads), state.masks)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads),
              "learning_rate": schedule(state.step), "tokens": count}
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state), metrics
+  params = mask_tree(optax.apply_updates(state.params, updates), state.masks)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def split_micro(batch, grad_accum: int):
