@@ -3,6 +3,7 @@
     tl-jax pretrain --config=configs/mlm.py:tiny --workdir=DIR [--config.a.b=VALUE ...] [--override]
     tl-jax finetune --config=configs/glue.py:sst2 --init=PRETRAIN_WORKDIR --workdir=DIR
     tl-jax import-hf --source=HF_DIR --workdir=DIR
+    tl-jax compress --config=configs/compress.py:GRID --workdir=FINETUNE_WORKDIR
 
 Re-running a command on an existing workdir resumes it. A workdir remembers its
 resolved config in `config.json`; a command asking for a different one is refused
@@ -29,9 +30,11 @@ commands:
   finetune   classification:        --config=FILE:PRESET --init=PRETRAIN_WORKDIR --workdir=DIR [--config.a.b=V ...]
   import-hf  a Hugging Face RoBERTa/BERT checkpoint as a workdir `finetune --init` accepts:
              --source=DIR (config.json, model.safetensors, tokenizer files) --workdir=DIR
+  compress   a grid of quantized / pruned versions of a finetuned model, appended to
+             WORKDIR/compress.jsonl: --config=configs/compress.py:GRID --workdir=FINETUNE_WORKDIR
 """
 
-PRESET_FILES = {"pretrain": "mlm", "translate": "translate", "finetune": "glue"}
+PRESET_FILES = {"pretrain": "mlm", "translate": "translate", "finetune": "glue", "compress": "compress"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
 def _parse(argv: list[str]):
   parser = _Parser(prog="tl-jax", usage=USAGE, add_help=True)
   parser.add_argument("command", choices=["pretrain", "translate", "translate-file", "finetune",
-                                          "import-hf"])
+                                          "import-hf", "compress"])
   parser.add_argument("--config", default=None, help="FILE:PRESET, e.g. configs/mlm.py:tiny")
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--input", help="translate-file: text to translate, one sentence a line")
@@ -110,6 +113,23 @@ def commit_config(config: config_lib.Config, workdir: str, replaces: bool) -> No
   config_lib.save(config, path)
 
 
+def _compress(args, overrides: dict) -> int:
+  """The grid's config is not the workdir's (that stays the finetuning run's config.json)."""
+  if not args.config:
+    raise UserError("compress needs --config=configs/compress.py:GRID (quick, paper, bits, sparsity).")
+  config = config_lib.load_preset(args.config)
+  if config.task != "compress":
+    raise UserError(f"the config is for `tl-jax {config.task}`, not `tl-jax compress`; use a "
+                    "configs/compress.py grid.")
+  config = config_lib.apply_overrides(config, overrides)
+  config_lib.validate(config)
+  if not os.path.isdir(args.workdir):
+    raise UserError(f"--workdir={args.workdir} does not exist; point it at a `tl-jax finetune` workdir.")
+  _quiet_libraries()
+  from tl_jax.compress import grid
+  return grid.run(config, args.workdir)
+
+
 def _quiet_libraries() -> None:
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   try:
@@ -139,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
       from tl_jax.convert.hf import import_hf
       print(import_hf(args.source, args.workdir))
       return 0
+    if args.command == "compress":
+      return _compress(args, overrides)
     config, replaces = resolve_config(args, overrides)
     os.makedirs(args.workdir, exist_ok=True)
     _quiet_libraries()
