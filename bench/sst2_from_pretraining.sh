@@ -12,14 +12,7 @@
 # finetuned from its best pretraining checkpoint and, as the baseline, from random weights.
 set -euo pipefail
 root=$1 data=$2 preset=$3 pre_seconds=$4 ft_seconds=$5; shift 5
-tl-jax pretrain --config=configs/mlm.py:"$preset" --workdir="$root/pretrain" \
-  --config.data.source=text \
-  --config.data.train_files="$data/wikitext2/valid.txt,$data/multi30k/train.en" \
-  --config.data.eval_files="$data/wikitext2/test.txt" --config.data.max_train_tokens=0 \
-  --config.train.max_train_seconds="$pre_seconds" --config.train.max_steps=1000000 \
-  --config.train.log_every=100 --config.eval.every_steps=0 \
-  --config.eval.every_seconds=$((pre_seconds / 4)) --config.checkpoint.every_steps=1000000 \
-  "$@" 2>&1 | grep -E "^(data|compiled|stopped|step [0-9]+ \|)"
+bench/pretrain_text.sh "$root/pretrain" "$data" "$preset" "$pre_seconds" "$@"
 # From the best eval loss: a few MB of text is overfitted long before the budget ends.
 for init in pretrained scratch; do
   tl-jax finetune --config=configs/glue.py:sst2 --init="$root/pretrain" --workdir="$root/sst2-$init" \
