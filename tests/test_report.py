@@ -1,0 +1,337 @@
+"""`tl-jax report` on hand-made workdirs: frontier, budgets, gap, and the whole report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import namedtuple
+
+import pytest
+
+from tl_jax.errors import UserError
+from tl_jax.report import analysis, main
+from tl_jax.report.runs import load_run, load_runs
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------
+# Hand-made workdirs.
+
+
+def _write_workdir(path, config: dict, metrics: list[dict] = (), points: list[dict] = (),
+                   best: dict | None = None) -> str:
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(config, f)
+  if metrics:
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+      f.writelines(json.dumps(m) + "\n" for m in metrics)
+  if points:
+    with open(os.path.join(path, "compress.jsonl"), "w") as f:
+      f.writelines(json.dumps(p) + "\n" for p in points)
+  if best:
+    os.makedirs(os.path.join(path, "best"), exist_ok=True)
+    with open(os.path.join(path, "best", "best.json"), "w") as f:
+      json.dump(best, f)
+  return str(path)
+
+
+def _pretrain_config(layers: int, width: int, tokens: int = 1_000_000) -> dict:
+  return {"task": "pretrain", "name": f"d{layers}w{width}",
+          "model": {"num_layers": layers, "d_model": width, "decoder_layers": 0},
+          "data": {"max_train_tokens": tokens}}
+
+
+def _metrics(evals: list[tuple[int, float, float]], train: list[tuple[int, float, float]]) -> list[dict]:
+  """Lines as the training loop writes them: (step, train_seconds, loss), step order."""
+  lines = [{"step": s, "train_seconds": t, "elapsed_seconds": t + 5, "eval_loss": v,
+            "eval_perplexity": math.exp(v)} for s, t, v in evals]
+  lines += [{"step": s, "train_seconds": t, "elapsed_seconds": t + 5, "loss": v,
+             "learning_rate": 1e-3, "grad_norm": 1.0, "tokens_per_second": 1e4, "mfu": None}
+            for s, t, v in train]
+  # Train line before the eval line of the same step, as the loop writes them.
+  return sorted(lines, key=lambda m: (m["step"], "eval_loss" in m))
+
+
+def _point(name: str, layers: int, width: int, acc: float, base: float, mem: float, *,
+           bits: int = 32, sparsity: float = 0.0, quant: str | None = None,
+           prune: str | None = None, kurtosis: float = 0.1) -> dict:
+  """One compress.jsonl line with the fields tl_jax/compress/grid.py run() writes."""
+  record = {"point": name, "bits": bits, "sparsity": sparsity,
+            "quant": ({"method": quant, "bits": bits, "symmetric": True, "granularity": "channel",
+                       "group_size": 128} if quant else None),
+            "prune": ({"method": prune, "sparsity": sparsity, "scope": "global", "n": 2, "m": 4,
+                       "targets": "attention,ffn"} if prune else None),
+            "workdir": "/x", "split": "eval",
+            "model": {"name": "synthetic", "num_layers": layers, "d_model": width,
+                      "params": 12 * layers * width ** 2},
+            "eval_loss": 0.5, "accuracy": acc, "kl": 0.0, "examples": 1000,
+            "accuracy_drop": base - acc, "memory_bytes": int(mem * 2 ** 20),
+            "float32_bytes": int(8 * 2 ** 20), "memory_ratio": mem / 8}
+  if prune:
+    record["achieved_sparsity"] = sparsity
+  error = 0.0 if name == "float32" else 0.1 * (32 / bits if quant else 1)
+  record["layer_error"] = {f"encoder/layer_{i}/{m}/kernel": error * (1 + 0.1 * i)
+                           for i in range(layers) for m in ("attention/query", "mlp/wi")}
+  record["layer_error"]["token_embed/embedding"] = error
+  record["weights"] = {"summary": {"kurtosis": kurtosis, "outliers": 0.003}, "layers": {}}
+  return record
+
+
+def _grid(layers: int, width: int, base: float, scale: float, kurtosis: float) -> list[dict]:
+  out = []
+  for name, acc, mem, kw in (
+      ("float32", base, 8 * scale, {}),
+      ("uniform8b-sym-channel", base - 0.001, 2 * scale, {"bits": 8, "quant": "uniform"}),
+      ("uniform3b-sym-channel", base - 0.02, 0.8 * scale, {"bits": 3, "quant": "uniform"}),
+      ("uniform2b-sym-channel", base - 0.08, 0.55 * scale, {"bits": 2, "quant": "uniform"}),
+      ("prune0.5-global", base - 0.005, 5 * scale, {"sparsity": 0.5, "prune": "magnitude"}),
+      ("prune0.9-global", base - 0.2, 2.5 * scale, {"sparsity": 0.9, "prune": "magnitude"}),
+      ("prune0.5-global+uniform4b-sym-channel", base - 0.01, 0.9 * scale,
+       {"bits": 4, "quant": "uniform", "sparsity": 0.5, "prune": "magnitude"})):
+    out.append(_point(name, layers, width, acc, base, mem, kurtosis=kurtosis, **kw))
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Pareto frontier.
+
+
+def test_pareto_frontier_ties_and_dominated_points():
+  P = namedtuple("P", "name memory_bytes accuracy")
+  points = [P("a", 1, 0.80), P("b", 2, 0.85), P("c", 2, 0.85),  # b, c: equal: both stay
+            P("d", 2, 0.84),  # same memory as b, less accurate: dominated
+            P("e", 3, 0.85),  # as accurate as b, more memory: dominated
+            P("f", 4, 0.90), P("g", 5, 0.70), P("h", 0.5, 0.60),
+            P("i", 4, 0.90),  # equal to f: stays
+            P("j", 0.5, 0.55)]  # same memory as h, less accurate: dominated
+  assert [p.name for p in analysis.pareto_frontier(points)] == ["h", "a", "b", "c", "f", "i"]
+  assert analysis.pareto_frontier([]) == []
+  # Custom accessors (dicts), and a single point is its own frontier.
+  only = [{"m": 3, "acc": 0.5}]
+  assert analysis.pareto_frontier(only, memory=lambda p: p["m"], accuracy=lambda p: p["acc"]) == only
+
+
+def test_best_within_memory_takes_runner_up_of_another_size():
+  make = lambda size, point, acc, mib: analysis.Compressed(size, "r", point, 4, 0.0, acc, 0.0,
+                                                           mib * 2 ** 20, "uniform sym channel", None)
+  points = [make("big", "4b", 0.90, 10), make("big", "8b", 0.91, 20), make("small", "8b", 0.88, 5),
+            make("small", "32b", 0.89, 9)]
+  ans = analysis.best_within_memory(points, 10)
+  assert (ans.best.size, ans.best.point) == ("big", "4b")
+  assert (ans.runner_up.size, ans.runner_up.point) == ("small", "32b")
+  assert ans.margin == pytest.approx(0.01)
+  ans = analysis.best_within_memory(points, 6)
+  assert ans.best.point == "8b" and ans.best.size == "small" and ans.runner_up is None
+  assert analysis.best_within_memory(points, 1).best is None
+
+
+# ---------------------------------------------------------------------------
+# Curves aligned by training seconds; best at a budget.
+
+
+def test_best_at_budget_reads_last_eval_at_or_before_budget(tmp_path):
+  # Run a evaluates every 100 steps (10 s apart), run b every 50 steps (6 s apart):
+  # by line index they would pair up wrongly.
+  a = load_run(_write_workdir(tmp_path / "a", _pretrain_config(4, 128), _metrics(
+      [(0, 0.0, 8.0), (100, 10.0, 5.0), (200, 20.0, 4.0)],
+      [(50, 5.0, 6.0), (100, 10.0, 5.2), (150, 15.0, 4.6), (200, 20.0, 4.1)])), "a")
+  b = load_run(_write_workdir(tmp_path / "b", _pretrain_config(2, 64), _metrics(
+      [(0, 0.0, 8.0), (50, 6.0, 6.0), (100, 12.0, 4.5), (150, 18.0, 3.9)],
+      [(50, 6.0, 6.1), (100, 12.0, 4.6), (150, 18.0, 4.0)])), "b")
+  c = load_run(_write_workdir(tmp_path / "c", _pretrain_config(1, 32), _metrics(
+      [(0, 0.0, 8.0), (10, 3.0, 7.0)], [(10, 3.0, 7.1)])), "c")
+  curves = [analysis.eval_curve(r, "eval_loss", r.name) for r in (a, b, c)]
+  assert curves[1].seconds == (0.0, 6.0, 12.0, 18.0) and curves[1].steps == (0, 50, 100, 150)
+
+  ans = analysis.best_at_budget(curves, 15.0)
+  assert [(r.label, r.value, r.step) for r in ans.ranking] == [("b", 4.5, 100), ("a", 5.0, 100)]
+  assert ans.margin == pytest.approx(0.5)
+  assert ans.not_reached == ("c",)
+
+  # A budget exactly at an eval includes it.
+  ans = analysis.best_at_budget(curves, 12.0)
+  assert ans.best.label == "b" and ans.best.seconds == 12.0 and ans.runner_up.value == 5.0
+
+  # Run b stopped at 18 s: at 20 s it is not reached, never extrapolated.
+  ans = analysis.best_at_budget(curves, 20.0)
+  assert ans.best.label == "a" and ans.best.value == 4.0
+  assert ans.runner_up is None and ans.margin is None
+  assert set(ans.not_reached) == {"b", "c"}
+
+  # Higher is better (BLEU-like): the ranking flips.
+  ans = analysis.best_at_budget(curves, 15.0, higher_is_better=True)
+  assert ans.best.label == "a" and ans.margin == pytest.approx(0.5)
+
+  budgets = analysis.default_budgets(curves)
+  assert budgets[0] == 3.0 and budgets[-1] == 20.0 and budgets == sorted(budgets)
+
+
+def test_budget_without_an_eval_yet_is_not_not_reached(tmp_path):
+  run = load_run(_write_workdir(tmp_path / "r", _pretrain_config(2, 64), _metrics(
+      [(100, 10.0, 5.0)], [(50, 5.0, 6.0), (100, 10.0, 5.1)])), "r")
+  ans = analysis.best_at_budget([analysis.eval_curve(run, "eval_loss", "r")], 7.0)
+  assert ans.best is None and ans.not_reached == () and ans.no_eval == ("r",)
+
+
+# ---------------------------------------------------------------------------
+# RQ4 gap.
+
+
+def test_generalization_gap_uses_last_tenth_of_train_lines():
+  train = [{"step": 10 * i, "train_seconds": i, "loss": float(i)} for i in range(1, 21)]
+  evals = [{"step": 100, "train_seconds": 10, "eval_loss": 30.0},
+           {"step": 200, "train_seconds": 20, "eval_loss": 21.0}]
+  gap = analysis.generalization_gap(train + evals)
+  assert gap.train_lines == 2 and gap.train_loss == pytest.approx(19.5)
+  assert gap.eval_loss == 21.0 and gap.gap == pytest.approx(1.5)
+  # Fewer than ten train lines: the last one alone.
+  gap = analysis.generalization_gap(train[:5] + evals[:1])
+  assert gap.train_lines == 1 and gap.gap == pytest.approx(25.0)
+  assert analysis.generalization_gap(evals) is None
+
+
+def test_layer_names_of_unrolled_and_scanned_layers():
+  assert analysis.split_layer_name("encoder/layer_3/attention/key/kernel") == (3, "attention/key")
+  assert analysis.split_layer_name("encoder/layers/mlp/wi/kernel[5]") == (5, "mlp/wi")
+  assert analysis.split_layer_name("token_embed/embedding") == (None, "token_embed")
+
+
+# ---------------------------------------------------------------------------
+# End to end.
+
+
+def _sweep(root) -> None:
+  """Two sizes, two data sizes each, a finetuned + compressed model per size, a translation run."""
+  for layers, width, speed, final in ((2, 64, 1.0, 4.0), (4, 128, 2.5, 3.5)):
+    for tokens, overfit in ((100_000, 0.2 * layers), (1_000_000, 0.05 * layers)):
+      steps = [20 * i for i in range(1, 11)]
+      train = [(s, s * speed / 10, final + 3 * math.exp(-s / 60) - overfit) for s in steps]
+      evals = [(0, 0.0, 8.0)] + [(s, s * speed / 10, final + 3 * math.exp(-s / 60))
+                                 for s in steps[4::5]]
+      _write_workdir(root / f"d{layers}-w{width}-t{tokens}" / "pretrain",
+                     _pretrain_config(layers, width, tokens), _metrics(evals, train))
+    _write_workdir(
+        root / f"d{layers}-w{width}" / "finetune",
+        {"task": "finetune", "name": "synthetic", "init": {"workdir": "../pretrain"},
+         "model": {"num_layers": layers, "d_model": width, "decoder_layers": 0}},
+        [{"step": 0, "train_seconds": 0.0, "elapsed_seconds": 1.0, "eval_loss": 0.69, "accuracy": 0.5},
+         {"step": 50, "train_seconds": 5.0, "elapsed_seconds": 7.0, "eval_loss": 0.4,
+          "accuracy": 0.8 + 0.01 * layers}],
+        _grid(layers, width, 0.8 + 0.01 * layers, width / 64, kurtosis=0.4 / layers),
+        {"step": 50, "metric": "accuracy", "accuracy": 0.8 + 0.01 * layers})
+  _write_workdir(root / "mt", {"task": "translate", "name": "synthetic",
+                               "model": {"num_layers": 3, "decoder_layers": 2, "d_model": 96}},
+                 [{"step": 0, "train_seconds": 0.0, "eval_loss": 6.0, "bleu": 0.5},
+                  {"step": 100, "train_seconds": 9.0, "eval_loss": 3.0, "bleu": 12.5},
+                  {"step": 200, "train_seconds": 18.0, "eval_loss": 2.0, "bleu": 20.25}])
+
+
+def test_report_end_to_end(tmp_path):
+  root = tmp_path / "sweep"
+  _sweep(root)
+  # A Hugging Face checkpoint folder also has a config.json: not a workdir.
+  (root / "hf").mkdir()
+  (root / "hf" / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+  out = tmp_path / "report"
+  assert main([str(root), "--out", str(out), "--budget-seconds=10,15", "--budget-seconds", "30"]) == 0
+
+  text = (out / "report.md").read_text()
+  for size in ("2x64", "4x128", "3+2x96"):
+    assert size in text
+  for heading in ("RQ1", "budget", "RQ2", "RQ3", "RQ4", "RQ5", "Pareto frontier"):
+    assert heading in text
+  assert "| hf |" not in text
+  # Budget 15 s: the 2x64 runs evaluated at step 100 (10 s), the 4x128 runs only at step 0
+  # (their step 100 comes at 25 s). Budget 30 s: the 2x64 runs stopped at 20 s.
+  table = text.split("### Training budgets: best validation loss")[1].split("###")[0]
+  rows = {l.split("|")[1].strip(): l for l in table.splitlines() if l.startswith("| ")}
+  assert "2x64" in rows["15"].split("|")[2] and "step 100 at 10.0 s" in rows["15"]
+  assert "4x128" in rows["15"].split("|")[5]  # the runner-up is of another size
+  assert "4x128" in rows["30"].split("|")[2]
+  assert "2x64 (98K) d2-w64-t100000/pretrain" in rows["30"].split("|")[8]
+  # Figures: referenced and real PNGs.
+  pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
+  assert {"rq1_pretrain_loss.png", "rq1_translate_bleu.png", "rq2_synthetic.png",
+          "rq3_synthetic.png", "rq4_gap.png", "rq5_synthetic_weights.png",
+          "rq5_synthetic_layers.png"} <= set(pngs)
+  for png in pngs:
+    data = (out / png).read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 10_000, png
+    assert f"]({png})" in text
+
+
+def test_report_sections_say_what_is_missing(tmp_path):
+  # One pretraining run alone: no compression, no data-size sweep.
+  _write_workdir(tmp_path / "pre", _pretrain_config(2, 64), _metrics(
+      [(0, 0.0, 8.0), (100, 10.0, 5.0)], [(50, 5.0, 6.0), (100, 10.0, 5.1)]))
+  out = tmp_path / "out"
+  assert main([str(tmp_path / "pre"), f"--out={out}"]) == 0
+  text = (out / "report.md").read_text()
+  assert "No compress.jsonl was found" in text
+  assert "No two pretraining runs differ in training data size" in text
+  assert sorted(os.listdir(out)) == ["report.md", "rq1_pretrain_loss.png"]
+
+
+def test_curves_use_train_seconds_of_eval_lines(tmp_path):
+  # Evals logged out of order in the file still come out in training-seconds order.
+  lines = [{"step": 200, "train_seconds": 20.0, "eval_loss": 4.0},
+           {"step": 0, "train_seconds": 0.0, "eval_loss": 8.0},
+           {"step": 100, "train_seconds": 11.0, "eval_loss": 5.0}]
+  run = load_run(_write_workdir(tmp_path / "r", _pretrain_config(2, 64), lines), "r")
+  curve = analysis.eval_curve(run, "eval_loss", "r")
+  assert curve.seconds == (0.0, 11.0, 20.0) and curve.values == (8.0, 5.0, 4.0)
+
+
+def _one_sentence(message: str) -> bool:
+  return message.endswith(".") and "\n" not in message and message.count(". ") == 0
+
+
+def test_bad_input_raises_user_error(tmp_path):
+  empty = tmp_path / "empty"
+  (empty / "sub").mkdir(parents=True)
+  with pytest.raises(UserError) as e:
+    main([str(empty), "--out", str(tmp_path / "out")])
+  assert "no tl-jax workdir" in str(e.value) and str(empty) in str(e.value)
+  assert _one_sentence(str(e.value))
+  assert not (tmp_path / "out").exists()  # nothing written for a bad DIR
+
+  with pytest.raises(UserError) as e:
+    main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+  assert _one_sentence(str(e.value))
+
+  _write_workdir(tmp_path / "pre", _pretrain_config(2, 64), _metrics([(0, 0.0, 8.0)], []))
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(UserError) as e:
+    main([str(tmp_path / "pre"), "--out", str(tmp_path / "file")])
+  assert "--out" in str(e.value) and _one_sentence(str(e.value))
+
+  with pytest.raises(UserError) as e:
+    main([str(tmp_path / "pre"), "--out", str(tmp_path / "o"), "--budget-mib=lots"])
+  assert _one_sentence(str(e.value))
+  with pytest.raises(UserError):
+    main([str(tmp_path / "pre")])  # --out is required
+
+
+def test_load_runs_finds_each_workdir_once(tmp_path):
+  _sweep(tmp_path)
+  runs = load_runs([str(tmp_path), str(tmp_path / "d2-w64" / "finetune")])
+  assert len(runs) == 7
+  names = {r.name for r in runs}
+  assert "d2-w64/finetune" in names and "mt" in names
+  ft = next(r for r in runs if r.name == "d2-w64/finetune")
+  assert ft.params == 12 * 2 * 64 ** 2 and len(ft.points) == 7
+
+
+def test_more_than_eight_sizes_are_paged(tmp_path):
+  shapes = [(2, 32 * k) for k in range(1, 10)]
+  for layers, width in shapes:
+    _write_workdir(tmp_path / f"d{layers}-w{width}", _pretrain_config(layers, width), _metrics(
+        [(0, 0.0, 8.0), (100, 10.0 * width / 32, 5.0 - width / 1000)], [(100, 10.0, 5.0)]))
+  out = tmp_path / "out"
+  assert main([str(tmp_path), "--out", str(out)]) == 0
+  assert (out / "rq1_pretrain_loss.png").exists() and (out / "rq1_pretrain_loss_2.png").exists()
+  text = (out / "report.md").read_text()
+  assert all(f"2x{w}" in text for _, w in shapes)

@@ -1,0 +1,417 @@
+"""The report's numbers, as pure functions of the runs' records.
+
+Curves are aligned by training seconds (`train_seconds` of the eval lines), never by
+line index: runs log and evaluate at different steps. A question "which size is best
+after S training seconds" reads each run's last eval at or before S, and a run whose
+training stopped short of S is reported as not having reached it, never extrapolated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from tl_jax.report.runs import Run, Shape
+
+T = TypeVar("T")
+# Slack for comparing float seconds and byte budgets written with a few digits.
+_EPS = 1e-9
+
+
+# ---------------------------------------------------------------------------
+# Training curves and budgets.
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+  """One run's evals of one metric, in training-seconds order."""
+  label: str
+  seconds: tuple[float, ...]
+  steps: tuple[int, ...]
+  values: tuple[float, ...]
+  reached_seconds: float  # how far training went, eval or not
+  shape: Shape | None = None
+  size: str = ""  # the size label (several curves may share one)
+
+
+def eval_curve(run: Run, key: str, label: str, size: str = "") -> Curve:
+  """`key` (eval_loss, bleu, ...) against training seconds from the run's eval lines."""
+  lines = sorted(run.eval_lines(key), key=lambda m: (float(m.get("train_seconds") or 0.0),
+                                                     int(m.get("step") or 0)))
+  return Curve(label=label, seconds=tuple(float(m.get("train_seconds") or 0.0) for m in lines),
+               steps=tuple(int(m.get("step") or 0) for m in lines),
+               values=tuple(float(m[key]) for m in lines),
+               reached_seconds=run.max_train_seconds, shape=run.shape, size=size or label)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """A curve's value at a budget: its last eval at or before the budget."""
+  label: str
+  value: float
+  seconds: float
+  step: int
+  size: str = ""
+
+
+def value_at(curve: Curve, budget: float) -> Reading | None:
+  """The last eval at or before `budget` seconds; None if training stopped short of it
+  (or no eval came before it)."""
+  if curve.reached_seconds + _EPS < budget:
+    return None
+  last = None
+  for s, step, v in zip(curve.seconds, curve.steps, curve.values):
+    if s <= budget + _EPS:
+      last = Reading(curve.label, v, s, step, curve.size)
+  return last
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetAnswer:
+  budget: float
+  ranking: tuple[Reading, ...]  # best first
+  not_reached: tuple[str, ...]  # labels of runs whose training stopped before the budget
+  no_eval: tuple[str, ...] = ()  # labels of runs that got there but had not evaluated yet
+
+  @property
+  def best(self) -> Reading | None:
+    return self.ranking[0] if self.ranking else None
+
+  @property
+  def runner_up(self) -> Reading | None:
+    """The best run of another size (runs of the best run's size are no alternative)."""
+    best = self.best
+    return next((r for r in self.ranking[1:] if r.size != best.size), None) if best else None
+
+  @property
+  def margin(self) -> float | None:
+    """How much better the best is than the runner-up (always >= 0)."""
+    if self.runner_up is None:
+      return None
+    return abs(self.best.value - self.runner_up.value)
+
+
+def best_at_budget(curves: Sequence[Curve], budget: float,
+                   higher_is_better: bool = False) -> BudgetAnswer:
+  """Ranks the runs by their last eval at or before `budget` training seconds."""
+  readings, not_reached, no_eval = [], [], []
+  for curve in curves:
+    reading = value_at(curve, budget)
+    if reading is not None:
+      readings.append(reading)
+    elif curve.reached_seconds + _EPS < budget:
+      not_reached.append(curve.label)
+    else:
+      no_eval.append(curve.label)
+  sign = -1.0 if higher_is_better else 1.0
+  readings.sort(key=lambda r: (sign * r.value, r.seconds, r.label))
+  return BudgetAnswer(budget, tuple(readings), tuple(not_reached), tuple(no_eval))
+
+
+def _round_sig(x: float, digits: int = 2, how: Callable[[float], float] = round) -> float:
+  if x <= 0:
+    return 0.0
+  scale = 10 ** (math.floor(math.log10(x)) - digits + 1)
+  return float(how(x / scale) * scale)
+
+
+def default_budgets(curves: Sequence[Curve], count: int = 4) -> list[float]:
+  """Training-second budgets spread geometrically from the earliest eval after step 0 to
+  the end of the longest run. The ends are exact (the first budget catches that eval, the
+  last one the longest run's final eval); those between are rounded to three digits."""
+  hi = max((c.reached_seconds for c in curves), default=0.0)
+  if hi <= 0:
+    return []
+  firsts = [s for c in curves for s in c.seconds[:2] if s > 0]
+  lo = min(min(firsts, default=hi), hi)
+  if count < 2 or hi <= lo * (1 + 1e-6):
+    return [hi]
+  ratio = (hi / lo) ** (1 / (count - 1))
+  between = {_round_sig(lo * ratio ** k, 3) for k in range(1, count - 1)}
+  return sorted(between | {lo, hi})
+
+
+def default_memory_budgets(mib: Sequence[float], count: int = 4) -> list[float]:
+  """MiB budgets spread geometrically over the compressed points, smallest excluded
+  (only the smallest point fits it), rounded to two significant digits."""
+  values = [m for m in mib if m > 0]
+  if not values:
+    return []
+  lo, hi = min(values), max(values)
+  if hi <= lo * (1 + 1e-6):
+    return [_round_sig(hi, how=math.ceil)]
+  ratio = (hi / lo) ** (1 / count)
+  return sorted({_round_sig(lo * ratio ** k, how=math.ceil) for k in range(1, count + 1)})
+
+
+# ---------------------------------------------------------------------------
+# Compressed points.
+
+
+@dataclasses.dataclass(frozen=True)
+class Compressed:
+  """One point of a compression grid (a compress.jsonl line), labelled by model size."""
+  size: str
+  run: str
+  point: str
+  bits: int
+  sparsity: float  # achieved where recorded, else requested
+  accuracy: float
+  accuracy_drop: float | None
+  memory_bytes: float
+  quant: str | None  # a method label (quant_label), None when not quantized
+  prune: str | None  # a method label (prune_label), None when not pruned
+  record: dict = dataclasses.field(compare=False, repr=False, hash=False, default_factory=dict)
+
+  @property
+  def mib(self) -> float:
+    return self.memory_bytes / 2 ** 20
+
+
+def quant_label(quant: dict | None) -> str | None:
+  if not quant or quant.get("method", "none") == "none":
+    return None
+  if quant["method"] == "kmeans":
+    return "k-means"
+  granularity = quant.get("granularity", "channel")
+  if granularity == "group":
+    granularity = f"group{quant.get('group_size', '')}"
+  kind = "sym" if quant.get("symmetric", True) else "asym"
+  return f"{quant['method']} {kind} {granularity}"
+
+
+def prune_label(prune: dict | None) -> str | None:
+  if not prune or prune.get("method", "none") == "none":
+    return None
+  if prune["method"] == "nm":
+    return f"{prune.get('n', 2)}:{prune.get('m', 4)}"
+  return f"{prune['method']} {prune.get('scope', 'global')}"
+
+
+def compressed_points(run: Run, size: str) -> list[Compressed]:
+  """The run's compress.jsonl points (newest line per point), in grid order."""
+  out = []
+  for name, r in run.points.items():
+    if r.get("accuracy") is None or r.get("memory_bytes") is None:
+      continue
+    sparsity = r.get("achieved_sparsity", r.get("sparsity", 0.0)) or 0.0
+    out.append(Compressed(size=size, run=run.name, point=name, bits=int(r.get("bits", 32)),
+                          sparsity=float(sparsity), accuracy=float(r["accuracy"]),
+                          accuracy_drop=(float(r["accuracy_drop"])
+                                         if r.get("accuracy_drop") is not None else None),
+                          memory_bytes=float(r["memory_bytes"]), quant=quant_label(r.get("quant")),
+                          prune=prune_label(r.get("prune")), record=r))
+  return out
+
+
+def pareto_frontier(points: Sequence[T], memory: Callable[[T], float] = lambda p: p.memory_bytes,
+                    accuracy: Callable[[T], float] = lambda p: p.accuracy) -> list[T]:
+  """The points no other point dominates, by memory ascending.
+
+  q dominates p when memory(q) <= memory(p) and accuracy(q) >= accuracy(p), one of them
+  strictly; so two points with equal memory and accuracy are both on the frontier.
+  """
+  keyed = [(memory(p), accuracy(p), p) for p in points]
+  front = [(m, a, p) for m, a, p in keyed
+           if not any(mq <= m and aq >= a and (mq < m or aq > a) for mq, aq, _ in keyed)]
+  front.sort(key=lambda t: (t[0], -t[1]))
+  return [p for _, _, p in front]
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryAnswer:
+  budget_mib: float
+  best: Compressed | None
+  runner_up: Compressed | None  # the best point of another size within the budget
+
+  @property
+  def margin(self) -> float | None:
+    if self.best is None or self.runner_up is None:
+      return None
+    return self.best.accuracy - self.runner_up.accuracy
+
+
+def best_within_memory(points: Sequence[Compressed], mib: float) -> MemoryAnswer:
+  """The most accurate point taking at most `mib` MiB (ties: the smaller), and the most
+  accurate point of another size within the same budget."""
+  fits = sorted((p for p in points if p.mib <= mib * (1 + _EPS)),
+                key=lambda p: (-p.accuracy, p.memory_bytes, p.size, p.point))
+  if not fits:
+    return MemoryAnswer(mib, None, None)
+  best = fits[0]
+  runner_up = next((p for p in fits if p.size != best.size), None)
+  return MemoryAnswer(mib, best, runner_up)
+
+
+def quant_series(points: Sequence[Compressed]) -> dict[tuple[str, str], list[Compressed]]:
+  """{(size, quantizer): quantization-only points by bits} for accuracy against bits."""
+  out: dict[tuple[str, str], list[Compressed]] = {}
+  for p in points:
+    if p.quant and not p.prune:
+      out.setdefault((p.size, p.quant), []).append(p)
+  return {k: sorted(v, key=lambda p: p.bits) for k, v in out.items()}
+
+
+def prune_series(points: Sequence[Compressed]) -> dict[tuple[str, str], list[Compressed]]:
+  """{(size, pruner): pruning-only points by sparsity} for accuracy against sparsity."""
+  out: dict[tuple[str, str], list[Compressed]] = {}
+  for p in points:
+    if p.prune and not p.quant:
+      out.setdefault((p.size, p.prune), []).append(p)
+  return {k: sorted(v, key=lambda p: p.sparsity) for k, v in out.items()}
+
+
+def baseline(points: Sequence[Compressed], size: str) -> Compressed | None:
+  """The size's uncompressed point (neither quantized nor pruned)."""
+  return next((p for p in points if p.size == size and not p.quant and not p.prune), None)
+
+
+# ---------------------------------------------------------------------------
+# RQ4: train/validation gap.
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+  eval_loss: float  # the final eval
+  train_loss: float  # mean over the last `tail` of the train lines
+  train_lines: int  # how many train lines that mean is over
+
+  @property
+  def gap(self) -> float:
+    return self.eval_loss - self.train_loss
+
+
+def generalization_gap(metrics: Sequence[dict], tail: float = 0.1) -> Gap | None:
+  """Final eval_loss minus the mean train loss over the last `tail` (10%) of train lines
+  (at least one); None for a run without both."""
+  ordered = sorted(enumerate(metrics), key=lambda im: (int(im[1].get("step") or 0), im[0]))
+  evals = [m["eval_loss"] for _, m in ordered if _number(m.get("eval_loss"))]
+  train = [m["loss"] for _, m in ordered if _number(m.get("loss"))]
+  if not evals or not train:
+    return None
+  n = max(1, math.ceil(tail * len(train)))
+  return Gap(float(evals[-1]), float(sum(train[-n:]) / n), n)
+
+
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ---------------------------------------------------------------------------
+# RQ5: compressibility.
+
+# Fixed compressions at which sizes are compared: (title, test on a point).
+REFERENCE_COMPRESSIONS: tuple[tuple[str, Callable[[Compressed], bool]], ...] = (
+    ("uniform 3-bit", lambda p: bool(p.quant) and p.quant.startswith("uniform") and p.bits == 3
+     and not p.prune),
+    ("uniform 2-bit", lambda p: bool(p.quant) and p.quant.startswith("uniform") and p.bits == 2
+     and not p.prune),
+    ("k-means 2-bit", lambda p: p.quant == "k-means" and p.bits == 2 and not p.prune),
+    ("50% pruning", lambda p: bool(p.prune) and p.prune.startswith("magnitude") and not p.quant
+     and abs(p.sparsity - 0.5) < 0.02),
+    ("90% pruning", lambda p: bool(p.prune) and p.prune.startswith("magnitude") and not p.quant
+     and abs(p.sparsity - 0.9) < 0.02),
+)
+
+
+def weight_summary(points: Sequence[Compressed]) -> dict | None:
+  """{kurtosis, outliers}: means over the uncompressed model's matrices (any point has it)."""
+  for p in points:
+    summary = (p.record.get("weights") or {}).get("summary")
+    if summary and _number(summary.get("kurtosis")) and _number(summary.get("outliers")):
+      return {"kurtosis": float(summary["kurtosis"]), "outliers": float(summary["outliers"])}
+  return None
+
+
+def reference_drops(points: Sequence[Compressed]) -> dict[str, Compressed]:
+  """{reference title: the size's first point matching it} (see REFERENCE_COMPRESSIONS)."""
+  out = {}
+  for title, test in REFERENCE_COMPRESSIONS:
+    match = next((p for p in points if test(p) and p.accuracy_drop is not None), None)
+    if match is not None:
+      out[title] = match
+  return out
+
+
+_LAYER = re.compile(r"(?:^|/)layer_(\d+)(?:/|$)")
+_STACKED = re.compile(r"^(.*)\[(\d+)\]$")
+
+
+def split_layer_name(name: str) -> tuple[int | None, str]:
+  """'encoder/layer_3/attention/key/kernel' -> (3, 'attention/key'); scanned layers
+  ('encoder/layers/mlp/wi/kernel[3]') alike; (None, 'token_embed') outside the layers."""
+  index = None
+  stacked = _STACKED.match(name)
+  if stacked:
+    name, index = stacked.group(1), int(stacked.group(2))
+    name = re.sub(r"(?:^|/)layers(?=/|$)", "", name)
+  match = _LAYER.search(name)
+  if match:
+    index = int(match.group(1))
+    name = name[:match.start()] + "/" + name[match.end():]
+  parts = [p for p in name.split("/") if p and p not in ("encoder", "kernel", "embedding")]
+  return index, "/".join(parts) or name
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerErrors:
+  by_layer: dict[int, float]  # mean relative error over each Transformer layer's matrices
+  by_kind: dict[str, float]  # mean over layers for each matrix (attention/query, mlp/wi, ...)
+
+
+def layer_errors(layer_error: dict[str, float]) -> LayerErrors:
+  per_layer: dict[int, list[float]] = {}
+  per_kind: dict[str, list[float]] = {}
+  for name, err in layer_error.items():
+    if not _number(err):
+      continue
+    index, kind = split_layer_name(name)
+    if index is not None:
+      per_layer.setdefault(index, []).append(float(err))
+    per_kind.setdefault(kind, []).append(float(err))
+  mean = lambda xs: sum(xs) / len(xs)
+  return LayerErrors({i: mean(v) for i, v in sorted(per_layer.items())},
+                     {k: mean(v) for k, v in sorted(per_kind.items())})
+
+
+def layer_error_point(points_by_size: dict[str, Sequence[Compressed]]) -> str | None:
+  """The point to compare per-layer errors at: a quantization-only point present for the
+  most sizes, fewest bits first, uniform before k-means; else any compressed point."""
+  counts: dict[str, int] = {}
+  example: dict[str, Compressed] = {}
+  for points in points_by_size.values():
+    for p in points:
+      if (p.quant or p.prune) and any(_number(v) and v > 0 for v in
+                                      (p.record.get("layer_error") or {}).values()):
+        counts[p.point] = counts.get(p.point, 0) + 1
+        example.setdefault(p.point, p)
+  if not counts:
+    return None
+
+  def rank(name: str):
+    p = example[name]
+    quant_only = bool(p.quant) and not p.prune
+    return (-counts[name], not quant_only, p.bits, p.quant != "uniform sym channel", name)
+
+  return min(counts, key=rank)
+
+
+# ---------------------------------------------------------------------------
+# Labels.
+
+
+def run_labels(runs: Sequence[Run], sizes: dict[Shape, str]) -> dict[str, str]:
+  """{workdir: label}: the size label, plus the run's name where several runs share a size."""
+  count: dict[Shape, int] = {}
+  for run in runs:
+    count[run.shape] = count.get(run.shape, 0) + 1
+  return {run.workdir: (sizes[run.shape] if count[run.shape] == 1
+                        else f"{sizes[run.shape]} {run.name}") for run in runs}
+
+
+def by_size(runs: Sequence[Run]) -> list[Run]:
+  """Runs ordered by model size, then name."""
+  return sorted(runs, key=lambda r: (r.shape.sort_key, r.name))

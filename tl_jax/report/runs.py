@@ -1,0 +1,225 @@
+"""Finding workdirs under the report's DIR arguments and reading them into small records.
+
+A workdir is a directory whose `config.json` is a tl_jax config tree (it has a `model`
+section; a Hugging Face checkpoint's `config.json` does not). Everything here only
+reads: `config.json`, `metrics.jsonl`, `best/best.json` and, for finetuned runs,
+`compress.jsonl` (through `tl_jax.compress.table.read_points`, newest line per point).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+from tl_jax.errors import UserError
+
+# Directories a run writes inside its workdir: never workdirs themselves, and large.
+_INSIDE_WORKDIR = frozenset({"checkpoints", "best", "tokenizer", "events", "compressed"})
+# Keys a run may log with the number of training tokens it drew from (see data_tokens).
+TOKEN_COUNT_KEYS = ("train_tokens", "data_tokens", "num_train_tokens")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Shape:
+  """A model size: encoder layers, decoder layers (translation only) and width."""
+  num_layers: int
+  d_model: int
+  decoder_layers: int = 0
+
+  @property
+  def label(self) -> str:
+    if self.decoder_layers:
+      return f"{self.num_layers}+{self.decoder_layers}x{self.d_model}"
+    return f"{self.num_layers}x{self.d_model}"
+
+  @property
+  def sort_key(self) -> tuple:
+    # Roughly by the Transformer layers' weights (12 d^2 per layer), then depth.
+    layers = self.num_layers + self.decoder_layers
+    return (layers * self.d_model ** 2, layers, self.d_model)
+
+
+@dataclasses.dataclass
+class Run:
+  """One workdir as the report sees it."""
+  workdir: str  # absolute path
+  name: str  # relative to the DIR argument it was found under, for labels
+  task: str  # pretrain | translate | finetune
+  shape: Shape
+  config: dict
+  metrics: list[dict]
+  best: dict | None = None
+  points: dict[str, dict] = dataclasses.field(default_factory=dict)  # compress.jsonl, finetune only
+
+  @property
+  def preset(self) -> str:
+    return str(self.config.get("name") or "")
+
+  @property
+  def params(self) -> int | None:
+    """Parameter count where the workdir records one (compress.jsonl's model entry)."""
+    for record in self.points.values():
+      params = (record.get("model") or {}).get("params")
+      if params:
+        return int(params)
+    return None
+
+  @property
+  def init_workdir(self) -> str:
+    return str((self.config.get("init") or {}).get("workdir") or "")
+
+  @property
+  def max_train_seconds(self) -> float:
+    """How far training got, in training seconds (0 for a run with no metric lines)."""
+    return max((float(m.get("train_seconds") or 0.0) for m in self.metrics), default=0.0)
+
+  def train_lines(self) -> list[dict]:
+    return [m for m in self.metrics if _finite(m.get("loss"))]
+
+  def eval_lines(self, key: str) -> list[dict]:
+    return [m for m in self.metrics if _finite(m.get(key))]
+
+
+def _finite(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def format_params(params: int | None) -> str:
+  if not params:
+    return ""
+  if params >= 1e9:
+    return f"{params / 1e9:.1f}B"
+  if params >= 1e7:
+    return f"{params / 1e6:.0f}M"
+  if params >= 1e6:
+    return f"{params / 1e6:.1f}M"
+  return f"{params / 1e3:.0f}K"
+
+
+def _is_workdir_config(path: str) -> dict | None:
+  """The config tree in `path`, or None where it is not a tl_jax config (or unreadable)."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+    return None
+  return data
+
+
+def find_workdirs(root: str) -> list[tuple[str, str]]:
+  """[(workdir, name)] under `root` (itself included), in sorted order.
+
+  The walk stops at a workdir: runs sit beside each other (`d3-w256/pretrain`,
+  `d3-w256/finetune`), never inside one another.
+  """
+  root = os.path.abspath(root)
+  found = []
+  for directory, subdirs, files in os.walk(root):
+    subdirs.sort()
+    if "config.json" in files and _is_workdir_config(os.path.join(directory, "config.json")):
+      rel = os.path.relpath(directory, root)
+      found.append((directory, os.path.basename(root) if rel == "." else rel))
+      subdirs.clear()
+      continue
+    subdirs[:] = [d for d in subdirs if d not in _INSIDE_WORKDIR and not d.startswith(".")]
+  return found
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The JSON lines of `path`; a line cut short (a run killed mid-write) is skipped."""
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if isinstance(record, dict):
+          out.append(record)
+  return out
+
+
+def _read_points(workdir: str) -> dict[str, dict]:
+  if not os.path.exists(os.path.join(workdir, "compress.jsonl")):
+    return {}
+  # Imported here: the compress package pulls in JAX, which only finetuned workdirs need.
+  from tl_jax.compress.table import read_points
+  try:
+    return read_points(workdir)
+  except ValueError:  # a torn last line: keep what parses, as read_jsonl does
+    points = {}
+    for record in read_jsonl(os.path.join(workdir, "compress.jsonl")):
+      if "point" in record:
+        points.pop(record["point"], None)
+        points[record["point"]] = record
+    return points
+
+
+def load_run(workdir: str, name: str) -> Run:
+  config = _is_workdir_config(os.path.join(workdir, "config.json")) or {}
+  task = str(config.get("task") or "pretrain")
+  model = config.get("model") or {}
+  shape = Shape(int(model.get("num_layers") or 0), int(model.get("d_model") or 0),
+                int(model.get("decoder_layers") or 0) if task == "translate" else 0)
+  best = None
+  best_path = os.path.join(workdir, "best", "best.json")
+  if os.path.exists(best_path):
+    try:
+      with open(best_path) as f:
+        best = json.load(f)
+    except (OSError, ValueError):
+      best = None
+  return Run(workdir=workdir, name=name, task=task, shape=shape, config=config,
+             metrics=read_jsonl(os.path.join(workdir, "metrics.jsonl")), best=best,
+             points=_read_points(workdir) if task == "finetune" else {})
+
+
+def load_runs(dirs: list[str]) -> list[Run]:
+  """Every workdir under each of `dirs`, each once; UserError for a DIR that holds none."""
+  runs, seen = [], set()
+  for d in dirs:
+    if not os.path.isdir(d):
+      raise UserError(f"{d} is not a directory; pass workdirs or folders holding them "
+                      "(a sweep root, for instance).")
+    found = find_workdirs(d)
+    if not found:
+      raise UserError(f"no tl-jax workdir (a folder with a tl-jax config.json) was found under {d}; "
+                      "pass a workdir of pretrain/translate/finetune or a folder that holds some.")
+    for workdir, name in found:
+      if workdir not in seen:
+        seen.add(workdir)
+        runs.append(load_run(workdir, name))
+  return runs
+
+
+def size_labels(runs: list[Run]) -> dict[Shape, str]:
+  """{shape: 'LxW (NM)'}: the parameter count where some run of that shape records one."""
+  params = {}
+  for run in runs:
+    if run.params and run.shape not in params:
+      params[run.shape] = run.params
+  return {run.shape: (f"{run.shape.label} ({format_params(params[run.shape])})"
+                      if run.shape in params else run.shape.label) for run in runs}
+
+
+def data_tokens(run: Run) -> tuple[int | None, str]:
+  """(training tokens the run drew from, how that is known) for RQ4.
+
+  The config's `data.max_train_tokens`; 0 or absent means the whole source, whose size
+  is known only if the run logged it (one of TOKEN_COUNT_KEYS on a metrics line).
+  """
+  configured = int((run.config.get("data") or {}).get("max_train_tokens") or 0)
+  if configured > 0:
+    return configured, "data.max_train_tokens"
+  for line in run.metrics:
+    for key in TOKEN_COUNT_KEYS:
+      if _finite(line.get(key)) and line[key] > 0:
+        return int(line[key]), f"logged {key}"
+  return None, "all tokens (count not logged)"
