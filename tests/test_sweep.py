@@ -1,0 +1,241 @@
+"""tl-jax sweep: printed commands, sweep-file checks, skipping done stages, resuming, failing.
+
+The runs are two tiny pretraining stages of 30 steps on one CPU device (a subprocess each,
+as the sweep runs them); the rest runs nothing.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tl_jax import sweep as sweep_lib
+from tl_jax.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SWEEP_FILES = sorted((REPO / "configs" / "sweeps").glob("*.py"))
+
+TINY = {"train.max_steps": 30, "data.max_train_tokens": 100000, "eval.every_steps": 10,
+        "eval.num_batches": 2, "checkpoint.every_steps": 10, "train.log_every": 10,
+        "parallel.data": 1}
+
+
+def write_sweep(tmp_path, stages: str, name: str = "sweep.py") -> str:
+  path = tmp_path / name
+  path.write_text(textwrap.dedent(f"""\
+      from tl_jax.sweep import Stage, Sweep, size_stages
+      TINY = {TINY!r}
+
+      def get_sweep(variant):
+        return Sweep("test", "a test sweep", {stages})
+      """))
+  return str(path)
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+  """Stages run from the repository root (relative config paths), on one CPU device."""
+  monkeypatch.chdir(REPO)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+
+
+def one_sentence(message: str) -> bool:
+  return "\n" not in message and message.endswith(".") and ". " not in message.replace("e.g. ", "")
+
+
+def test_print_only_prints_exact_commands_and_creates_nothing(tmp_path, in_repo, capsys):
+  spec = write_sweep(tmp_path, """size_stages("tiny", {"train.max_steps": 30}, "configs/glue.py:synthetic",
+                             {"train.epochs": 1}, "configs/compress.py:quick", prefix="a/")""")
+  root = tmp_path / "root"
+  assert sweep_lib.main([f"--config={spec}", f"--root={root}", "--print-only"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == [
+      f"# sweep test: 3 stages under {root}",
+      f"tl-jax pretrain --config=configs/mlm.py:tiny --workdir={root}/a/tiny/pretrain "
+      "--config.train.max_steps=30",
+      "# after: a/tiny/pretrain",
+      f"tl-jax finetune --config=configs/glue.py:synthetic --workdir={root}/a/tiny/finetune "
+      f"--init={root}/a/tiny/pretrain --config.init.checkpoint=best --config.train.epochs=1",
+      "# after: a/tiny/finetune",
+      f"tl-jax compress --config=configs/compress.py:quick --workdir={root}/a/tiny/finetune",
+  ]
+  assert not root.exists()
+  # Command-line overrides reach the stages whose config has the field, and are quoted for a shell.
+  assert sweep_lib.main([f"--config={spec}", f"--root={root} x", "--print-only",
+                         "--config.parallel.fsdp=2"]) == 0
+  lines = [l for l in capsys.readouterr().out.splitlines() if not l.startswith("#")]
+  assert [l.endswith("--config.parallel.fsdp=2") for l in lines] == [True, True, False]
+  assert lines[0].startswith(f"tl-jax pretrain --config=configs/mlm.py:tiny '--workdir={root} x/a/")
+  assert not (tmp_path / "root x").exists()
+
+
+def test_module_entry_point_prints_the_shipped_sweeps(tmp_path):
+  for path in SWEEP_FILES:
+    result = subprocess.run([sys.executable, "-m", "tl_jax.sweep", f"--config={path}",
+                             f"--root={tmp_path}/r", "--print-only"], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("tl-jax ") >= 3, result.stdout
+  assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("spec", ["demo.py:30", "gpu_reduced.py:300", "paper_mlm.py:6h",
+                                  "paper_translate.py:1h", "rq4_data.py:gpu", "rq4_data.py:cpu-30"])
+def test_shipped_sweeps_and_variants_load(spec, in_repo):
+  sweep = sweep_lib.load_sweep(f"configs/sweeps/{spec}")
+  for stage in sweep.stages:
+    assert os.path.isfile(stage.config.partition(":")[0])
+    assert all(isinstance(v, str) for v in stage.overrides.values())
+
+
+@pytest.mark.parametrize("stages, expected", [
+    ("""[Stage("a", "pretrain", "configs/mlm.py:tiny"),
+         Stage("b", "finetune", "configs/glue.py:synthetic", init="nope")]""",
+     "stage 'b' in {path} has init='nope', which is not an earlier stage; define that stage before it."),
+    ("""[Stage("a", "pretrain", "configs/mlm.py:tiny"), Stage("a", "pretrain", "configs/mlm.py:tiny")]""",
+     "{path} defines stage 'a' twice; stage names must be unique."),
+    ("""[Stage("a", "train", "configs/mlm.py:tiny")]""",
+     "stage 'a' in {path} has unknown command 'train'; use one of pretrain, translate, finetune, compress."),
+    ("""[Stage("a", "pretrain", "configs/mlm.py:tiny"),
+         Stage("c", "compress", "configs/compress.py:quick", target="a")]""",
+     "stage 'c' in {path} has target='a', a pretrain stage; it must name a finetune stage."),
+])
+def test_bad_sweep_files_are_one_sentence_errors(tmp_path, in_repo, capsys, stages, expected):
+  spec = write_sweep(tmp_path, stages)
+  with pytest.raises(UserError) as e:
+    sweep_lib.load_sweep(spec)
+  assert str(e.value) == expected.format(path=spec)
+  assert one_sentence(str(e.value)), str(e.value)
+  assert sweep_lib.main([f"--config={spec}", f"--root={tmp_path}/root"]) == 2
+  assert capsys.readouterr().err == f"tl-jax: error: {e.value}\n"
+  assert not (tmp_path / "root").exists()
+
+
+def test_only_needs_its_dependency_done(tmp_path, in_repo):
+  spec = write_sweep(tmp_path, """size_stages("tiny", TINY, "configs/glue.py:synthetic")""")
+  with pytest.raises(UserError, match=r"stage tiny/finetune needs stage tiny/pretrain done first") as e:
+    sweep_lib.run(sweep_lib.load_sweep(spec), str(tmp_path / "root"), only="tiny/finetune")
+  assert one_sentence(str(e.value))
+  with pytest.raises(UserError, match="--only=nope is not a stage"):
+    sweep_lib.run(sweep_lib.load_sweep(spec), str(tmp_path / "root"), only="nope")
+
+
+def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+@pytest.mark.slow
+def test_finished_stages_are_skipped_and_an_interrupted_one_resumes(tmp_path, in_repo, capsys):
+  spec = write_sweep(tmp_path, """[Stage("one", "pretrain", "configs/mlm.py:tiny", TINY),
+                                   Stage("two", "pretrain", "configs/mlm.py:tiny",
+                                         {**TINY, "model.num_layers": 1})]""")
+  root = tmp_path / "root"
+  assert sweep_lib.main([f"--config={spec}", f"--root={root}"]) == 0
+  out = capsys.readouterr().out
+  assert "== [1/2] one | elapsed 0s" in out and "== [2/2] two | elapsed " in out
+  assert "stopped at step 30:" in out
+  state = root / ".sweep"
+  markers = {n: state / f"{n}.done" for n in ("one", "two")}
+  done = json.loads(markers["one"].read_text())
+  assert done["command"] == sweep_lib.commands(sweep_lib.load_sweep(spec), str(root))[0]
+  assert done["seconds"] > 0 and done["finished"]
+  assert json.loads((state / "sweep.json").read_text())["stages"][1]["overrides"]["model.num_layers"] == "1"
+  assert "stopped at step 30:" in (state / "logs" / "two.log").read_text()
+
+  # Interrupt stage two after step 20: no marker, its last checkpoint gone.
+  one_before = {p: p.read_bytes() for p in [markers["one"], root / "one" / "metrics.jsonl"]}
+  one_mtime = markers["one"].stat().st_mtime_ns
+  markers["two"].unlink()
+  assert checkpoint_steps(root / "two")[-1] == 30
+  shutil.rmtree(root / "two" / "checkpoints" / "30")
+
+  assert sweep_lib.main([f"--config={spec}", f"--root={root}"]) == 0
+  out = capsys.readouterr().out
+  assert "== [1/2] one: skip (done)" in out
+  assert "resumed from step 20 " in out and "stopped at step 30:" in out
+  assert {p: p.read_bytes() for p in one_before} == one_before
+  assert markers["one"].stat().st_mtime_ns == one_mtime
+  assert markers["two"].exists() and checkpoint_steps(root / "two")[-1] == 30
+  log = (state / "logs" / "two.log").read_text()
+  assert log.count("== [2/2] two") == 2 and "resumed from step 20 " in log
+
+  # Everything done: nothing runs.
+  assert sweep_lib.main([f"--config={spec}", f"--root={root}"]) == 0
+  out = capsys.readouterr().out
+  assert "one: skip (done)" in out and "two: skip (done)" in out and "tl-jax" not in out
+
+  # The same root refuses a sweep that defines a stage differently.
+  other = write_sweep(tmp_path, """[Stage("one", "pretrain", "configs/mlm.py:tiny",
+                                          {**TINY, "train.max_steps": 60})]""", name="other.py")
+  assert sweep_lib.main([f"--config={other}", f"--root={root}"]) == 2
+  err = capsys.readouterr().err
+  assert f"root {root} already ran stage 'one' with different overrides" in err
+  assert one_sentence(err.strip())
+
+
+def test_a_failing_stage_stops_the_sweep(tmp_path, in_repo, capsys):
+  spec = write_sweep(tmp_path, """[Stage("bad", "pretrain", "configs/mlm.py:tiny", {"model.nonsense": 1}),
+                                   Stage("after", "pretrain", "configs/mlm.py:tiny", TINY)]""")
+  root = tmp_path / "root"
+  assert sweep_lib.main([f"--config={spec}", f"--root={root}"]) == 2
+  captured = capsys.readouterr()
+  log = root / ".sweep" / "logs" / "bad.log"
+  assert captured.err == (f"tl-jax: error: stage bad failed with exit code 2 (log {log}); fix the "
+                          "cause and re-run the same sweep command to resume (finished stages are "
+                          "skipped).\n")
+  assert one_sentence(captured.err.strip().removeprefix("tl-jax: error: "))
+  assert "unknown config field 'model.nonsense'" in log.read_text()  # the stage's own error
+  assert "unknown config field 'model.nonsense'" in captured.out  # streamed to the console
+  assert not (root / ".sweep" / "bad.done").exists()
+  assert not (root / "after").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sweep_checkpoints_the_stage_and_exits_143(tmp_path, in_repo):
+  """A pre-empted machine signals the sweep; the stage saves a checkpoint and the sweep says so."""
+  spec = write_sweep(tmp_path, """[Stage("long", "pretrain", "configs/mlm.py:tiny",
+                                          {**TINY, "train.max_steps": 100000, "eval.every_steps": 0,
+                                           "checkpoint.every_steps": 100000})]""")
+  root = tmp_path / "root"
+  log = root / ".sweep" / "logs" / "long.log"
+  proc = subprocess.Popen([sys.executable, "-m", "tl_jax.sweep", f"--config={spec}", f"--root={root}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 60
+    while not (log.exists() and "step 20/100000" in log.read_text()):
+      assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+      time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)  # to the sweep alone: it passes it on to the stage
+    out, err = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 143, out + err
+  assert "SIGTERM: checkpoint saved" in out
+  assert err == (f"tl-jax: error: stage long was pre-empted (exit 143, checkpoint saved; log {log}); "
+                 "re-run the same sweep command to resume from its checkpoint.\n")
+  assert checkpoint_steps(root / "long")[-1] >= 20
+  assert not (root / ".sweep" / "long.done").exists()
+
+
+def test_a_rerun_compress_stage_drops_the_interrupted_attempts_lines(tmp_path):
+  """compress appends to compress.jsonl: a grid cut off midway must not leave its points twice."""
+  stage = sweep_lib.Stage("c", "compress", "configs/compress.py:quick", target="f")
+  root, wd = tmp_path, tmp_path / "f"
+  wd.mkdir()
+  (root / ".sweep").mkdir()
+  results = wd / "compress.jsonl"
+  results.write_text('{"point": "earlier grid"}\n')
+  sweep_lib._prepare(str(root), stage, str(wd))  # the first attempt starts ...
+  with open(results, "a") as f:
+    f.write('{"point": "float32"}\n{"point": "uniform8b"}\n')  # ... and is cut off
+  sweep_lib._prepare(str(root), stage, str(wd))  # the re-run starts where the first began
+  assert results.read_text() == '{"point": "earlier grid"}\n'
