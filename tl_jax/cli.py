@@ -4,6 +4,9 @@
     tl-jax finetune --config=configs/glue.py:sst2 --init=PRETRAIN_WORKDIR --workdir=DIR
     tl-jax import-hf --source=HF_DIR --workdir=DIR
     tl-jax compress --config=configs/compress.py:GRID --workdir=FINETUNE_WORKDIR
+    tl-jax sweep --config=configs/sweeps/NAME.py[:VARIANT] --root=DIR [--print-only] [--only=STAGE]
+    tl-jax report DIR... --out=OUT
+    tl-jax demo --workdir=DIR
 
 Re-running a command on an existing workdir resumes it. A workdir remembers its
 resolved config in `config.json`; a command asking for a different one is refused
@@ -32,6 +35,10 @@ commands:
              --source=DIR (config.json, model.safetensors, tokenizer files) --workdir=DIR
   compress   a grid of quantized / pruned versions of a finetuned model, appended to
              WORKDIR/compress.jsonl: --config=configs/compress.py:GRID --workdir=FINETUNE_WORKDIR
+  sweep      a grid of runs, one workdir each under --root, finished ones skipped, interrupted
+             ones resumed: --config=configs/sweeps/NAME.py[:VARIANT] --root=DIR [--print-only]
+  report     figures and tables from workdirs: DIR... --out=OUT (writes OUT/report.md)
+  demo       the whole study small, on a CPU in under 10 minutes: --workdir=DIR
 """
 
 PRESET_FILES = {"pretrain": "mlm", "translate": "translate", "finetune": "glue", "compress": "compress"}
@@ -145,6 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     print(USAGE)
     return 0
   try:
+    if argv[0] in ("sweep", "report", "demo"):  # flags of their own
+      _quiet_libraries()
+      if argv[0] == "sweep":
+        from tl_jax import sweep
+        return sweep.main(argv[1:])
+      if argv[0] == "report":
+        from tl_jax import report
+        return report.main(argv[1:])
+      from tl_jax import demo
+      return demo.main(argv[1:])
     args, overrides = _parse(argv)
     if args.command == "translate-file":
       if not (args.input and args.output):
