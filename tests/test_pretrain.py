@@ -58,6 +58,25 @@ def test_wikitext_pretraining_learns(tmp_path, shared_data, monkeypatch):
   assert losses[-1] < losses[0] - 1.5, losses
 
 
+def test_training_seconds_budget_stops_on_time(tmp_path):
+  """A budget ends the run at the first step past it, not at the next log line (here 10,000
+  steps away), and timed evals fall due the same way."""
+  c = config_lib.load_preset("configs/mlm.py:tiny")
+  c.train.max_steps, c.train.max_train_seconds, c.train.log_every = 100_000, 4.0, 10_000
+  c.eval.every_steps, c.eval.every_seconds = 0, 1.5
+  c.checkpoint.every_steps, c.parallel.data = 100_000, 1
+  workdir = str(tmp_path / "budget")
+  assert pretrain.run(c, workdir, jax.devices()[:1]) == 0
+  lines = metrics.read(workdir)
+  last = lines[-1]
+  step_seconds = last["train_seconds"] / last["step"]
+  assert 4.0 <= last["train_seconds"] <= 4.0 + 3 * step_seconds + 0.5, (last, step_seconds)
+  timed_evals = [l["train_seconds"] for l in lines if "eval_loss" in l and l["step"] > 0]
+  assert len(timed_evals) >= 2, timed_evals
+  for before, after in zip([0.0] + timed_evals, timed_evals[:-1]):  # the final eval ends the run
+    assert 1.5 <= after - before <= 1.5 + 3 * step_seconds + 0.5, timed_evals
+
+
 def command(workdir, mesh):
   data, fsdp = mesh
   return [sys.executable, "-m", "tl_jax.cli", "pretrain", "--config=configs/mlm.py:tiny",

@@ -187,6 +187,9 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
     last_ckpt_time = last_sync
     last_eval_seconds = watch.train
     window_start_step = start
+    # Where a seconds-based limit (budget, timed eval) falls due; the first step measures the pace.
+    timed = cfg.train.max_train_seconds or cfg.eval.every_seconds
+    next_timed_step = start + 1 if timed else math.inf
     metrics = None
     step = start
     exit_code = 0
@@ -204,7 +207,7 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
             cfg.checkpoint.every_seconds and time.perf_counter() - last_ckpt_time >= cfg.checkpoint.every_seconds)
         last = step == cfg.train.max_steps
         if not (step % cfg.train.log_every == 0 or eval_due or ckpt_due or last
-                or preemption.requested):
+                or preemption.requested or step >= next_timed_step):
           continue
 
         # Synchronise: everything since the last sync was training.
@@ -248,6 +251,7 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
           break
         if ckpt_due:
           last_ckpt_time = checkpoint(step)
+        next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, last_eval_seconds)
         last_sync = time.perf_counter()
         window_start_step = step
 
@@ -264,6 +268,22 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
       f"{format_seconds(watch.checkpoint)}, elapsed {format_seconds(watch.elapsed())}"
       + peak_memory_note())
   return exit_code
+
+
+def timed_step(cfg, step: int, step_seconds: float, train_seconds: float,
+               last_eval_seconds: float) -> float:
+  """The step at which the training-seconds budget or the next timed eval falls due, at the pace
+  measured since the last sync. Training seconds are only counted at syncs, so waiting for the
+  next log line would overshoot a budget by up to `log_every` steps: equal budgets would not be
+  equal."""
+  waits = []
+  if cfg.train.max_train_seconds:
+    waits.append(cfg.train.max_train_seconds - train_seconds)
+  if cfg.eval.every_seconds:
+    waits.append(cfg.eval.every_seconds - (train_seconds - last_eval_seconds))
+  if not waits:
+    return math.inf
+  return step + max(1, math.ceil(min(waits) / max(step_seconds, 1e-9)))
 
 
 def eval_summary(setup: Setup, line: dict) -> str:
