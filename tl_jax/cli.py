@@ -62,13 +62,7 @@ def _parse(argv: list[str]):
   parser.add_argument("--override", action="store_true",
                       help="continue a workdir with a config that differs from its config.json")
   args, rest = parser.parse_known_args(argv)
-  overrides = {}
-  for item in rest:
-    key, eq, value = item.partition("=")
-    if not key.startswith("--config.") or not eq:
-      raise UserError(f"unknown argument {item!r}; overrides look like --config.model.num_layers=4.")
-    overrides[key[len("--config."):]] = value
-  return args, overrides
+  return args, config_lib.parse_overrides(rest, "overrides look like --config.model.num_layers=4")
 
 
 def resolve_config(args, overrides: dict) -> tuple[config_lib.Config, bool]:

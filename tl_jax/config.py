@@ -344,18 +344,34 @@ ROOTS = {"pretrain": Config, "translate": TranslateConfig, "finetune": FinetuneC
 # Loading presets and applying overrides.
 
 
+def file_function(path: str, function: str, kind: str, example: str):
+  """`function` defined by the Python file at `path` (a preset or sweep file)."""
+  if not os.path.isfile(path):
+    raise UserError(f"{kind} file {path!r} does not exist; pass --config={example} with a path "
+                    "relative to where you run tl-jax.")
+  module_spec = importlib.util.spec_from_file_location(f"_tl_jax_{kind}_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, function):
+    raise UserError(f"{kind} file {path} defines no {function}(); add one.")
+  return getattr(module, function)
+
+
+def parse_overrides(args: list[str], hint: str) -> dict[str, str]:
+  """`--config.a.b=V` flags -> {"a.b": "V"}; anything else is refused, pointing to `hint`."""
+  overrides = {}
+  for item in args:
+    key, eq, value = item.partition("=")
+    if not key.startswith("--config.") or not eq:
+      raise UserError(f"unknown argument {item!r}; {hint}.")
+    overrides[key[len("--config."):]] = value
+  return overrides
+
+
 def load_preset(spec: str) -> Config:
   """`configs/mlm.py:tiny` -> the Config that file's `get_config('tiny')` returns."""
   path, _, preset = spec.partition(":")
-  if not os.path.isfile(path):
-    raise UserError(f"config file {path!r} does not exist; pass --config=configs/mlm.py:PRESET "
-                    "with a path relative to where you run tl-jax.")
-  module_spec = importlib.util.spec_from_file_location("_tl_jax_config_file", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise UserError(f"config file {path} defines no get_config(preset); add one.")
-  config = module.get_config(preset)
+  config = file_function(path, "get_config", "config", "configs/mlm.py:PRESET")(preset)
   config.name = config.name or preset
   return config
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.util
 import json
 import os
 import re
@@ -128,16 +127,9 @@ def parse_seconds(text: str, what: str) -> float:
 
 def load_sweep(spec: str) -> Sweep:
   """`configs/sweeps/NAME.py[:VARIANT]` -> its checked Sweep (override values as text)."""
+  from tl_jax.config import file_function
   path, _, variant = spec.partition(":")
-  if not os.path.isfile(path):
-    raise UserError(f"sweep file {path!r} does not exist; pass --config=configs/sweeps/NAME.py "
-                    "with a path relative to where you run tl-jax.")
-  module_spec = importlib.util.spec_from_file_location("_tl_jax_sweep_file", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_sweep"):
-    raise UserError(f"sweep file {path} defines no get_sweep(variant); add one returning a Sweep.")
-  sweep = module.get_sweep(variant or None)
+  sweep = file_function(path, "get_sweep", "sweep", "configs/sweeps/NAME.py")(variant or None)
   if not isinstance(sweep, Sweep):
     raise UserError(f"get_sweep in {path} returned {type(sweep).__name__}, not a tl_jax.sweep.Sweep.")
   sweep.stages = [dataclasses.replace(s, overrides={str(k): _text(v) for k, v in s.overrides.items()})
@@ -507,12 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--print-only", action="store_true")
     parser.add_argument("--only", default=None)
     args, rest = parser.parse_known_args(argv)
-    overrides = {}
-    for item in rest:
-      key, eq, value = item.partition("=")
-      if not key.startswith("--config.") or not eq:
-        raise UserError(f"unknown argument {item!r}; see tl-jax sweep --help.")
-      overrides[key[len("--config."):]] = value
+    from tl_jax.config import parse_overrides
+    overrides = parse_overrides(rest, "see tl-jax sweep --help")
     sweep = with_overrides(load_sweep(args.config), overrides)
     if args.print_only:
       print_commands(sweep, args.root)
