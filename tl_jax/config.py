@@ -39,6 +39,10 @@ class ModelConfig:
   attention: str = "auto"  # auto | xla | cudnn; auto picks cuDNN on GPU with bf16/fp16
   scan_layers: bool = False  # one compiled layer body: faster compiles for deep models
   remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
+  # The token embedding's gradient: onehot (a matrix product; on GPU far faster than the
+  # scatter where ids repeat, e.g. <mask>) | scatter (XLA's scatter-add; far faster on CPU) |
+  # auto (onehot on GPU and TPU, scatter on CPU)
+  embed_grad: str = "auto"
   ln_eps: float = 1e-5
   # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:
   type_vocab_size: int = 0  # token-type (segment) embeddings: BERT 2, RoBERTa 1, tl_jax 0 (none)
@@ -74,6 +78,8 @@ class DataConfig:
   mask_prob: float = 0.15
   mask_token_frac: float = 0.8
   random_token_frac: float = 0.1
+  # positions per row the LM head scores: -1 = a bound on the selected count (masking.py), 0 = all
+  max_predictions: int = -1
   prefetch: int = 2  # host batches prepared ahead by a background thread
 
 
@@ -97,6 +103,7 @@ class TrainConfig:
   schedule: str = "linear"  # linear (warmup, linear decay) | inverse_sqrt (warmup, then 1/sqrt(step))
   label_smoothing: float = 0.0  # translation uses 0.1
   peak_tflops: float = 0.0  # bf16 peak for MFU; 0 = from the device table
+  mu_dtype: str = "float32"  # Adam's first moment: float32 | bfloat16 (saves 2 bytes a parameter)
 
 
 @dataclasses.dataclass
@@ -495,8 +502,10 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attention": ("auto", "xla", "cudnn"),
     "model.remat": ("none", "full", "dots"),
+    "model.embed_grad": ("auto", "onehot", "scatter"),
     "model.positions": ("learned", "sinusoidal"),
     "train.schedule": ("linear", "inverse_sqrt"),
+    "train.mu_dtype": ("float32", "bfloat16"),
 }
 _TASK_CHOICES = {
     "pretrain": {"data.source": ("synthetic", "text", "tfds"), "data.tokenizer_type": ("unigram", "bpe")},
@@ -598,6 +607,9 @@ def _validate_pretraining(config: Config) -> None:
     raise UserError("model.decoder_layers must be 0 for masked-LM pretraining (an encoder).")
   if not 0.0 < d.mask_prob < 1.0:
     raise UserError(f"data.mask_prob={d.mask_prob} must lie strictly between 0 and 1.")
+  if d.max_predictions < -1:
+    raise UserError(f"data.max_predictions={d.max_predictions} must be -1 (a bound from "
+                    "data.mask_prob), 0 (score every position) or a positive count.")
   if d.mask_token_frac + d.random_token_frac > 1.0 or min(d.mask_token_frac, d.random_token_frac) < 0:
     raise UserError("data.mask_token_frac + data.random_token_frac must be within [0, 1].")
   if d.source == "synthetic" and d.max_train_tokens <= 0:
@@ -610,7 +622,7 @@ def _validate_pretraining(config: Config) -> None:
 
 
 # Finetuning may change these model fields; every other one must match the init workdir's.
-FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat")
+FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad")
 
 
 def _validate_finetuning(config: FinetuneConfig) -> None:

@@ -62,7 +62,7 @@ class Decoder(nn.Module):
           y, memory, self_mask, cross_mask, decode_position, cache_len)
     if cfg.pre_ln:
       y = layer_norm(cfg, "ln_final")(y)
-    return self.token_embed.attend(y).astype(jnp.float32)
+    return self.token_embed.attend(y)  # compute dtype: the loss upcasts inside its fused reductions
 
 
 class Translator(nn.Module):
@@ -92,7 +92,7 @@ class Translator(nn.Module):
     cross_mask = (src_segments > 0)[:, None, None, :]
     logits = self.decoder(last_tokens[:, None], memory, None, cross_mask, positions,
                           deterministic=True, decode_position=position, cache_len=cache_len)
-    return logits[:, 0]
+    return logits[:, 0].astype(jnp.float32)
 
   def __call__(self, batch: dict, *, deterministic: bool = True):
     memory = self.encode(batch["src"], batch["src_segments"], batch["src_positions"],

@@ -2,8 +2,8 @@
 
 The convention of the peer benchmarks (`shared/bench/README.md`), so tl_jax's
 MFU and the peers' compare: training FLOPs per token = 6 x dense weights
-touched per token (including the vocabulary projection, computed at every
-position here) + 12 x layers x seq_len x d_model for attention.
+touched per token (including the vocabulary projection, where it is computed)
++ 12 x layers x seq_len x d_model for attention.
 """
 
 from __future__ import annotations
@@ -34,9 +34,15 @@ def encoder_flops_per_token(model: ModelConfig, seq_len: int) -> float:
   return 6.0 * layers * (4 * d * d + 2 * d * f) + 12.0 * layers * seq_len * d
 
 
-def mlm_flops_per_token(model: ModelConfig, vocab_size: int, seq_len: int) -> float:
+def mlm_flops_per_token(model: ModelConfig, vocab_size: int, seq_len: int,
+                        predictions: int = 0) -> float:
+  """`predictions` > 0: the LM head (dense + tied decoder) runs at that many positions per row
+  only, and only that work is counted."""
   d = model.d_model
-  return encoder_flops_per_token(model, seq_len) + 6.0 * (d * d + d * vocab_size)  # + LM head, decoder
+  head = 6.0 * (d * d + d * vocab_size)
+  if predictions:
+    head *= predictions / seq_len
+  return encoder_flops_per_token(model, seq_len) + head
 
 
 def device_peak_flops(override_tflops: float = 0.0) -> float | None:

@@ -54,6 +54,18 @@ class Setup:
   eval_keys: tuple = ("eval_loss",)  # shown on the console
 
 
+@dataclasses.dataclass
+class Program:
+  """A task's model, sharded state and jitted train step, apart from data and evaluation."""
+  model: Any
+  abstract_state: Any
+  state_shardings: Any
+  init_fn: Callable
+  batch_sharding: Any
+  train_fn: Any
+  flops_per_token: float
+
+
 def workdir_tokenizer(source, data, workdir: str, cache_dir: str) -> Tokenizer:
   """The run's tokenizer: the workdir's own copy if it has one, else trained (or cached) and copied."""
   path = os.path.join(workdir, "tokenizer", MODEL_FILE)

@@ -30,5 +30,6 @@ def _decay_mask(params):
 def optimizer(train: TrainConfig) -> optax.GradientTransformation:
   parts = [optax.clip_by_global_norm(train.grad_clip)] if train.grad_clip > 0 else []
   parts.append(optax.adamw(schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
-                           weight_decay=train.weight_decay, mask=_decay_mask))
+                           weight_decay=train.weight_decay, mask=_decay_mask,
+                           mu_dtype=jnp.dtype(train.mu_dtype)))
   return optax.chain(*parts)

@@ -10,6 +10,7 @@ import numpy as np
 
 from tl_jax.config import Config
 from tl_jax.data import cache as token_cache
+from tl_jax.data.masking import max_predictions
 from tl_jax.data.loader import PackedSequences, TrainLoader, eval_batches
 from tl_jax.data.sources import make_source
 from tl_jax.models.encoder import MaskedLM, padded_vocab
@@ -44,18 +45,9 @@ def build(config: Config, workdir: str, devices=None) -> Setup:
   eval_data = eval_batches(PackedSequences(eval_cache, seq_len), config.eval.batch_size,
                            config.eval.num_batches)
 
-  model = MaskedLM(config.model, padded_vocab(tokenizer.vocab_size))
-  tx = optimizer(config.train)
-  init_fn = functools.partial(init_state, model, tx, config.train.seed, np.zeros((1, seq_len), np.int32))
-  abstract, state_shardings, placed_init = loop.sharded_state(init_fn, mesh, rules)
-  batch_sharding = shd.batch_sharding(mesh, rules)
+  program = training_program(config, tokenizer.vocab_size, mesh, rules)
+  model, state_shardings, batch_sharding = program.model, program.state_shardings, program.batch_sharding
   replicated = shd.replicated(mesh)
-
-  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule(config.train),
-                           data=config.data, vocab_size=tokenizer.vocab_size,
-                           grad_accum=config.train.grad_accum)
-  train_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, model=model, data=config.data,
                                       vocab_size=tokenizer.vocab_size, seed=config.eval.seed),
                     in_shardings=(state_shardings.params, batch_sharding, replicated),
@@ -79,11 +71,31 @@ def build(config: Config, workdir: str, devices=None) -> Setup:
 
   return Setup(
       config=config, mesh=mesh, rules=rules, loader=loader,
-      state_shardings=state_shardings, abstract_state=abstract, init_fn=placed_init,
-      train_fn=train_fn, batch_sharding=batch_sharding,
-      tokens_per_step=config.train.batch_size * seq_len,
-      flops_per_token=flops.mlm_flops_per_token(config.model, model.vocab_size, seq_len),
+      state_shardings=state_shardings, abstract_state=program.abstract_state,
+      init_fn=program.init_fn, train_fn=program.train_fn, batch_sharding=batch_sharding,
+      tokens_per_step=config.train.batch_size * seq_len, flops_per_token=program.flops_per_token,
       compile_eval=compile_eval, eval_keys=("eval_loss", "eval_perplexity"))
+
+
+def training_program(config: Config, vocab_size: int, mesh, rules) -> loop.Program:
+  """The model, its sharded state and the jitted train step on token batches [B, S]: what
+  `tl-jax pretrain` runs and `bench/speed.py` times."""
+  seq_len = config.data.seq_len
+  model = MaskedLM(config.model, padded_vocab(vocab_size))
+  tx = optimizer(config.train)
+  init_fn = functools.partial(init_state, model, tx, config.train.seed, np.zeros((1, seq_len), np.int32))
+  abstract, state_shardings, placed_init = loop.sharded_state(init_fn, mesh, rules)
+  batch_sharding = shd.batch_sharding(mesh, rules)
+  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule(config.train),
+                           data=config.data, vocab_size=vocab_size,
+                           grad_accum=config.train.grad_accum)
+  train_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                     out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
+  predictions = max_predictions(seq_len, config.data.mask_prob, config.data.max_predictions)
+  return loop.Program(model=model, abstract_state=abstract, state_shardings=state_shardings,
+                      init_fn=placed_init, batch_sharding=batch_sharding, train_fn=train_fn,
+                      flops_per_token=flops.mlm_flops_per_token(config.model, model.vocab_size,
+                                                                seq_len, predictions))
 
 
 def run(config: Config, workdir: str, devices=None, on_ready=None) -> int:

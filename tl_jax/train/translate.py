@@ -31,16 +31,7 @@ from tl_jax.train.best import BestParams
 from tl_jax.train.loop import Setup, Timer, host_rows, log
 from tl_jax.train.optimizer import optimizer, schedule
 from tl_jax.train.state import init_state
-from tl_jax.train.step import accumulate_and_update, split_micro, step_rng
-
-
-def token_losses(logits, targets, vocab_size: int, smoothing: float):
-  """Per-token cross-entropy, label-smoothed uniformly over the real vocabulary (fairseq's form)."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  if not smoothing:
-    return nll
-  return (1.0 - smoothing) * nll - smoothing * jnp.mean(logp[..., :vocab_size], axis=-1)
+from tl_jax.train.step import accumulate_and_update, cross_entropy, split_micro, step_rng
 
 
 def train_step(state, batch: dict, *, model, tx, schedule, vocab_size: int, smoothing: float,
@@ -51,7 +42,7 @@ def train_step(state, batch: dict, *, model, tx, schedule, vocab_size: int, smoo
     logits = model.apply({"params": params}, micro, deterministic=False,
                          rngs={"dropout": jax.random.fold_in(dropout_rng, i)})
     weights = (micro["tgt_segments"] > 0).astype(jnp.float32)
-    return jnp.sum(token_losses(logits, micro["tgt_out"], vocab_size, smoothing) * weights), jnp.sum(weights)
+    return jnp.sum(cross_entropy(logits, micro["tgt_out"], smoothing, vocab_size) * weights), jnp.sum(weights)
 
   return accumulate_and_update(state, split_micro(batch, grad_accum), loss_sums, tx=tx,
                                schedule=schedule, grad_accum=grad_accum)
@@ -61,7 +52,7 @@ def eval_step(params, batch: dict, *, model):
   """(sum of target-token cross-entropy, number of target tokens), no smoothing."""
   logits = model.apply({"params": params}, batch)
   weights = (batch["tgt_segments"] > 0).astype(jnp.float32)
-  return jnp.sum(token_losses(logits, batch["tgt_out"], 0, 0.0) * weights), jnp.sum(weights)
+  return jnp.sum(cross_entropy(logits, batch["tgt_out"]) * weights), jnp.sum(weights)
 
 
 def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_size: int,
@@ -142,19 +133,9 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
   bleu_src = [src for src, _ in eval_pairs[:bleu_count]]
   bleu_refs = eval_refs[:bleu_count]
 
-  model = Translator(config.model, padded_vocab(tokenizer.vocab_size))
-  tx = optimizer(config.train)
-  example = {k: np.zeros((1, data.seq_len), np.int32) for k in FIELDS}
-  init_fn = functools.partial(init_state, model, tx, config.train.seed, example)
-  abstract, state_shardings, placed_init = loop.sharded_state(init_fn, mesh, rules)
-  batch_sharding = {k: shd.batch_sharding(mesh, rules) for k in train_rows.rows}
+  program = training_program(config, tokenizer.vocab_size, mesh, rules)
+  model, state_shardings, batch_sharding = program.model, program.state_shardings, program.batch_sharding
   replicated = shd.replicated(mesh)
-
-  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule(config.train),
-                           vocab_size=tokenizer.vocab_size, smoothing=config.train.label_smoothing,
-                           grad_accum=config.train.grad_accum)
-  train_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
   loss_fn = jax.jit(functools.partial(eval_step, model=model),
                     in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
   decode_fn = jax.jit(functools.partial(
@@ -195,11 +176,31 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
 
   return Setup(
       config=config, mesh=mesh, rules=rules, loader=loader,
-      state_shardings=state_shardings, abstract_state=abstract, init_fn=placed_init,
-      train_fn=train_fn, batch_sharding=batch_sharding,
-      tokens_per_step=config.train.batch_size * data.seq_len,
-      flops_per_token=translation_flops_per_token(config.model, model.vocab_size, data.seq_len),
+      state_shardings=state_shardings, abstract_state=program.abstract_state,
+      init_fn=program.init_fn, train_fn=program.train_fn, batch_sharding=batch_sharding,
+      tokens_per_step=config.train.batch_size * data.seq_len, flops_per_token=program.flops_per_token,
       compile_eval=compile_eval, eval_keys=("eval_loss", "bleu"))
+
+
+def training_program(config: TranslateConfig, vocab_size: int, mesh, rules) -> loop.Program:
+  """The Translator, its sharded state and the jitted train step on packed rows {field: [B, S]}:
+  what `tl-jax translate` runs and `bench/speed.py` times."""
+  seq_len = config.data.seq_len
+  model = Translator(config.model, padded_vocab(vocab_size))
+  tx = optimizer(config.train)
+  example = {k: np.zeros((1, seq_len), np.int32) for k in FIELDS}
+  init_fn = functools.partial(init_state, model, tx, config.train.seed, example)
+  abstract, state_shardings, placed_init = loop.sharded_state(init_fn, mesh, rules)
+  batch_sharding = {k: shd.batch_sharding(mesh, rules) for k in FIELDS}
+  step = functools.partial(train_step, model=model, tx=tx, schedule=schedule(config.train),
+                           vocab_size=vocab_size, smoothing=config.train.label_smoothing,
+                           grad_accum=config.train.grad_accum)
+  train_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
+                     out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)
+  return loop.Program(model=model, abstract_state=abstract, state_shardings=state_shardings,
+                      init_fn=placed_init, batch_sharding=batch_sharding, train_fn=train_fn,
+                      flops_per_token=translation_flops_per_token(config.model, model.vocab_size,
+                                                                  seq_len))
 
 
 def run(config: TranslateConfig, workdir: str, devices=None, on_ready=None) -> int:

@@ -1,0 +1,154 @@
+"""The speed choices of bench/speed.py compute the same function as the plain ones.
+
+The LM head at the selected positions only, the one-hot gradient of the token embedding,
+the one-hot cross-entropy and bfloat16 Adam moments: each is checked against the
+straightforward version, and the benchmark itself runs end to end at a tiny size.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tl_jax import config as config_lib
+from tl_jax.config import DataConfig, ModelConfig, TrainConfig
+from tl_jax.data.masking import mask_tokens, max_predictions, predicted_positions
+from tl_jax.errors import UserError
+from tl_jax.models.encoder import MaskedLM
+from tl_jax.models.layers import Embed, embedding_lookup
+from tl_jax.train.optimizer import optimizer, schedule
+from tl_jax.train.state import init_state
+from tl_jax.train.step import cross_entropy, train_step
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+VOCAB = 100
+
+
+def test_prediction_bound_covers_the_binomial_count():
+  assert max_predictions(128, 0.15) == 48  # 19.2 + 6 x 4.04, rounded up to 8
+  assert max_predictions(512, 0.15) == 128
+  assert max_predictions(16, 0.5) == 16  # never more than the row
+  assert max_predictions(512, 0.15, 0) == 0 and max_predictions(512, 0.15, 100) == 100
+  # Over 2,000 rows of 512 the selected count never reaches the bound.
+  tokens = jnp.full((2000, 512), 10, jnp.int32)
+  _, _, weights = mask_tokens(jax.random.key(0), tokens, VOCAB, 0.15)
+  assert int(weights.sum(axis=1).max()) < max_predictions(512, 0.15)
+
+
+def test_predicted_positions_are_the_selected_ones_in_order():
+  weights = jnp.array([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 0, 1], [1, 1, 1, 1, 0, 0]], jnp.float32)
+  positions, w = predicted_positions(weights, 3)
+  np.testing.assert_array_equal(positions[0], [1, 3, 4])
+  np.testing.assert_array_equal(positions[1, :2], [0, 5])
+  np.testing.assert_array_equal(w, [[1, 1, 1], [1, 1, 0], [1, 1, 1]])  # row 3 drops its 4th
+  np.testing.assert_array_equal(positions[2], [0, 1, 2])
+
+
+def _state_and_step(max_predictions_setting, mu_dtype="float32"):
+  model = MaskedLM(ModelConfig(num_layers=2, d_model=32, num_heads=2, max_len=32, dropout=0.0,
+                               dtype="float32"), VOCAB)
+  train = TrainConfig(warmup_steps=0, max_steps=10, mu_dtype=mu_dtype)
+  tx = optimizer(train)
+  tokens = jax.random.randint(jax.random.key(3), (8, 32), 5, VOCAB)
+  state = nn.meta.unbox(init_state(model, tx, 0, tokens[:1]))
+  data = DataConfig(max_predictions=max_predictions_setting)
+  step = jax.jit(lambda s, t: train_step(s, t, model=model, tx=tx, schedule=schedule(train), data=data,
+                                         vocab_size=VOCAB, grad_accum=1))
+  return state, step, tokens
+
+
+def test_head_at_selected_positions_trains_like_the_head_everywhere():
+  (everywhere, step_all, tokens), (selected, step_sel, _) = _state_and_step(0), _state_and_step(-1)
+  for _ in range(3):
+    everywhere, m_all = step_all(everywhere, tokens)
+    selected, m_sel = step_sel(selected, tokens)
+    np.testing.assert_allclose(m_sel["loss"], m_all["loss"], rtol=1e-5)
+    assert float(m_sel["tokens"]) == float(m_all["tokens"]) > 0
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               selected.params, everywhere.params)
+
+
+def test_one_hot_embedding_gradient_equals_the_scatter():
+  table = jax.random.normal(jax.random.key(0), (VOCAB, 8))
+  ids = jax.random.randint(jax.random.key(1), (4, 9), 0, 6)  # many repeats, as <mask> makes
+  ids = ids.at[0, 0].set(VOCAB - 1)
+  upstream = jax.random.normal(jax.random.key(2), (4, 9, 8))
+  loss = lambda lookup: lambda t: jnp.vdot(lookup(t, ids), upstream)
+  np.testing.assert_array_equal(embedding_lookup(table, ids), jnp.take(table, ids, axis=0))
+  np.testing.assert_allclose(jax.grad(loss(embedding_lookup))(table),
+                             jax.grad(loss(lambda t, i: jnp.take(t, i, axis=0)))(table), atol=1e-5)
+
+
+def test_embed_module_keeps_nn_embed_parameters_and_attend():
+  ids = jnp.array([[1, 2, 2]])
+  ours, theirs = Embed(VOCAB, 8), nn.Embed(VOCAB, 8)
+  params = theirs.init(jax.random.key(0), ids)
+  assert jax.tree.structure(ours.init(jax.random.key(0), ids)) == jax.tree.structure(params)
+  np.testing.assert_array_equal(ours.apply(params, ids), theirs.apply(params, ids))
+  h = jnp.ones((1, 8))
+  np.testing.assert_array_equal(ours.apply(params, h, method="attend"),
+                                theirs.apply(params, h, method="attend"))
+
+
+def test_cross_entropy_matches_optax_and_fairseq_smoothing():
+  logits = 3 * jax.random.normal(jax.random.key(0), (4, 7, 50))
+  labels = jax.random.randint(jax.random.key(1), (4, 7), 0, 45)
+  np.testing.assert_allclose(cross_entropy(logits, labels),
+                             optax.softmax_cross_entropy_with_integer_labels(logits, labels), rtol=1e-6)
+  log_p = jax.nn.log_softmax(logits)
+  nll = -jnp.take_along_axis(log_p, labels[..., None], axis=-1)[..., 0]
+  smoothed = 0.9 * nll - 0.1 * jnp.mean(log_p[..., :45], axis=-1)  # padding rows 45.. excluded
+  np.testing.assert_allclose(cross_entropy(logits, labels, 0.1, 45), smoothed, rtol=1e-5)
+  grads = jax.grad(lambda l: cross_entropy(l, labels).sum())(logits)
+  np.testing.assert_allclose(grads, jax.nn.softmax(logits) - jax.nn.one_hot(labels, 50), atol=1e-6)
+
+
+def test_bfloat16_first_moment_halves_its_bytes_and_trains():
+  state, step, tokens = _state_and_step(-1, mu_dtype="bfloat16")
+  adam = state.opt_state[1][0]
+  assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
+  losses = []
+  for _ in range(8):
+    state, metrics = step(state, tokens)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("data.max_predictions", "-2", "data.max_predictions=-2"),
+    ("model.embed_grad", "gather", "model.embed_grad='gather' is not one of auto, onehot, scatter"),
+    ("train.mu_dtype", "float16", "train.mu_dtype='float16' is not one of float32, bfloat16"),
+])
+def test_bad_speed_settings_are_one_sentence(field, value, fragment):
+  config = config_lib.apply_overrides(config_lib.load_preset(str(REPO / "configs/mlm.py:tiny")),
+                                      {field: value})
+  with pytest.raises(UserError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+    config_lib.validate(config)
+
+
+@pytest.mark.slow
+def test_speed_benchmark_runs_at_tiny_size(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env["XLA_FLAGS"] = ""  # one CPU device, as on a one-GPU machine
+  proc = subprocess.run([sys.executable, "bench/speed.py", "--size=tiny", "--no-peers", "--steps=1",
+                         "--variants=tl_jax,all-positions", f"--out={tmp_path}"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  report = json.loads((tmp_path / "speed.json").read_text())
+  got = {(r["case"], r["variant"]) for r in report["results"]}
+  assert got == {("base-128", "tl_jax"), ("base-128", "all-positions"), ("big-128", "tl_jax")}
+  assert all(r["tokens_per_s"] > 0 and np.isfinite(r["loss"]) for r in report["results"])
+  mlm = {r["variant"]: r for r in report["results"] if r["case"] == "base-128"}
+  assert mlm["tl_jax"]["loss"] == pytest.approx(mlm["all-positions"]["loss"], rel=1e-4)
+  assert mlm["tl_jax"]["flops_per_token"] < mlm["all-positions"]["flops_per_token"]
+  assert set(report["loader_tokens_per_s"]) == {"base-128", "big-128"}
+  assert "| base-128 |" in (tmp_path / "speed.md").read_text()
