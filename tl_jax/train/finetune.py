@@ -32,6 +32,7 @@ from tl_jax.data.tokenizer import load_tokenizer
 from tl_jax.errors import UserError
 from tl_jax.models.classifier import ENCODER_PARAMS, Classifier
 from tl_jax.models.encoder import MaskedLM, padded_vocab
+from tl_jax.parallel import distributed
 from tl_jax.parallel import sharding as shd
 from tl_jax.parallel.mesh import make_mesh
 from tl_jax.parallel.rules import rules_for
@@ -221,8 +222,11 @@ def workdir_tokenizer(workdir: str, init: PretrainedEncoder):
       raise UserError(f"{workdir}/tokenizer differs from the tokenizer of --init={init.workdir}, "
                       "whose run must have been redone; finetune it into a new --workdir.")
     return ours
-  shutil.copytree(source, own + ".tmp", dirs_exist_ok=True)
-  os.replace(own + ".tmp", own)
+  if jax.process_index() == 0:  # one copy; the other processes read it (the workdir is shared)
+    shutil.copytree(source, own + ".tmp", dirs_exist_ok=True)
+    os.replace(own + ".tmp", own)
+  distributed.barrier("tl_jax finetune tokenizer")
+  loop.check_shared(own, workdir)
   return load_tokenizer(own)
 
 
