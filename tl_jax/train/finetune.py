@@ -216,18 +216,18 @@ def workdir_tokenizer(workdir: str, init: PretrainedEncoder):
   if not os.path.isdir(source):
     raise UserError(f"--init={init.workdir} has no tokenizer/ directory; point it at a complete "
                     "`tl-jax pretrain` or `tl-jax import-hf` workdir.")
-  if os.path.isdir(own):
-    ours, theirs = load_tokenizer(own), load_tokenizer(source)
-    if ours.sha256() != theirs.sha256():
-      raise UserError(f"{workdir}/tokenizer differs from the tokenizer of --init={init.workdir}, "
-                      "whose run must have been redone; finetune it into a new --workdir.")
-    return ours
-  if jax.process_index() == 0:  # one copy; the other processes read it (the workdir is shared)
+  # Process 0 makes the one copy; every process passes the barrier whatever it found, since
+  # process 0's copy may already be there when another process looks.
+  if not os.path.isdir(own) and jax.process_index() == 0:
     shutil.copytree(source, own + ".tmp", dirs_exist_ok=True)
     os.replace(own + ".tmp", own)
   distributed.barrier("tl_jax finetune tokenizer")
   loop.check_shared(own, workdir)
-  return load_tokenizer(own)
+  ours, theirs = load_tokenizer(own), load_tokenizer(source)
+  if ours.sha256() != theirs.sha256():
+    raise UserError(f"{workdir}/tokenizer differs from the tokenizer of --init={init.workdir}, "
+                    "whose run must have been redone; finetune it into a new --workdir.")
+  return ours
 
 
 def resolve_steps(config: FinetuneConfig, num_train: int) -> FinetuneConfig:
