@@ -531,6 +531,35 @@ def _check_positive(values: dict) -> None:
       raise UserError(f"config field {name}={value} must be positive.")
 
 
+PARALLEL_PRESETS = ("", "data_parallel", "fsdp", "fsdp_tensor")
+
+
+def validate_parallel(p: ParallelConfig) -> None:
+  if p.preset not in PARALLEL_PRESETS:
+    raise UserError(f"config field parallel.preset={p.preset!r} is not one of data_parallel, fsdp, "
+                    "fsdp_tensor (or '' for the data/fsdp/tensor sizes).")
+  for name, value in (("parallel.data", p.data), ("parallel.fsdp", p.fsdp), ("parallel.tensor", p.tensor)):
+    if value == 0 or value < -1:
+      raise UserError(f"config field {name}={value} must be a positive size or -1 (fill).")
+  if [p.data, p.fsdp, p.tensor].count(-1) > 1:
+    raise UserError("only one of parallel.data, parallel.fsdp, parallel.tensor may be -1.")
+  if p.dcn_data < 1:
+    raise UserError(f"config field parallel.dcn_data={p.dcn_data} must be at least 1 (the number of "
+                    "slices or hosts the data axis spans).")
+  if p.preset and (p.data, p.fsdp) != (-1, 1):
+    raise UserError(f"parallel.preset={p.preset} sets parallel.data and parallel.fsdp itself; drop "
+                    "--config.parallel.data/fsdp or the preset.")
+  if p.preset in ("data_parallel", "fsdp") and p.tensor != 1:
+    raise UserError(f"parallel.preset={p.preset} has no tensor parallelism but parallel.tensor="
+                    f"{p.tensor}; use parallel.preset=fsdp_tensor.")
+  if p.preset == "fsdp_tensor" and p.tensor < 2:
+    raise UserError("parallel.preset=fsdp_tensor needs parallel.tensor > 1, the devices of a host "
+                    "that split each layer (e.g. --config.parallel.tensor=4).")
+  if not p.preset and p.data != -1 and p.data % p.dcn_data:
+    raise UserError(f"parallel.data={p.data} does not split over parallel.dcn_data={p.dcn_data} "
+                    "slices; make parallel.data a multiple of parallel.dcn_data.")
+
+
 def validate(config) -> None:
   """Checks the fields of any task's tree; raises UserError naming field and fix."""
   choices_of = _TASK_CHOICES[config.task] if config.task == "compress" else {
@@ -572,35 +601,6 @@ def validate(config) -> None:
   validate_parallel(p)
   {"translate": _validate_translation, "pretrain": _validate_pretraining,
    "finetune": _validate_finetuning}[config.task](config)
-
-
-PARALLEL_PRESETS = ("", "data_parallel", "fsdp", "fsdp_tensor")
-
-
-def validate_parallel(p: ParallelConfig) -> None:
-  if p.preset not in PARALLEL_PRESETS:
-    raise UserError(f"config field parallel.preset={p.preset!r} is not one of data_parallel, fsdp, "
-                    "fsdp_tensor (or '' for the data/fsdp/tensor sizes).")
-  for name, value in (("parallel.data", p.data), ("parallel.fsdp", p.fsdp), ("parallel.tensor", p.tensor)):
-    if value == 0 or value < -1:
-      raise UserError(f"config field {name}={value} must be a positive size or -1 (fill).")
-  if [p.data, p.fsdp, p.tensor].count(-1) > 1:
-    raise UserError("only one of parallel.data, parallel.fsdp, parallel.tensor may be -1.")
-  if p.dcn_data < 1:
-    raise UserError(f"config field parallel.dcn_data={p.dcn_data} must be at least 1 (the number of "
-                    "slices or hosts the data axis spans).")
-  if p.preset and (p.data, p.fsdp) != (-1, 1):
-    raise UserError(f"parallel.preset={p.preset} sets parallel.data and parallel.fsdp itself; drop "
-                    "--config.parallel.data/fsdp or the preset.")
-  if p.preset in ("data_parallel", "fsdp") and p.tensor != 1:
-    raise UserError(f"parallel.preset={p.preset} has no tensor parallelism but parallel.tensor="
-                    f"{p.tensor}; use parallel.preset=fsdp_tensor.")
-  if p.preset == "fsdp_tensor" and p.tensor < 2:
-    raise UserError("parallel.preset=fsdp_tensor needs parallel.tensor > 1, the devices of a host "
-                    "that split each layer (e.g. --config.parallel.tensor=4).")
-  if not p.preset and p.data != -1 and p.data % p.dcn_data:
-    raise UserError(f"parallel.data={p.data} does not split over parallel.dcn_data={p.dcn_data} "
-                    "slices; make parallel.data a multiple of parallel.dcn_data.")
 
 
 def _validate_tokenizer_data(config) -> None:
