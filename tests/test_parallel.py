@@ -1,12 +1,15 @@
 """Meshes and rules: shardings follow the rule tables; every mesh trains the same model."""
 
+import dataclasses
+import re
+
 import jax
 import numpy as np
 import pytest
 
 from tl_jax import config as config_lib
 from tl_jax.errors import UserError
-from tl_jax.parallel.mesh import make_mesh
+from tl_jax.parallel.mesh import check_hosts, device_grid, make_mesh, mesh_shape
 from tl_jax.train import metrics, pretrain
 
 MESHES = {
@@ -92,3 +95,78 @@ def test_meshes_agree_on_the_losses(tmp_path):
 def test_bad_meshes_are_user_errors(mesh, fragment):
   with pytest.raises(UserError, match=fragment):
     make_mesh(tiny(mesh), jax.devices("cpu"))
+
+
+def with_parallel(**fields):
+  c = tiny()
+  c.parallel.data, c.parallel.fsdp, c.parallel.tensor = -1, 1, 1
+  for name, value in fields.items():
+    setattr(c.parallel, name, value)
+  config_lib.validate(c)
+  return c
+
+
+@pytest.mark.parametrize("fields,shape", [
+    ({"preset": "data_parallel"}, (8, 1, 1)),
+    ({"preset": "fsdp"}, (1, 8, 1)),
+    ({"preset": "fsdp_tensor", "tensor": 2}, (1, 4, 2)),
+    ({"preset": "fsdp", "dcn_data": 2}, (2, 4, 1)),
+    ({"preset": "fsdp_tensor", "tensor": 2, "dcn_data": 2}, (2, 2, 2)),
+    ({"data": 2, "fsdp": 4}, (2, 4, 1)),  # no preset: the sizes as given
+])
+def test_mesh_presets_fill_the_devices(fields, shape):
+  assert mesh_shape(with_parallel(**fields), 8) == shape
+
+
+@pytest.mark.parametrize("fields,fragment", [
+    ({"preset": "zero"}, "parallel.preset='zero' is not one of"),
+    ({"preset": "fsdp", "fsdp": 4}, "sets parallel.data and parallel.fsdp itself"),
+    ({"preset": "fsdp", "tensor": 2}, "use parallel.preset=fsdp_tensor"),
+    ({"preset": "fsdp_tensor"}, "needs parallel.tensor > 1"),
+    ({"dcn_data": 0}, "parallel.dcn_data=0 must be at least 1"),
+    ({"data": 3, "fsdp": 1, "dcn_data": 2}, "does not split over parallel.dcn_data=2"),
+])
+def test_bad_parallel_configs_are_user_errors(fields, fragment):
+  with pytest.raises(UserError, match=re.escape(fragment)):
+    with_parallel(**fields)
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeDevice:
+  """What mesh building reads of a device; lets one process lay out a multi-host mesh."""
+  id: int
+  process_index: int
+  platform: str = "cpu"
+  device_kind: str = "cpu"
+
+
+def hosts(count: int, per_host: int) -> list[FakeDevice]:
+  return [FakeDevice(h * per_host + i, h) for h in range(count) for i in range(per_host)]
+
+
+def test_dcn_data_blocks_the_data_axis_by_host():
+  devices = hosts(2, 4)
+  c = with_parallel(preset="fsdp", dcn_data=2)
+  shape = mesh_shape(c, len(devices))
+  check_hosts(c, shape, devices)
+  grid = device_grid(shape, 2, devices)
+  assert grid.shape == (2, 4, 1)
+  # Each data index is one host: FSDP's per-layer gathers stay inside it, gradients cross hosts.
+  assert [{d.process_index for d in grid[i].ravel()} for i in range(2)] == [{0}, {1}]
+
+
+@pytest.mark.parametrize("fields,devices,fragment", [
+    ({"preset": "fsdp", "dcn_data": 2}, hosts(1, 8), "come in 2 slices (or hosts), but they come in 1"),
+    ({"preset": "fsdp", "dcn_data": 4}, hosts(2, 4), "come in 4 slices (or hosts), but they come in 2"),
+    ({"preset": "fsdp_tensor", "tensor": 8}, hosts(2, 4), "parallel.tensor=8 spans hosts (4 devices each)"),
+])
+def test_meshes_that_do_not_match_the_hosts_are_user_errors(fields, devices, fragment):
+  c = with_parallel(**fields)
+  c.model.num_heads, c.model.d_model = 8, 128
+  with pytest.raises(UserError, match=re.escape(fragment)):
+    check_hosts(c, mesh_shape(c, len(devices)), devices)
+
+
+def test_dcn_data_on_one_process_is_refused_before_compiling():
+  with pytest.raises(UserError, match=re.escape("parallel.dcn_data=2 needs the devices to come in 2")):
+    make_mesh(with_parallel(preset="fsdp", dcn_data=2), jax.devices("cpu"))

@@ -59,11 +59,14 @@ def test_print_only_prints_exact_commands_and_creates_nothing(tmp_path, in_repo,
   lines = capsys.readouterr().out.splitlines()
   assert lines == [
       f"# sweep test: 3 stages under {root}",
+      "# stage: a/tiny/pretrain",
       f"tl-jax pretrain --config=configs/mlm.py:tiny --workdir={root}/a/tiny/pretrain "
       "--config.train.max_steps=30",
+      "# stage: a/tiny/finetune",
       "# after: a/tiny/pretrain",
       f"tl-jax finetune --config=configs/glue.py:synthetic --workdir={root}/a/tiny/finetune "
       f"--init={root}/a/tiny/pretrain --config.init.checkpoint=best --config.train.epochs=1",
+      "# stage: a/tiny/compress",
       "# after: a/tiny/finetune",
       f"tl-jax compress --config=configs/compress.py:quick --workdir={root}/a/tiny/finetune",
   ]

@@ -175,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     config, replaces = resolve_config(args, overrides)
     os.makedirs(args.workdir, exist_ok=True)
     _quiet_libraries()
+    # Before any other jax call: a multi-host job (SLURM, Cloud TPU, TL_JAX_* variables) is joined
+    # here; every process then runs the same command on its own devices.
+    from tl_jax.parallel import distributed
+    distributed.initialize()
     # Imported here: jax makes `--help` and config errors slow.
     if args.command == "translate":
       from tl_jax.train import translate as task

@@ -108,10 +108,19 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class ParallelConfig:
-  """Mesh shape; -1 on one axis takes the devices left over."""
+  """Mesh shape over all devices of all hosts; -1 on one axis takes the devices left over.
+
+  `preset` chooses the shape instead of data/fsdp: data_parallel (every device a replica),
+  fsdp (parameters and optimizer state split over every device), fsdp_tensor (tensor
+  parallelism over `tensor` devices of a host, FSDP over the rest). `dcn_data` splits the
+  data axis over slices of a multi-slice TPU (or hosts of a GPU cluster): only gradients cross
+  that slower network, and each slice keeps the rest of the mesh (tl_jax/parallel/mesh.py).
+  """
+  preset: str = ""  # '' (the sizes below) | data_parallel | fsdp | fsdp_tensor
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
+  dcn_data: int = 1  # slices (or hosts) the data axis spans; 1 = one slice or one host
   rules: str = "default"  # a table name from tl_jax/parallel/rules.py
 
 
@@ -531,6 +540,35 @@ def _check_positive(values: dict) -> None:
       raise UserError(f"config field {name}={value} must be positive.")
 
 
+PARALLEL_PRESETS = ("", "data_parallel", "fsdp", "fsdp_tensor")
+
+
+def validate_parallel(p: ParallelConfig) -> None:
+  if p.preset not in PARALLEL_PRESETS:
+    raise UserError(f"config field parallel.preset={p.preset!r} is not one of data_parallel, fsdp, "
+                    "fsdp_tensor (or '' for the data/fsdp/tensor sizes).")
+  for name, value in (("parallel.data", p.data), ("parallel.fsdp", p.fsdp), ("parallel.tensor", p.tensor)):
+    if value == 0 or value < -1:
+      raise UserError(f"config field {name}={value} must be a positive size or -1 (fill).")
+  if [p.data, p.fsdp, p.tensor].count(-1) > 1:
+    raise UserError("only one of parallel.data, parallel.fsdp, parallel.tensor may be -1.")
+  if p.dcn_data < 1:
+    raise UserError(f"config field parallel.dcn_data={p.dcn_data} must be at least 1 (the number of "
+                    "slices or hosts the data axis spans).")
+  if p.preset and (p.data, p.fsdp) != (-1, 1):
+    raise UserError(f"parallel.preset={p.preset} sets parallel.data and parallel.fsdp itself; drop "
+                    "--config.parallel.data/fsdp or the preset.")
+  if p.preset in ("data_parallel", "fsdp") and p.tensor != 1:
+    raise UserError(f"parallel.preset={p.preset} has no tensor parallelism but parallel.tensor="
+                    f"{p.tensor}; use parallel.preset=fsdp_tensor.")
+  if p.preset == "fsdp_tensor" and p.tensor < 2:
+    raise UserError("parallel.preset=fsdp_tensor needs parallel.tensor > 1, the devices of a host "
+                    "that split each layer (e.g. --config.parallel.tensor=4).")
+  if not p.preset and p.data != -1 and p.data % p.dcn_data:
+    raise UserError(f"parallel.data={p.data} does not split over parallel.dcn_data={p.dcn_data} "
+                    "slices; make parallel.data a multiple of parallel.dcn_data.")
+
+
 def validate(config) -> None:
   """Checks the fields of any task's tree; raises UserError naming field and fix."""
   choices_of = _TASK_CHOICES[config.task] if config.task == "compress" else {
@@ -569,11 +607,7 @@ def validate(config) -> None:
   if t.batch_size % t.grad_accum:
     raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum="
                     f"{t.grad_accum}; each micro-batch needs the same size.")
-  for name, value in (("parallel.data", p.data), ("parallel.fsdp", p.fsdp), ("parallel.tensor", p.tensor)):
-    if value == 0 or value < -1:
-      raise UserError(f"config field {name}={value} must be a positive size or -1 (fill).")
-  if [p.data, p.fsdp, p.tensor].count(-1) > 1:
-    raise UserError("only one of parallel.data, parallel.fsdp, parallel.tensor may be -1.")
+  validate_parallel(p)
   {"translate": _validate_translation, "pretrain": _validate_pretraining,
    "finetune": _validate_finetuning}[config.task](config)
 

@@ -226,6 +226,7 @@ def print_commands(sweep: Sweep, root: str, out=None) -> None:
   out = out or sys.stdout
   print(f"# sweep {sweep.name}: {len(sweep.stages)} stages under {root}", file=out)
   for stage, argv in zip(sweep.stages, commands(sweep, root)):
+    print(f"# stage: {stage.name}", file=out)  # launch/sweep.sh submits each stage as --only=NAME
     if stage.depends_on:
       print(f"# after: {stage.depends_on}", file=out)
     print(shlex.join(argv), file=out)
@@ -474,8 +475,9 @@ USAGE = """tl-jax sweep --config=configs/sweeps/NAME.py[:VARIANT] --root=DIR [--
              [--config.SECTION.FIELD=VALUE ...]
 
 Runs a sweep file's stages in order, one workdir each under DIR, skipping stages already done
-(ROOT/.sweep/*.done); re-run the same command to resume. --print-only prints the commands and
-runs nothing; --only runs one stage (its dependency must be done). --config.* flags are added
+(ROOT/.sweep/*.done); re-run the same command to resume. --print-only prints the commands, each
+after `# stage: NAME` and its `# after: DEPENDENCY`, and runs nothing (launch/sweep.sh submits
+them as jobs); --only runs one stage (its dependency must be done). --config.* flags are added
 to every stage whose config has that field (e.g. --config.parallel.fsdp=8).
 """
 

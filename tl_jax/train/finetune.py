@@ -32,6 +32,7 @@ from tl_jax.data.tokenizer import load_tokenizer
 from tl_jax.errors import UserError
 from tl_jax.models.classifier import ENCODER_PARAMS, Classifier
 from tl_jax.models.encoder import MaskedLM, padded_vocab
+from tl_jax.parallel import distributed
 from tl_jax.parallel import sharding as shd
 from tl_jax.parallel.mesh import make_mesh
 from tl_jax.parallel.rules import rules_for
@@ -215,15 +216,18 @@ def workdir_tokenizer(workdir: str, init: PretrainedEncoder):
   if not os.path.isdir(source):
     raise UserError(f"--init={init.workdir} has no tokenizer/ directory; point it at a complete "
                     "`tl-jax pretrain` or `tl-jax import-hf` workdir.")
-  if os.path.isdir(own):
-    ours, theirs = load_tokenizer(own), load_tokenizer(source)
-    if ours.sha256() != theirs.sha256():
-      raise UserError(f"{workdir}/tokenizer differs from the tokenizer of --init={init.workdir}, "
-                      "whose run must have been redone; finetune it into a new --workdir.")
-    return ours
-  shutil.copytree(source, own + ".tmp", dirs_exist_ok=True)
-  os.replace(own + ".tmp", own)
-  return load_tokenizer(own)
+  # Process 0 makes the one copy; every process passes the barrier whatever it found, since
+  # process 0's copy may already be there when another process looks.
+  if not os.path.isdir(own) and jax.process_index() == 0:
+    shutil.copytree(source, own + ".tmp", dirs_exist_ok=True)
+    os.replace(own + ".tmp", own)
+  distributed.barrier("tl_jax finetune tokenizer")
+  loop.check_shared(own, workdir)
+  ours, theirs = load_tokenizer(own), load_tokenizer(source)
+  if ours.sha256() != theirs.sha256():
+    raise UserError(f"{workdir}/tokenizer differs from the tokenizer of --init={init.workdir}, "
+                    "whose run must have been redone; finetune it into a new --workdir.")
+  return ours
 
 
 def resolve_steps(config: FinetuneConfig, num_train: int) -> FinetuneConfig:

@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 
 from tl_jax.data.tokenizer import MODEL_FILE, Tokenizer, cached_tokenizer
+from tl_jax.errors import UserError
+from tl_jax.parallel import distributed
 from tl_jax.parallel import sharding as shd
 from tl_jax.train import flops
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
@@ -67,14 +69,28 @@ class Program:
 
 
 def workdir_tokenizer(source, data, workdir: str, cache_dir: str) -> Tokenizer:
-  """The run's tokenizer: the workdir's own copy if it has one, else trained (or cached) and copied."""
+  """The run's tokenizer: the workdir's own copy if it has one, else trained (or cached) and copied.
+
+  With several processes, process 0 makes it and the others read the same file: tokenizers
+  trained separately on each host could differ, and then so would the token ids.
+  """
   path = os.path.join(workdir, "tokenizer", MODEL_FILE)
-  if not os.path.exists(path):
+  if not os.path.exists(path) and jax.process_index() == 0:
     trained = cached_tokenizer(source, data, cache_dir)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     shutil.copy(trained.path, path + ".tmp")
     os.replace(path + ".tmp", path)
+  distributed.barrier("tl_jax workdir tokenizer")
+  check_shared(path, workdir)
   return Tokenizer(path)
+
+
+def check_shared(path: str, workdir: str) -> None:
+  """Every process must see what process 0 wrote: orbax checkpoints need one shared workdir too."""
+  if not os.path.exists(path):
+    raise UserError(f"process {jax.process_index()} does not see {path}, which process 0 wrote: the "
+                    f"workdir {workdir} is not shared between the hosts; put --workdir on a file system "
+                    "every host mounts (NFS, Filestore, a gcsfuse bucket).")
 
 
 def sharded_state(init_fn, mesh, rules):
@@ -202,6 +218,7 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
     # Where a seconds-based limit (budget, timed eval) falls due; the first step measures the pace.
     timed = cfg.train.max_train_seconds or cfg.eval.every_seconds
     next_timed_step = start + 1 if timed else math.inf
+    single_process = jax.process_count() == 1
     metrics = None
     step = start
     exit_code = 0
@@ -215,17 +232,24 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
 
         eval_due = (cfg.eval.every_steps and step % cfg.eval.every_steps == 0) or (
             cfg.eval.every_seconds and watch.train - last_eval_seconds >= cfg.eval.every_seconds)
-        ckpt_due = step % cfg.checkpoint.every_steps == 0 or (
-            cfg.checkpoint.every_seconds and time.perf_counter() - last_ckpt_time >= cfg.checkpoint.every_seconds)
+        ckpt_by_steps = step % cfg.checkpoint.every_steps == 0
+        ckpt_by_clock = bool(cfg.checkpoint.every_seconds) and (
+            time.perf_counter() - last_ckpt_time >= cfg.checkpoint.every_seconds)
         last = step == cfg.train.max_steps
-        if not (step % cfg.train.log_every == 0 or eval_due or ckpt_due or last
-                or preemption.requested or step >= next_timed_step):
+        # Only step counts and agreed seconds (below) say when to sync, so every process syncs at
+        # the same steps; one process alone may also sync on its own clock or on SIGTERM.
+        sync_due = (step % cfg.train.log_every == 0 or eval_due or ckpt_by_steps or last
+                    or step >= next_timed_step)
+        if not (sync_due or (single_process and (ckpt_by_clock or preemption.requested))):
           continue
 
         # Synchronise: everything since the last sync was training.
         values = jax.device_get(metrics)
         now = time.perf_counter()
-        window = now - last_sync
+        agreed = distributed.agree({"window": now - last_sync, "ckpt_by_clock": ckpt_by_clock},
+                                   {"preempted": preemption.requested})
+        window, preempted = agreed["window"], agreed["preempted"]
+        ckpt_due = ckpt_by_steps or bool(agreed["ckpt_by_clock"])
         watch.train += window
         steps_done = step - window_start_step
         tokens_per_second = steps_done * tokens_per_step / window
@@ -257,7 +281,7 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
         if cfg.train.max_train_seconds and watch.train >= cfg.train.max_train_seconds:
           stop_reason = f"used the budget train.max_train_seconds={cfg.train.max_train_seconds}"
           break
-        if preemption.requested:
+        if preempted:
           stop_reason = "SIGTERM: checkpoint saved; re-run the same command to resume"
           exit_code = PREEMPTED_EXIT_CODE
           break

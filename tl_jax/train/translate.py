@@ -140,7 +140,8 @@ def build(config: TranslateConfig, workdir: str, devices=None) -> Setup:
                     in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
   decode_fn = jax.jit(functools.partial(
       translate_batch, model=model, vocab_size=tokenizer.vocab_size, beam_size=config.eval.beam_size,
-      length_penalty=config.eval.length_penalty, max_len=data.seq_len))
+      length_penalty=config.eval.length_penalty, max_len=data.seq_len),
+      out_shardings=replicated)  # every process reads all decoded rows (device_get needs them local)
   decode_rows = config.eval.decode_batch_size
 
   best = BestParams(workdir, "bleu", higher_is_better=True)
