@@ -146,9 +146,10 @@ def _quiet_libraries() -> None:
   except ImportError:
     pass
   sys.unraisablehook = _quiet_unraisable
-  # The reads an unreadable checkpoint left unfinished (tl_jax has already said which one).
-  warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning,
-                          module=r"orbax\.")
+  # The reads an unreadable checkpoint left unfinished (tl_jax has already said which one); the
+  # warning comes whenever they are collected, from whatever code runs then. tl_jax has no
+  # coroutines of its own.
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 def _not_orbax_error(record) -> bool:

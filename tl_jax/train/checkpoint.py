@@ -170,6 +170,7 @@ class Checkpointer:
 
 _SHAPES = re.compile(r"Requested shape: (\([^)]*\)) is not compatible with the stored shape: "
                      r"(\([^)]*\))")
+_OCDBT_PATH = re.compile(r' in OCDBT database at local file "[^"]*"')
 
 
 def _root_cause(e: BaseException) -> str:
@@ -181,7 +182,10 @@ def _root_cause(e: BaseException) -> str:
   shapes = _SHAPES.search(text)
   if shapes:
     return f"it stores an array of shape {shapes.group(2)} where this model has {shapes.group(1)}"
-  return text.splitlines()[0][:240] if text else type(e).__name__
+  if not text:
+    return type(e).__name__
+  line = _OCDBT_PATH.sub("", text.splitlines()[0])  # the checkpoint is named already
+  return line if len(line) <= 240 else line[:240].rsplit(" ", 1)[0] + " ..."
 
 
 # ---------------------------------------------------------------------------
