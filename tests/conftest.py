@@ -10,6 +10,9 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
 
 import pytest
 
+# The fixture that records faults and bad inputs for docs/RELIABILITY.md, and its hook.
+from faults.record import pytest_runtest_makereport, reliability  # noqa: F401
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

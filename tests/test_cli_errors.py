@@ -1,68 +1,27 @@
 """`tl-jax pretrain` refuses bad input with one sentence and never damages a workdir.
 
-Every command runs as a subprocess, as a user would run it. Stderr must hold exactly
-one line, `tl-jax: error: <sentence>.`, once library noise is dropped: absl (through
-sentencepiece, orbax or XLA) may print its own `W0000 ...` lines and the
-`WARNING: All log messages before absl::InitializeLog() ...` banner, which are
-not ours to control and are filtered out by `error_lines`.
+Every command runs as a subprocess, as a user would run it; what counts as one sentence is
+in tests/faults/harness.py. (tests/faults/test_bad_inputs.py covers the other commands.)
 """
 
-import hashlib
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+# Re-exported: other test modules take them from here.
+from faults.harness import assert_one_sentence, checkpoint_steps, cli_env, run, snapshot, tl_jax  # noqa: F401
+
 # A run small enough for a 2-core CPU: one eval and one checkpoint, at step 20.
 TINY = ["--config=configs/mlm.py:tiny", "--config.train.max_steps=20",
         "--config.data.max_train_tokens=200000", "--config.eval.every_steps=20",
         "--config.checkpoint.every_steps=20"]
-LIBRARY_NOISE = ("W0000", "WARNING: All log messages")
 
 
 def run_cli(workdir, *args, timeout=180):
-  """Runs `tl-jax pretrain --workdir=WORKDIR ARGS...` from the repo root."""
-  env = dict(os.environ)  # read now: the conftest's session fixture has set TL_JAX_CACHE
-  env["JAX_PLATFORMS"] = "cpu"  # the simulated 8-device CPU, also on a GPU machine
-  assert "TL_JAX_CACHE" in env and "xla_force_host_platform_device_count=8" in env["XLA_FLAGS"]
-  cmd = [sys.executable, "-m", "tl_jax.cli", "pretrain", f"--workdir={workdir}", *args]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def error_lines(stderr: str) -> list[str]:
-  """Non-empty stderr lines, without the library noise described above."""
-  return [line for line in stderr.splitlines()
-          if line.strip() and not line.startswith(LIBRARY_NOISE)]
-
-
-def assert_one_sentence(result, *fragments) -> str:
-  """Exit 2, no traceback, and stderr is one `tl-jax: error:` sentence naming `fragments`."""
-  output = result.stdout + result.stderr
-  assert "Traceback" not in output, output
-  assert result.returncode == 2, output
-  lines = error_lines(result.stderr)
-  assert len(lines) == 1, result.stderr
-  message = lines[0]
-  assert message.startswith("tl-jax: error: "), message
-  assert message.rstrip().endswith("."), message
-  for fragment in fragments:
-    assert fragment in message, message
-  return message
-
-
-def snapshot(root: pathlib.Path) -> dict[str, str]:
-  """Relative path -> sha256 of every file under `root`."""
-  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-          for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
-  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  """Runs `tl-jax pretrain --workdir=WORKDIR ARGS...` from the repo root (8 simulated devices)."""
+  return run(tl_jax("pretrain", f"--workdir={workdir}", *args), cli_env(), timeout=timeout)
 
 
 def train_lines(workdir: pathlib.Path) -> list[dict]:
@@ -104,11 +63,14 @@ CONFIG_ERRORS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,fragments", CONFIG_ERRORS.values(), ids=CONFIG_ERRORS.keys())
-def test_config_error_is_one_sentence_and_leaves_workdir_intact(finished, args, fragments):
+@pytest.mark.parametrize("case", CONFIG_ERRORS)
+def test_config_error_is_one_sentence_and_leaves_workdir_intact(finished, case, reliability):
+  args, fragments = CONFIG_ERRORS[case]
   before = snapshot(finished)
-  assert_one_sentence(run_cli(finished, *TINY, *args), *fragments)
+  message = assert_one_sentence(run_cli(finished, *TINY, *args), *fragments)
   assert snapshot(finished) == before
+  reliability("Bad input: configs", f"pretrain {' '.join(args)} ({case})",
+              f"exit 2, workdir unchanged: `{message}`")
 
 
 # ---------------------------------------------------------------------------
@@ -140,16 +102,18 @@ RUNTIME_ERRORS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,fragments", RUNTIME_ERRORS.values(), ids=RUNTIME_ERRORS.keys())
-def test_runtime_error_is_one_sentence(finished, text_files, tmp_path, args, fragments):
-  args = [a.format(**text_files) for a in args]
-  fragments = [f.format(**text_files) for f in fragments]
+@pytest.mark.parametrize("case", RUNTIME_ERRORS)
+def test_runtime_error_is_one_sentence(finished, text_files, tmp_path, case, reliability):
+  args = [a.format(**text_files) for a in RUNTIME_ERRORS[case][0]]
+  fragments = [f.format(**text_files) for f in RUNTIME_ERRORS[case][1]]
   # A new workdir: the command gets as far as the mesh or the data and names the cause.
-  assert_one_sentence(run_cli(tmp_path / "new", *TINY, *args), *fragments)
+  message = assert_one_sentence(run_cli(tmp_path / "new", *TINY, *args), *fragments)
   # The finished workdir: refused as another config, with nothing touched.
   before = snapshot(finished)
   assert_one_sentence(run_cli(finished, *TINY, *args), "another config", "--override")
   assert snapshot(finished) == before
+  area = "Bad input: meshes" if "mesh" in case else "Bad input: data files"
+  reliability(area, f"pretrain {' '.join(args)} ({case})", f"exit 2, nothing written: `{message}`")
 
 
 @pytest.mark.slow

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 import sys
+import threading
+import traceback
+import warnings
 
 from tl_jax import config as config_lib
-from tl_jax.errors import UserError
+from tl_jax.errors import UserError, io_error
 
 USAGE = """tl-jax COMMAND [flags]
 
@@ -136,8 +140,43 @@ def _quiet_libraries() -> None:
   try:
     import absl.logging
     absl.logging.set_verbosity(absl.logging.WARNING)
+    # Orbax logs a failed background write with its traceback, then raises it in the caller,
+    # where tl_jax turns it into one sentence (train/checkpoint.py): the log is a duplicate.
+    absl.logging.get_absl_logger().addFilter(_not_orbax_error)
   except ImportError:
     pass
+  sys.unraisablehook = _quiet_unraisable
+  # The reads an unreadable checkpoint left unfinished (tl_jax has already said which one); the
+  # warning comes whenever they are collected, from whatever code runs then. tl_jax has no
+  # coroutines of its own.
+  warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
+def _not_orbax_error(record) -> bool:
+  return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _quiet_unraisable(unraisable) -> None:
+  """A failed checkpoint read or write leaves orbax's other reads and writes to end with no one
+  to hear them; each would print a traceback after tl_jax has reported the failure in one
+  sentence. Those are dropped; anything else is printed as usual."""
+  text = str(unraisable.exc_value)
+  frames = traceback.extract_tb(unraisable.exc_traceback) if unraisable.exc_traceback else []
+  if not (text == "Event loop is closed" or text.startswith("sys.meta_path is None")
+          or any(f"{os.sep}orbax{os.sep}" in f.filename for f in frames)):
+    sys.__unraisablehook__(unraisable)
+
+
+def _report(error: UserError) -> int:
+  print(f"tl-jax: error: {error}", file=sys.stderr)
+  # A checkpoint save that failed before it began leaves orbax threads waiting out a 300 s
+  # timeout for it, which would hold the process open long after the error is reported.
+  if any(t.is_alive() and not t.daemon and type(t).__module__.startswith("orbax")
+         for t in threading.enumerate()):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(error.exit_code)
+  return error.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compress":
       return _compress(args, overrides)
     config, replaces = resolve_config(args, overrides)
+    if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
+      raise UserError(f"--workdir={args.workdir} is a file, not a directory; choose another --workdir.")
     os.makedirs(args.workdir, exist_ok=True)
     _quiet_libraries()
     # Before any other jax call: a multi-host job (SLURM, Cloud TPU, TL_JAX_* variables) is joined
@@ -189,8 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     return task.run(config, args.workdir,
                     on_ready=lambda: commit_config(config, args.workdir, replaces))
   except UserError as e:
-    print(f"tl-jax: error: {e}", file=sys.stderr)
-    return 2
+    return _report(e)
+  except Exception as e:  # a full disk or a read-only place, met anywhere: one sentence too
+    directory = next((a.split("=", 1)[1] for a in argv if a.startswith(("--workdir=", "--root="))),
+                     None)
+    error = io_error(e, directory)
+    if error is None:
+      raise
+    return _report(error)
   except KeyboardInterrupt:
     print("tl-jax: interrupted; re-run the same command to resume from the last checkpoint.",
           file=sys.stderr)

@@ -10,9 +10,11 @@ Every check raises `UserError` with one sentence naming the field and the fix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
+import traceback
 import typing
 from typing import Any
 
@@ -104,6 +106,9 @@ class TrainConfig:
   label_smoothing: float = 0.0  # translation uses 0.1
   peak_tflops: float = 0.0  # bf16 peak for MFU; 0 = from the device table
   mu_dtype: str = "float32"  # Adam's first moment: float32 | bfloat16 (saves 2 bytes a parameter)
+  # A step with a non-finite loss or gradient: stop the run (keeping the last good checkpoint),
+  # or skip it on device (no update; counted as skipped_steps; 10 in a row still stop the run).
+  on_nonfinite: str = "stop"  # stop | skip
 
 
 @dataclasses.dataclass
@@ -361,16 +366,33 @@ ROOTS = {"pretrain": Config, "translate": TranslateConfig, "finetune": FinetuneC
 
 
 def file_function(path: str, function: str, kind: str, example: str):
-  """`function` defined by the Python file at `path` (a preset or sweep file)."""
+  """`function` defined by the Python file at `path` (a preset or sweep file). A mistake in that
+  file, while loading it or calling the function, is a UserError naming the line."""
   if not os.path.isfile(path):
     raise UserError(f"{kind} file {path!r} does not exist; pass --config={example} with a path "
                     "relative to where you run tl-jax.")
   module_spec = importlib.util.spec_from_file_location(f"_tl_jax_{kind}_file", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  _run_user_code(path, kind, module_spec.loader.exec_module, module)
   if not hasattr(module, function):
     raise UserError(f"{kind} file {path} defines no {function}(); add one.")
-  return getattr(module, function)
+  return functools.partial(_run_user_code, path, kind, getattr(module, function))
+
+
+def _run_user_code(path: str, kind: str, fn, *args):
+  try:
+    return fn(*args)
+  except UserError:
+    raise
+  except Exception as e:
+    line = e.lineno if isinstance(e, SyntaxError) else next(
+        (f.lineno for f in reversed(traceback.extract_tb(e.__traceback__))
+         if os.path.abspath(f.filename) == os.path.abspath(path)), None)
+    at = f" at line {line}" if line else ""
+    text = e.msg if isinstance(e, SyntaxError) else str(e).strip()
+    detail = f" ({text.splitlines()[0]})" if text else ""
+    raise UserError(f"{kind} file {path} raised {type(e).__name__}{at}{detail}; fix that "
+                    "file.") from None
 
 
 def parse_overrides(args: list[str], hint: str) -> dict[str, str]:
@@ -515,6 +537,7 @@ _CHOICES = {
     "model.positions": ("learned", "sinusoidal"),
     "train.schedule": ("linear", "inverse_sqrt"),
     "train.mu_dtype": ("float32", "bfloat16"),
+    "train.on_nonfinite": ("stop", "skip"),
 }
 _TASK_CHOICES = {
     "pretrain": {"data.source": ("synthetic", "text", "tfds"), "data.tokenizer_type": ("unigram", "bpe")},

@@ -383,7 +383,10 @@ def _run_stage(argv: list[str], log_file) -> int:
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="replace", bufsize=1)
 
+  forwarded = []
+
   def forward(signum, frame):  # a pre-empted machine: let the stage checkpoint and exit 143
+    forwarded.append(signum)
     proc.send_signal(signum)
 
   previous = signal.signal(signal.SIGTERM, forward)
@@ -393,7 +396,10 @@ def _run_stage(argv: list[str], log_file) -> int:
       sys.stdout.flush()
       log_file.write(line)
       log_file.flush()
-    return proc.wait()
+    code = proc.wait()
+    # A stage still starting up (before its run can checkpoint) dies of the signal; it had
+    # nothing new to save, so that too is a pre-emption.
+    return 143 if forwarded and code == -signal.SIGTERM else code
   except KeyboardInterrupt:  # Ctrl-C reached the stage too; let it finish its own way
     return proc.wait()
   finally:

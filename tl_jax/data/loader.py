@@ -60,12 +60,15 @@ class TrainLoader:
   def _permutation(self, epoch: int) -> np.ndarray:
     return np.random.default_rng([self.seed, epoch]).permutation(self.sequences.num_sequences)
 
-  def batch(self, step: int) -> np.ndarray:
-    """This host's rows of global batch `step`, int32 [B/processes, S]."""
+  def indices(self, step: int) -> np.ndarray:
+    """Which sequences make this host's rows of global batch `step`."""
     n = self.sequences.num_sequences
     positions = np.arange(step * self.global_batch, (step + 1) * self.global_batch)[self.rows]
-    indices = np.array([self._permutation(int(p // n))[p % n] for p in positions])
-    return self.sequences.get(indices)
+    return np.array([self._permutation(int(p // n))[p % n] for p in positions])
+
+  def batch(self, step: int) -> np.ndarray:
+    """This host's rows of global batch `step`, int32 [B/processes, S]."""
+    return self.sequences.get(self.indices(step))
 
   def iterate(self, start_step: int, prefetch: int = 2) -> Iterator[tuple[int, np.ndarray]]:
     """(step, batch) from `start_step` on, built `prefetch` batches ahead in a thread."""

@@ -34,7 +34,12 @@ class Tokenizer:
 
   def __init__(self, model_path: str):
     self.path = model_path
-    self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    try:
+      self.sp = spm.SentencePieceProcessor(model_file=model_path)
+    except (OSError, RuntimeError):  # missing, truncated or not a sentencepiece model
+      problem = "is not a sentencepiece model" if os.path.exists(model_path) else "is missing"
+      raise UserError(f"tokenizer {model_path} {problem}; put back the tokenizer the run was "
+                      "trained with, or start a new --workdir.") from None
     if self.sp.piece_to_id("<mask>") != MASK_ID or self.sp.pad_id() != PAD_ID:
       raise UserError(f"tokenizer {model_path} does not use tl_jax's special ids "
                       "(<pad>=0 <s>=1 </s>=2 <unk>=3 <mask>=4); retrain it with tl-jax.")

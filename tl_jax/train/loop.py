@@ -21,15 +21,19 @@ import flax.linen as nn
 import jax
 
 from tl_jax.data.tokenizer import MODEL_FILE, Tokenizer, cached_tokenizer
-from tl_jax.errors import UserError
+from tl_jax.errors import TrainingDiverged, UserError
 from tl_jax.parallel import distributed
 from tl_jax.parallel import sharding as shd
 from tl_jax.train import flops
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from tl_jax.train.metrics import MetricWriter, format_seconds, truncate_after
+from tl_jax.train.optimizer import applied_updates
 from tl_jax.train.stopwatch import Stopwatch, Timer
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early but saved everything
+# With train.on_nonfinite=skip, this many skipped steps in a row still stop the run: by then the
+# model, not a batch, is broken (e.g. a learning rate that blew the weights up).
+SKIP_LIMIT = 10
 
 
 def log(message: str) -> None:
@@ -82,7 +86,12 @@ def workdir_tokenizer(source, data, workdir: str, cache_dir: str) -> Tokenizer:
     os.replace(path + ".tmp", path)
   distributed.barrier("tl_jax workdir tokenizer")
   check_shared(path, workdir)
-  return Tokenizer(path)
+  tokenizer = Tokenizer(path)
+  if tokenizer.vocab_size != data.vocab_size:  # else the checkpoints fail to load, less clearly
+    raise UserError(f"{path} has {tokenizer.vocab_size} pieces but data.vocab_size="
+                    f"{data.vocab_size}, so it is not this run's tokenizer; put back the run's own "
+                    "tokenizer or start a new --workdir.")
+  return tokenizer
 
 
 def check_shared(path: str, workdir: str) -> None:
@@ -145,14 +154,39 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
 
   `on_ready` is called once the data, mesh and checkpoint are known to be usable,
   before anything in the workdir changes (the CLI writes config.json there).
+  Raises TrainingDiverged (a non-finite loss or state; the last good checkpoint is
+  kept) and UserError (e.g. a checkpoint that cannot be written).
   """
+  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                      setup.config.checkpoint.keep, setup.config.checkpoint.async_save)
+  closers = [ckpt.close]
+  try:
+    # From the restore to the last save: a SIGTERM while compiling or saving must not kill the
+    # process in the middle of a write.
+    with _Preemption() as preemption:
+      code = _run(setup, workdir, on_ready, ckpt, closers, preemption)
+  except BaseException:
+    for close in reversed(closers):
+      try:  # a save still in flight completes; the failure being raised is the one to report
+        close()
+      except Exception:
+        pass
+    raise
+  for close in reversed(closers):
+    close()
+  return code
+
+
+def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list,
+         preemption: _Preemption) -> int:
   cfg, mesh = setup.config, setup.mesh
   is_main = jax.process_index() == 0
-  ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), cfg.checkpoint.keep,
-                      cfg.checkpoint.async_save)
+  skip_nonfinite = cfg.train.on_nonfinite == "skip"
+  single_process = jax.process_count() == 1
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(setup.rules):
-    restored = ckpt.restore(abstract_with_shardings(setup.abstract_state, setup.state_shardings))
+    restored = ckpt.restore(abstract_with_shardings(setup.abstract_state, setup.state_shardings),
+                            set_aside=True)
     if restored is None:
       state, watch = setup.init_fn(), Stopwatch()
     else:
@@ -161,15 +195,16 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
     start = int(state.step)
     if start:
       log(f"resumed from step {start} ({format_seconds(watch.train)} of training)")
+    ckpt.ensure_writable()
     if on_ready is not None and is_main:
       on_ready()
     if start >= cfg.train.max_steps:
       log(f"nothing to do: the run already reached train.max_steps={cfg.train.max_steps}")
-      ckpt.close()
       return 0
-    if is_main:
-      truncate_after(workdir, start)
+    if is_main:  # lines of a killed session past the checkpoint; all of them with none to resume
+      truncate_after(workdir, start if restored is not None else -1)
     writer = MetricWriter(workdir, enabled=is_main)
+    closers.append(writer.close)
 
     with Timer() as t:
       example = abstract_batch(setup.loader.batch(start), setup.batch_sharding)
@@ -204,6 +239,11 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
       watch.eval += t.seconds
       return record(step, values)
 
+    if preemption.requested:  # while restoring or compiling: nothing new to save
+      log(f"stopped at step {start}: SIGTERM before training began; re-run the same command to "
+          "resume")
+      return PREEMPTED_EXIT_CODE
+
     eval_enabled = cfg.eval.every_steps + cfg.eval.every_seconds > 0
     last_eval_step = None
     if start == 0 and eval_enabled:
@@ -218,90 +258,110 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
     # Where a seconds-based limit (budget, timed eval) falls due; the first step measures the pace.
     timed = cfg.train.max_train_seconds or cfg.eval.every_seconds
     next_timed_step = start + 1 if timed else math.inf
-    single_process = jax.process_count() == 1
     metrics = None
     step = start
     exit_code = 0
     stop_reason = f"reached train.max_steps={cfg.train.max_steps}"
-    with _Preemption() as preemption:
-      batches = setup.loader.iterate(start, cfg.data.prefetch)
-      while step < cfg.train.max_steps:
-        _, host_batch = next(batches)
-        state, metrics = train_fn(state, shd.global_batch(host_batch, setup.batch_sharding))
-        step += 1
+    # train.on_nonfinite=skip: skipped steps so far (the state knows), and how many in a row.
+    skipped = start - int(jax.device_get(applied_updates(state.opt_state))) if skip_nonfinite else 0
+    skipped_in_a_row = 0
+    ckpt_owed = False  # a checkpoint fell due at a skipped step: save at the next good sync
+    batches = setup.loader.iterate(start, cfg.data.prefetch)
+    while step < cfg.train.max_steps:
+      _, host_batch = next(batches)
+      state, metrics = train_fn(state, shd.global_batch(host_batch, setup.batch_sharding))
+      step += 1
 
-        eval_due = (cfg.eval.every_steps and step % cfg.eval.every_steps == 0) or (
-            cfg.eval.every_seconds and watch.train - last_eval_seconds >= cfg.eval.every_seconds)
-        ckpt_by_steps = step % cfg.checkpoint.every_steps == 0
-        ckpt_by_clock = bool(cfg.checkpoint.every_seconds) and (
-            time.perf_counter() - last_ckpt_time >= cfg.checkpoint.every_seconds)
-        last = step == cfg.train.max_steps
-        # Only step counts and agreed seconds (below) say when to sync, so every process syncs at
-        # the same steps; one process alone may also sync on its own clock or on SIGTERM.
-        sync_due = (step % cfg.train.log_every == 0 or eval_due or ckpt_by_steps or last
-                    or step >= next_timed_step)
-        if not (sync_due or (single_process and (ckpt_by_clock or preemption.requested))):
-          continue
+      eval_due = (cfg.eval.every_steps and step % cfg.eval.every_steps == 0) or (
+          cfg.eval.every_seconds and watch.train - last_eval_seconds >= cfg.eval.every_seconds)
+      ckpt_by_steps = step % cfg.checkpoint.every_steps == 0
+      ckpt_by_clock = bool(cfg.checkpoint.every_seconds) and (
+          time.perf_counter() - last_ckpt_time >= cfg.checkpoint.every_seconds)
+      last = step == cfg.train.max_steps
+      # Only step counts and agreed seconds (below) say when to sync, so every process syncs at
+      # the same steps; one process alone may also sync on its own clock or on SIGTERM.
+      sync_due = (step % cfg.train.log_every == 0 or eval_due or ckpt_by_steps or last
+                  or step >= next_timed_step)
+      if not (sync_due or (single_process and (ckpt_by_clock or preemption.requested))):
+        continue
 
-        # Synchronise: everything since the last sync was training.
-        values = jax.device_get(metrics)
-        now = time.perf_counter()
-        agreed = distributed.agree({"window": now - last_sync, "ckpt_by_clock": ckpt_by_clock},
-                                   {"preempted": preemption.requested})
-        window, preempted = agreed["window"], agreed["preempted"]
-        ckpt_due = ckpt_by_steps or bool(agreed["ckpt_by_clock"])
-        watch.train += window
-        steps_done = step - window_start_step
-        tokens_per_second = steps_done * tokens_per_step / window
-        mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
-        line = record(step, {"loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
-                             "grad_norm": float(values["grad_norm"]),
-                             "tokens_per_second": tokens_per_second, "mfu": mfu})
-        remaining = (cfg.train.max_steps - step) * window / steps_done
-        if cfg.train.max_train_seconds:
-          remaining = min(remaining, cfg.train.max_train_seconds - watch.train)
-        log(f"step {step}/{cfg.train.max_steps} | loss {line['loss']:.4f} | "
-            f"{tokens_per_second / 1e3:.1f}k tok/s" + (f" | mfu {mfu:.2f}" if mfu else "") +
-            f" | train {format_seconds(watch.train)} | ETA {format_seconds(remaining)}")
+      # Synchronise: everything since the last sync was training.
+      values = jax.device_get(metrics)
+      now = time.perf_counter()
+      agreed = distributed.agree({"window": now - last_sync, "ckpt_by_clock": ckpt_by_clock},
+                                 {"preempted": preemption.requested})
+      window, preempted = agreed["window"], agreed["preempted"]
+      ckpt_due = ckpt_by_steps or bool(agreed["ckpt_by_clock"])
+      watch.train += window
+      steps_done = step - window_start_step
+      finite = math.isfinite(float(values["loss"])) and math.isfinite(float(values["grad_norm"]))
+      extra = {}
+      if skip_nonfinite:
+        newly = step - int(jax.device_get(applied_updates(state.opt_state))) - skipped
+        skipped += newly
+        skipped_in_a_row = (skipped_in_a_row + steps_done if newly == steps_done
+                            else (0 if finite else 1))
+        extra["skipped_steps"] = skipped
+      tokens_per_second = steps_done * tokens_per_step / window
+      mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
+      line = record(step, {"loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
+                           "grad_norm": float(values["grad_norm"]),
+                           "tokens_per_second": tokens_per_second, "mfu": mfu, **extra})
+      remaining = (cfg.train.max_steps - step) * window / steps_done
+      if cfg.train.max_train_seconds:
+        remaining = min(remaining, cfg.train.max_train_seconds - watch.train)
+      log(f"step {step}/{cfg.train.max_steps} | loss {line['loss']:.4f} | "
+          f"{tokens_per_second / 1e3:.1f}k tok/s" + (f" | mfu {mfu:.2f}" if mfu else "") +
+          (f" | skipped {skipped}" if skipped else "") +
+          f" | train {format_seconds(watch.train)} | ETA {format_seconds(remaining)}")
 
-        if not math.isfinite(line["loss"]):
-          log(f"error: the loss became non-finite at step {step}; lower train.learning_rate or check "
-              "the data. The last checkpoint is kept.")
-          ckpt.close()
-          writer.close()
-          return 1
+      if not finite and not skip_nonfinite:
+        when = f"step {step}" if steps_done == 1 else f"a step in {window_start_step + 1}..{step}"
+        raise TrainingDiverged(
+            f"the loss became non-finite at {when}; lower train.learning_rate, check the data, or "
+            "set train.on_nonfinite=skip to drop such steps (a changed config needs --override), "
+            f"then re-run: the run resumes from {ckpt.kept()}.")
+      if skipped_in_a_row >= SKIP_LIMIT:
+        raise TrainingDiverged(
+            f"the last {skipped_in_a_row} steps up to step {step} all had a non-finite loss and "
+            "were skipped, so the model itself has diverged; lower train.learning_rate (a changed "
+            f"config needs --override), then re-run: the run resumes from {ckpt.kept()}.")
 
-        if eval_due:
-          last_eval_seconds, last_eval_step = watch.train, step
-          eval_line = run_eval(step)
-          log(f"step {step} | {eval_summary(setup, eval_line)}")
-          if cfg.train.target_eval_loss and eval_line["eval_loss"] <= cfg.train.target_eval_loss:
-            stop_reason = f"eval_loss reached train.target_eval_loss={cfg.train.target_eval_loss}"
-            break
-        if cfg.train.max_train_seconds and watch.train >= cfg.train.max_train_seconds:
-          stop_reason = f"used the budget train.max_train_seconds={cfg.train.max_train_seconds}"
+      if eval_due:
+        last_eval_seconds, last_eval_step = watch.train, step
+        eval_line = run_eval(step)
+        log(f"step {step} | {eval_summary(setup, eval_line)}")
+        if cfg.train.target_eval_loss and eval_line["eval_loss"] <= cfg.train.target_eval_loss:
+          stop_reason = f"eval_loss reached train.target_eval_loss={cfg.train.target_eval_loss}"
           break
-        if preempted:
-          stop_reason = "SIGTERM: checkpoint saved; re-run the same command to resume"
-          exit_code = PREEMPTED_EXIT_CODE
-          break
-        if ckpt_due:
-          last_ckpt_time = checkpoint(step)
-        next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, last_eval_seconds)
-        last_sync = time.perf_counter()
-        window_start_step = step
+      if cfg.train.max_train_seconds and watch.train >= cfg.train.max_train_seconds:
+        stop_reason = f"used the budget train.max_train_seconds={cfg.train.max_train_seconds}"
+        break
+      if preempted:
+        stop_reason = "SIGTERM: checkpoint saved; re-run the same command to resume"
+        exit_code = PREEMPTED_EXIT_CODE
+        break
+      # A step just skipped may be a weight blow-up in the making: the checkpoint waits for a
+      # sync whose step was good.
+      wants_ckpt = ckpt_due or ckpt_owed
+      ckpt_owed = wants_ckpt and not finite
+      if wants_ckpt and finite:
+        last_ckpt_time = checkpoint(step)
+      next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, last_eval_seconds)
+      last_sync = time.perf_counter()
+      window_start_step = step
 
-      del batches  # stops the prefetch thread
+    del batches  # stops the prefetch thread
     if eval_enabled and last_eval_step != step and exit_code == 0:
       eval_line = run_eval(step)  # every finished run ends with the eval loss it reached
       log(f"step {step} | {eval_summary(setup, eval_line)}")
     if ckpt.latest_step() != step:
       checkpoint(step, wait=True)
-    ckpt.close()
-    writer.close()
+    ckpt.wait()
   log(f"stopped at step {step}: {stop_reason} | train {format_seconds(watch.train)}, compile "
       f"{format_seconds(watch.compile)}, eval {format_seconds(watch.eval)}, checkpoint "
       f"{format_seconds(watch.checkpoint)}, elapsed {format_seconds(watch.elapsed())}"
+      + (f" | {skipped} steps skipped (non-finite loss)" if skipped else "")
       + peak_memory_note())
   return exit_code
 

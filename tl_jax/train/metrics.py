@@ -58,7 +58,7 @@ class MetricWriter:
     self._file.flush()
     if self._tb is not None:
       for key, value in record.items():
-        if key != "step" and isinstance(value, (int, float)) and value is not None:
+        if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
           self._tb.add_scalar(key, value, record["step"])
 
   def close(self) -> None:

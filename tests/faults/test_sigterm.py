@@ -1,0 +1,87 @@
+"""SIGTERM, as a pre-emptible VM gets it, at the awkward moments: mid-write and mid-compile.
+
+tests/test_preemption.py sends it between training steps. Here one run is terminated while
+an asynchronous checkpoint is being written, then again while its restart compiles, and is
+finally run to the end: each SIGTERM must end the process within the grace period with exit
+143 and a checkpoint of every step trained, and the finished run must equal an
+uninterrupted one.
+"""
+
+import re
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from faults.harness import (GRACE_SECONDS, LONG, LONG_STEPS, REPO, checkpoint_steps, final_params,
+                            read_metrics, run, tl_jax, wait_for)
+
+pytestmark = pytest.mark.slow
+
+
+def terminate_when(condition, workdir, out, env, what: str):
+  """Starts the run, sends SIGTERM once `condition(out_text)` holds, and returns
+  (exit code, seconds from SIGTERM to exit, output)."""
+  with open(out, "w") as f:
+    proc = subprocess.Popen(tl_jax("pretrain", f"--workdir={workdir}", *LONG), cwd=REPO, env=env,
+                            stdout=f, stderr=subprocess.STDOUT)
+    try:
+      wait_for(lambda: condition(out.read_text()), proc, 120, what)
+      sent = time.monotonic()
+      proc.send_signal(signal.SIGTERM)
+      code = proc.wait(timeout=GRACE_SECONDS)
+      seconds = time.monotonic() - sent
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return code, seconds, out.read_text()
+
+
+def test_sigterm_during_a_checkpoint_write_and_during_compilation(tmp_path, env, uninterrupted,
+                                                                  reliability):
+  workdir = tmp_path / "run"
+  ckpts = workdir / "checkpoints"
+
+  written = []
+
+  def writing(_):
+    written[:] = [int(p.name.split(".")[0]) for p in ckpts.iterdir()
+                  if ".orbax-checkpoint-tmp" in p.name] if ckpts.is_dir() else []
+    return written
+
+  code, seconds, out = terminate_when(writing, workdir, tmp_path / "first.out", env,
+                                      "an asynchronous checkpoint write")
+  assert code == 143 and "Traceback" not in out, out
+  last = out.strip().splitlines()[-1]
+  stopped = int(re.match(r"stopped at step (\d+): SIGTERM", last).group(1))
+  assert checkpoint_steps(workdir)[-2:] == [written[0], stopped], out  # the write under way too
+  assert max(r["step"] for r in read_metrics(workdir)) == stopped
+  reliability("SIGTERM (pre-emption)", "SIGTERM while an asynchronous checkpoint is being written",
+              f"exit 143 after {seconds:.1f}s (grace {GRACE_SECONDS}s): checkpoint {written[0]}, "
+              f"being written, completed and checkpoint {stopped} saved at the step it stopped")
+
+  code, seconds, out = terminate_when(lambda text: "resumed from step" in text, workdir,
+                                      tmp_path / "second.out", env, "the restart's restore")
+  assert code == 143 and "Traceback" not in out, out
+  assert f"resumed from step {stopped} " in out, out
+  assert "SIGTERM before training began" in out.strip().splitlines()[-1], out
+  assert checkpoint_steps(workdir)[-1] == stopped
+  reliability("SIGTERM (pre-emption)", "SIGTERM while a resumed run restores and compiles",
+              f"exit 143 after {seconds:.1f}s, no step trained and nothing new to save; "
+              f"checkpoint {stopped} untouched")
+
+  final = run(tl_jax("pretrain", f"--workdir={workdir}", *LONG), env)
+  assert final.returncode == 0, final.stdout + final.stderr
+  assert f"resumed from step {stopped} " in final.stdout, final.stdout
+  at_end = lambda rs: [r.get("loss") for r in rs if r["step"] == LONG_STEPS and "loss" in r]
+  assert at_end(read_metrics(workdir)) == at_end(read_metrics(uninterrupted))
+  _, params = final_params(workdir)
+  _, reference = final_params(uninterrupted)
+  for a, b in zip(reference, params):
+    np.testing.assert_array_equal(a, b)
+  reliability("SIGTERM (pre-emption)", "the same command after both SIGTERMs",
+              f"resumed from checkpoint {stopped} and finished with parameters and loss bitwise "
+              "equal to an uninterrupted run")
