@@ -2,14 +2,12 @@
 command then resumes. (tests/faults/test_sigterm.py sends it mid-write and mid-compile.)"""
 
 import re
-import signal
 import subprocess
-import time
 
 import pytest
 
 from faults.harness import (GRACE_SECONDS, REPO, checkpoint_steps, cli_env, read_metrics,
-                            reached_step, tl_jax, wait_for)
+                            reached_step, terminate_when, tl_jax)
 
 MAX_STEPS = 60
 SIGTERM_AFTER_STEP = 20
@@ -31,17 +29,8 @@ def test_sigterm_checkpoints_and_same_command_resumes(tmp_path, reliability):
   # First session: terminated once it has trained a little.
   out_path, err_path = tmp_path / "first.out", tmp_path / "first.err"
   with open(out_path, "w") as out, open(err_path, "w") as err:
-    proc = subprocess.Popen(command(workdir), cwd=REPO, env=env, stdout=out, stderr=err)
-    try:
-      wait_for(reached_step(workdir, SIGTERM_AFTER_STEP), proc, 90, f"step {SIGTERM_AFTER_STEP}")
-      sent = time.monotonic()
-      proc.send_signal(signal.SIGTERM)
-      code = proc.wait(timeout=GRACE_SECONDS)
-      seconds = time.monotonic() - sent
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    code, seconds = terminate_when(command(workdir), env, reached_step(workdir, SIGTERM_AFTER_STEP),
+                                   90, f"step {SIGTERM_AFTER_STEP}", out, err)
   stdout, stderr = out_path.read_text(), err_path.read_text()
   assert code == 143, stdout + stderr
   assert "Traceback" not in stdout + stderr

@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -114,6 +115,23 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float, what: str, poll:
       pytest.fail(f"the run ended (exit {proc.returncode}) before {what}")
     time.sleep(poll)
   pytest.fail(f"no {what} within {timeout:.0f}s")
+
+
+def terminate_when(argv: list[str], env: dict, condition, timeout: float, what: str, stdout,
+                   stderr=subprocess.STDOUT) -> tuple[int, float]:
+  """Starts `argv`, sends SIGTERM once `condition()` holds, and returns (exit code, seconds from
+  SIGTERM to exit); a process still alive after GRACE_SECONDS is killed (and the wait raises)."""
+  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+  try:
+    wait_for(condition, proc, timeout, what)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=GRACE_SECONDS)
+    return code, time.monotonic() - sent
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
 
 
 def reached_step(workdir, step: int):

@@ -8,35 +8,22 @@ uninterrupted one.
 """
 
 import re
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 
-from faults.harness import (GRACE_SECONDS, LONG, LONG_STEPS, REPO, checkpoint_steps, final_params,
-                            read_metrics, run, tl_jax, wait_for)
+from faults.harness import (GRACE_SECONDS, LONG, LONG_STEPS, checkpoint_steps, final_params,
+                            read_metrics, run, terminate_when, tl_jax)
 
 pytestmark = pytest.mark.slow
 
 
-def terminate_when(condition, workdir, out, env, what: str):
+def terminate_run_when(condition, workdir, out, env, what: str):
   """Starts the run, sends SIGTERM once `condition(out_text)` holds, and returns
   (exit code, seconds from SIGTERM to exit, output)."""
   with open(out, "w") as f:
-    proc = subprocess.Popen(tl_jax("pretrain", f"--workdir={workdir}", *LONG), cwd=REPO, env=env,
-                            stdout=f, stderr=subprocess.STDOUT)
-    try:
-      wait_for(lambda: condition(out.read_text()), proc, 120, what)
-      sent = time.monotonic()
-      proc.send_signal(signal.SIGTERM)
-      code = proc.wait(timeout=GRACE_SECONDS)
-      seconds = time.monotonic() - sent
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    code, seconds = terminate_when(tl_jax("pretrain", f"--workdir={workdir}", *LONG), env,
+                                   lambda: condition(out.read_text()), 120, what, f)
   return code, seconds, out.read_text()
 
 
@@ -52,8 +39,8 @@ def test_sigterm_during_a_checkpoint_write_and_during_compilation(tmp_path, env,
                   if ".orbax-checkpoint-tmp" in p.name] if ckpts.is_dir() else []
     return written
 
-  code, seconds, out = terminate_when(writing, workdir, tmp_path / "first.out", env,
-                                      "an asynchronous checkpoint write")
+  code, seconds, out = terminate_run_when(writing, workdir, tmp_path / "first.out", env,
+                                          "an asynchronous checkpoint write")
   assert code == 143 and "Traceback" not in out, out
   last = out.strip().splitlines()[-1]
   stopped = int(re.match(r"stopped at step (\d+): SIGTERM", last).group(1))
@@ -63,8 +50,8 @@ def test_sigterm_during_a_checkpoint_write_and_during_compilation(tmp_path, env,
               f"exit 143 after {seconds:.1f}s (grace {GRACE_SECONDS}s): checkpoint {written[0]}, "
               f"being written, completed and checkpoint {stopped} saved at the step it stopped")
 
-  code, seconds, out = terminate_when(lambda text: "resumed from step" in text, workdir,
-                                      tmp_path / "second.out", env, "the restart's restore")
+  code, seconds, out = terminate_run_when(lambda text: "resumed from step" in text, workdir,
+                                          tmp_path / "second.out", env, "the restart's restore")
   assert code == 143 and "Traceback" not in out, out
   assert f"resumed from step {stopped} " in out, out
   assert "SIGTERM before training began" in out.strip().splitlines()[-1], out
