@@ -150,6 +150,10 @@ def _quiet_libraries() -> None:
   # warning comes whenever they are collected, from whatever code runs then. tl_jax has no
   # coroutines of its own.
   warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+  # Likewise the futures of those reads: asyncio logs each failed one as "never retrieved" when it
+  # is collected, a duplicate of the warning tl_jax printed (seen on CI, depending on GC timing).
+  logging.getLogger("asyncio").addFilter(
+      lambda record: "exception was never retrieved" not in record.getMessage())
 
 
 def _not_orbax_error(record) -> bool:
