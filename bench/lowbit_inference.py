@@ -94,37 +94,16 @@ def build_model(args):
 
 def load_workdir(workdir: str, cpu):
   """A `tl-jax finetune` workdir's classifier and best parameters, placed on the host."""
-  import flax.linen as nn
-  import jax
-  import orbax.checkpoint as ocp
+  from tl_jax.config import ParallelConfig
+  from tl_jax.parallel.mesh import make_mesh
+  from tl_jax.parallel.rules import rules_for
+  from tl_jax.tasks.workdir import Workdir
 
-  from tl_jax import config as config_lib
-  from tl_jax.models.classifier import Classifier
-  from tl_jax.train.best import BestParams
-
-  config = config_lib.load(os.path.join(workdir, "config.json"))
-  if not isinstance(config, config_lib.FinetuneConfig):
-    sys.exit(f"--workdir={workdir} is not a `tl-jax finetune` workdir (its config.json is a "
-             f"{type(config).__name__}).")
-  best = BestParams(workdir, "accuracy", higher_is_better=True)
-  if not best.exists():
-    sys.exit(f"--workdir={workdir} has no best parameters yet ({best.info_path} is missing).")
-  # The vocabulary (padded) and label count are read off the saved shapes.
-  with ocp.StandardCheckpointer() as checkpointer:
-    metadata = checkpointer.metadata(best.params_path)
-  metadata = getattr(metadata, "item_metadata", metadata)
-  leaves = jax.tree_util.tree_flatten_with_path(metadata, is_leaf=lambda x: hasattr(x, "shape"))[0]
-  shapes = {tuple(str(getattr(k, "key", k)) for k in path): leaf.shape for path, leaf in leaves}
-  shape = lambda *path: next(s for k, s in shapes.items() if k[:len(path)] == path)
-  model_config = config.model
-  model = Classifier(model_config, shape("token_embed", "embedding")[0],
-                     shape("head_out", "kernel")[-1], config.head.pooling)
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), np.zeros((1, 8), np.int32), deterministic=True)["params"])
-  on_cpu = jax.sharding.SingleDeviceSharding(cpu)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_cpu), abstract)
-  params = nn.meta.unbox(best.restore(abstract))
-  return model, params, f"{workdir}: {best.describe()}"
+  run = Workdir.open(workdir, commands=("finetune",))
+  run.config.parallel = ParallelConfig(data=1)
+  mesh, rules = make_mesh(run.config, [cpu]), rules_for(run.config.parallel.rules)
+  params, described = run.restore_params(run.choose("best"), mesh, rules)
+  return run.task.model(run.tokenizer().vocab_size), params, described
 
 
 def host_device():

@@ -4,9 +4,9 @@
                             [--variants=tl_jax,scan] [--profile=large-512] [--no-peers]
   python3 -u bench/speed.py --size=tiny --no-peers      # a CPU smoke run (~1 minute)
 
-Times the train step that `tl-jax pretrain` and `tl-jax translate` run (built by
-`training_program`, fed like the loop feeds it) on the shapes of the peer scripts in
-`../shared/bench/`: MLM RoBERTa-base at S=128/B=256 and S=512/B=64, RoBERTa-large at
+Times the train step that `tl-jax pretrain` and `tl-jax translate` run (built by the task's
+`program`, tl_jax/tasks/base.py, fed like the loop feeds it) on the shapes of the peer scripts
+in `../shared/bench/`: MLM RoBERTa-base at S=128/B=256 and S=512/B=64, RoBERTa-large at
 S=512/B=32, and translation transformer-big at S=T=128/B=192. For each it reports
 tokens/s (target tokens for translation), MFU with the peers' FLOP convention against
 the bf16 matmul peak measured in the same call, peak device memory and compile seconds.
@@ -170,7 +170,8 @@ def child(args) -> None:
   from tl_jax.parallel import sharding as shd
   from tl_jax.parallel.mesh import make_mesh
   from tl_jax.parallel.rules import rules_for
-  from tl_jax.train import pretrain, translate
+  from tl_jax.tasks import task_for
+  from tl_jax.tasks.base import Vocabulary
 
   if args.child == "peak":
     print("RESULT " + json.dumps({"peak_tflops": measured_peak_tflops()}), flush=True)
@@ -180,7 +181,7 @@ def child(args) -> None:
   overrides, _, feed = VARIANTS[args.variant]
   config = case_config(args.child, cases, overrides)
   mesh, rules = make_mesh(config), rules_for(config.parallel.rules)
-  program = (pretrain if task == "mlm" else translate).training_program(config, vocab, mesh, rules)
+  program = task_for(config).program(Vocabulary(vocab), mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # as loop.run traces and runs it
     state = program.init_fn()
     host = random_batch(task, seq_len, batch_size, vocab)

@@ -22,4 +22,4 @@ for preset in "$@"; do
     ${COMPRESS_ARGS:-} 2>&1 | grep -E "^(compressing|compiled|\[)"
   finetuned+=("$root/$preset/sst2")
 done
-python3 -m tl_jax.compress.table "${finetuned[@]}"
+python3 -m tl_jax.report.table "${finetuned[@]}"

@@ -23,4 +23,4 @@ tl-jax compress $grid --workdir="$root/dense" --config.bits= --config.sparsities
   2>&1 | grep -E "^(compressing|compiled|\[)"
 tl-jax compress $grid --workdir="$root/pruned" --config.sparsities= --config.combined_sparsities= \
   2>&1 | grep -E "^(compressing|compiled|\[)"
-python3 -m tl_jax.compress.table "$root/dense" "$root/pruned"
+python3 -m tl_jax.report.table "$root/dense" "$root/pruned"

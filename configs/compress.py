@@ -1,14 +1,16 @@
-"""Compression grids: `tl-jax compress --workdir=FINETUNED --config=configs/compress.py:GRID`.
+"""Compression grids: `tl-jax compress --workdir=WORKDIR --config=configs/compress.py:GRID`.
 
-Every grid starts with the uncompressed model; results go to FINETUNED/compress.jsonl,
-one line per point (tl_jax/compress/grid.py).
+WORKDIR is a finetuned, translation or pretraining run, judged by its own metric (accuracy,
+BLEU, eval loss). Every grid starts with the uncompressed model; results go to
+WORKDIR/compress.jsonl, one line per point (tl_jax/compress/grid.py).
 
 Grids:
   quick   uniform 8/4/2 bits, 50% and 90% magnitude pruning, 50% pruned + 4 bits;
           seconds on a CPU, for smoke tests and the demo
   paper   the paper's axes (Li et al. 2020, Figs. 7-9): uniform and k-means at 8/6/4/3/2 bits,
-          magnitude pruning 10-90%, 2:4, and pruning 30/50/70% then 8/6/4 bits
-  bits    quantization alone, every width 1..8, uniform and k-means
+          magnitude pruning 10-90%, 2:4, and pruning 30/50/70% then 8/6/4 bits; plus GPTQ
+          (calibrated on the run's training batches) at every bit width and combination
+  bits    quantization alone, every width 1..8, uniform, k-means and GPTQ
   sparsity  magnitude pruning alone, 0-90% in steps of 10%
 
 Settings every point shares live in `quant` and `prune`, e.g. --config.quant.granularity=group,
@@ -30,7 +32,7 @@ def quick() -> CompressConfig:
 
 def paper() -> CompressConfig:
   c = CompressConfig()
-  c.quant_methods = "uniform,kmeans"
+  c.quant_methods = "uniform,kmeans,gptq"
   c.bits = "8,6,4,3,2"
   c.sparsities = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
   c.nm = True
@@ -41,7 +43,7 @@ def paper() -> CompressConfig:
 
 def bits() -> CompressConfig:
   c = CompressConfig()
-  c.quant_methods = "uniform,kmeans"
+  c.quant_methods = "uniform,kmeans,gptq"
   c.bits = "8,7,6,5,4,3,2,1"
   c.sparsities = ""
   c.combined_sparsities = ""

@@ -13,8 +13,13 @@ from test_cli_errors import assert_one_sentence, snapshot
 from test_finetune import finetune_config, pretrain_tiny, run_cli
 
 from tl_jax import config as config_lib
+from tl_jax import tasks
 from tl_jax.compress import apply, grid
-from tl_jax.train import finetune
+from tl_jax.compress.layout import model_layouts
+from tl_jax.parallel.mesh import make_mesh
+from tl_jax.parallel.rules import rules_for
+from tl_jax.tasks import compression, scoring
+from tl_jax.tasks.workdir import Workdir
 from tl_jax.train.checkpoint import Checkpointer
 
 
@@ -33,8 +38,21 @@ def small_finetune(init: str, workdir: str, **sections) -> config_lib.FinetuneCo
   config_lib.validate(c)
   os.makedirs(workdir, exist_ok=True)
   config_lib.save(c, os.path.join(workdir, "config.json"))  # as the CLI does
-  assert finetune.run(c, workdir, jax.devices()[:1]) == 0
+  assert tasks.run(c, workdir, jax.devices()[:1]) == 0
   return c
+
+
+def restored(workdir: str, which: str = "latest", step: int | None = None):
+  """(flat parameters, layouts) of a workdir's newest checkpoint, one of `step`, or best/."""
+  run = Workdir.open(workdir)
+  run.config.parallel = config_lib.ParallelConfig(data=1)
+  mesh, rules = make_mesh(run.config, jax.devices()[:1]), rules_for("default")
+  if step is None:
+    params, _ = run.restore_params(which, mesh, rules)
+  else:
+    params = run.restore_state(mesh, rules, step).params
+  layouts = model_layouts(run.task.model(run.tokenizer().vocab_size), run.task.example_input())
+  return apply.flat(params), layouts
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +84,13 @@ def test_grid_compiles_once_and_exports_evaluate_exactly(finetuned):
   config.export = True
   config_lib.validate(config)
   grid.COMPILES.clear()
-  assert grid.run(config, finetuned) == 0
+  scoring.TRACES.clear()
+  assert compression.run(config, finetuned) == 0
   lines = {line["point"]: line for line in read_lines(finetuned)}
   points = grid.points(config)
   assert list(lines) == [p.name for p in points]
   # One evaluation for the whole grid; one transform per quantizer/pruner combination.
-  assert grid.COMPILES["evaluate"] == 1
+  assert lines["float32"]["compiles"]["evaluate"] == 1 == scoring.TRACES["evaluate"]
   assert grid.COMPILES["compress"] == len({p.static_key() for p in points})
 
   base = lines["float32"]
@@ -98,6 +117,29 @@ def test_grid_compiles_once_and_exports_evaluate_exactly(finetuned):
   assert set(base["weights"]["summary"]) == {"kurtosis", "outliers"}
 
 
+@pytest.mark.slow
+def test_pretraining_workdir_compresses_by_eval_loss(pretrained):
+  """A masked-LM workdir is judged by its eval loss (lower is better), as it was trained."""
+  config = config_lib.load_preset("configs/compress.py:quick")
+  config.bits, config.sparsities, config.combined_sparsities = "8,2", "0.9", ""
+  config.export = True
+  config_lib.validate(config)
+  assert compression.run(config, pretrained) == 0
+  lines = {line["point"]: line for line in read_lines(pretrained)}
+  base = lines["float32"]
+  best = json.load(open(os.path.join(pretrained, "best", "best.json")))
+  assert base["metric"] == "eval_loss" and base["higher_is_better"] is False
+  assert base["eval_loss"] == pytest.approx(best["eval_loss"], rel=1e-6)
+  assert base["eval_perplexity"] == pytest.approx(np.exp(base["eval_loss"]), rel=1e-6)
+  assert base["memory_bytes"] == 4 * base["model"]["params"]
+  two, eight = lines["uniform2b-sym-channel"], lines["uniform8b-sym-channel"]
+  assert two["drop"] == pytest.approx(two["eval_loss"] - base["eval_loss"])
+  assert two["drop"] > abs(eight["drop"]) and two["kl"] > eight["kl"] > 0
+  assert lines["prune0.9-global"]["eval_loss"] > base["eval_loss"]
+  for line in lines.values():
+    assert line["export"]["eval_loss"] == line["eval_loss"]
+
+
 def _matrices(params: dict, layouts: dict, prune) -> dict:
   return {p: layouts[p].to_view(np.asarray(params[p])) for p in apply.prune_targets(layouts, prune)}
 
@@ -108,18 +150,18 @@ def test_pruned_weights_stay_zero_while_finetuning(pretrained, tmp_path):
   c = small_finetune(pretrained, workdir, prune=dict(method="magnitude", sparsity=0.6,
                                                      begin_fraction=0.1, end_fraction=0.5,
                                                      every_steps=10))
-  ft = grid.Finetuned.open(workdir, "latest", 64, 0)
+  params, layouts = restored(workdir, "latest")
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=10, async_save=False)
   steps = ckpt.all_steps()
   ckpt.close()
   assert max(steps) == 100 and 40 in steps
-  final = _matrices(ft.params, ft.layouts, c.prune)
+  final = _matrices(params, layouts, c.prune)
   zeros = sum(int(np.sum(w == 0)) for w in final.values())
   total = sum(w.size for w in final.values())
   assert zeros == round(0.6 * total)  # exact, global
   # Weights pruned by step 40 (sparsity still rising) are still zero at step 100.
-  mid = apply.flat(grid.restore_state(workdir, c, ft.model, step=40).params)
-  mid_zero = {p: w == 0 for p, w in _matrices(mid, ft.layouts, c.prune).items()}
+  mid, _ = restored(workdir, step=40)
+  mid_zero = {p: w == 0 for p, w in _matrices(mid, layouts, c.prune).items()}
   assert 0 < sum(int(z.sum()) for z in mid_zero.values()) < zeros
   for p, z in mid_zero.items():
     assert np.all(final[p][z] == 0), p
@@ -132,8 +174,8 @@ def test_pruned_weights_stay_zero_while_finetuning(pretrained, tmp_path):
 def test_two_of_four_pruning_while_finetuning(pretrained, tmp_path):
   workdir = str(tmp_path / "nm")
   c = small_finetune(pretrained, workdir, prune=dict(method="nm", begin_fraction=0.2))
-  ft = grid.Finetuned.open(workdir, "best", 64, 0)
-  for path, w in _matrices(ft.params, ft.layouts, c.prune).items():
+  params, layouts = restored(workdir, "best")
+  for path, w in _matrices(params, layouts, c.prune).items():
     s, i, o = w.shape
     kept = (w != 0).reshape(s, i // 4, 4, o).sum(axis=2)
     assert np.all(kept == 2), path
@@ -147,14 +189,14 @@ def test_quantization_aware_finetuning_evaluates_the_quantized_model(pretrained,
   config = config_lib.load_preset("configs/compress.py:quick")
   config.bits, config.sparsities, config.combined_sparsities = "4", "", ""
   config.analysis = False
-  assert grid.run(config, workdir) == 0
+  assert compression.run(config, workdir) == 0
   lines = {line["point"]: line for line in read_lines(workdir)}
   # The run's own evaluation was of the 4-bit model: the grid's 4-bit point reproduces it.
   assert lines["uniform4b-sym-channel"]["accuracy"] == best["accuracy"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["bits", "sparsity", "nm", "pretrain-workdir", "unfinished"])
+@pytest.mark.parametrize("case", ["bits", "sparsity", "nm", "not-a-workdir", "unfinished"])
 def test_bad_compression_input_is_one_sentence(pretrained, finetuned, tmp_path, case):
   workdir = finetuned
   args = ["--config=configs/compress.py:quick"]
@@ -167,15 +209,16 @@ def test_bad_compression_input_is_one_sentence(pretrained, finetuned, tmp_path, 
   elif case == "nm":
     args += ["--config.nm=true", "--config.prune.m=3", "--config.prune.n=1"]
     expect = ("prune.m=3", "128 input features")
-  elif case == "pretrain-workdir":
-    workdir = pretrained
-    expect = ("tl-jax pretrain", "finetune")
+  elif case == "not-a-workdir":
+    workdir = str(tmp_path / "empty")
+    os.makedirs(workdir)
+    expect = ("holds no config.json", "workdir")
   else:  # a finetuning run that never evaluated
     workdir = str(tmp_path / "unfinished")
     os.makedirs(workdir)
     config_lib.save(config_lib.load(os.path.join(finetuned, "config.json")),
                     os.path.join(workdir, "config.json"))
-    expect = ("no finetuned parameters", "checkpoint=latest")
+    expect = ("no best parameters", "checkpoint=latest")
   before = snapshot(pathlib.Path(workdir))
   assert_one_sentence(run_cli("compress", f"--workdir={workdir}", *args), *expect)
   assert snapshot(pathlib.Path(workdir)) == before

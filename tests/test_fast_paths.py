@@ -26,7 +26,8 @@ from tl_jax.models.encoder import MaskedLM
 from tl_jax.models.layers import Embed, embedding_lookup
 from tl_jax.train.optimizer import optimizer, schedule
 from tl_jax.train.state import init_state
-from tl_jax.train.step import cross_entropy, train_step
+from tl_jax.tasks.masked_lm import train_step
+from tl_jax.train.step import cross_entropy
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 100

@@ -10,7 +10,8 @@ from tl_jax import config as config_lib
 from tl_jax.config import ModelConfig
 from tl_jax.models.encoder import MaskedLM
 from tl_jax.models.layers import attention_implementation
-from tl_jax.train import metrics, pretrain
+from tl_jax import tasks
+from tl_jax.train import metrics
 
 pytestmark = pytest.mark.gpu
 
@@ -42,7 +43,7 @@ def test_bf16_training_on_gpu_learns(tmp_path):
   c.train.max_steps = 200
   c.eval.num_batches = 4
   workdir = str(tmp_path / "bf16")
-  assert pretrain.run(c, workdir) == 0
+  assert tasks.run(c, workdir) == 0
   lines = metrics.read(workdir)
   evals = [l["eval_loss"] for l in lines if "eval_loss" in l]
   assert evals[-1] < evals[0] - 2.0, evals
@@ -53,14 +54,13 @@ def test_bf16_training_on_gpu_learns(tmp_path):
 def test_pretraining_pays_off_on_synthetic_sentiment(tmp_path):
   """RoBERTa-base shape, pretrained on the synthetic documents for 150 seconds, then finetuned
   on the sentiment task, beats the same shape finetuned from random weights."""
-  from tl_jax.train import finetune
   pre = config_lib.load_preset("configs/mlm.py:gpu-smoke")
   pre.train.max_train_seconds, pre.train.max_steps, pre.train.warmup_steps = 150, 2000, 200
   pre.eval.every_steps, pre.checkpoint.every_steps = 2000, 2000
   pre.parallel.data = 1
   init = str(tmp_path / "pretrain")
   save = lambda: config_lib.save(pre, f"{init}/config.json")
-  assert pretrain.run(pre, init, jax.devices()[:1], on_ready=save) == 0
+  assert tasks.run(pre, init, jax.devices()[:1], on_ready=save) == 0
   accuracy = {}
   for name, from_scratch in (("pretrained", False), ("scratch", True)):
     c = config_lib.load_preset("configs/glue.py:synthetic")
@@ -68,7 +68,7 @@ def test_pretraining_pays_off_on_synthetic_sentiment(tmp_path):
     c = config_lib.inherit_init_model(c, {})
     c.parallel.data = 1
     c.train.learning_rate = 5e-5
-    assert finetune.run(c, str(tmp_path / name), jax.devices()[:1]) == 0
+    assert tasks.run(c, str(tmp_path / name), jax.devices()[:1]) == 0
     accuracy[name] = [l for l in metrics.read(str(tmp_path / name)) if "accuracy" in l][-1]["accuracy"]
   print("synthetic sentiment accuracy:", accuracy)
   assert accuracy["pretrained"] - accuracy["scratch"] > 0.05, accuracy

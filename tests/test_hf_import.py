@@ -355,7 +355,8 @@ def test_a_workdir_with_a_run_is_refused(roberta, tmp_path):
 def test_an_imported_encoder_finetunes_on_sentence_pairs(request, family, tmp_path):
   """import-hf -> finetune --init: the imported tokenizer's own special ids and (for BERT)
   token types carry a pair task that only the second sentence decides."""
-  from tl_jax.train import finetune, metrics
+  from tl_jax import tasks
+  from tl_jax.train import metrics
   _, _, source = request.getfixturevalue(family)
   import_hf(source, str(tmp_path / "imported"))
   rng = np.random.default_rng(0)
@@ -378,7 +379,7 @@ def test_an_imported_encoder_finetunes_on_sentence_pairs(request, family, tmp_pa
   c.train.learning_rate, c.train.epochs, c.train.batch_size = 2e-3, 30, 16
   c.eval.every_steps = 1000
   config_lib.validate(c)
-  assert finetune.run(c, str(tmp_path / "finetuned"), jax.devices()[:1]) == 0
+  assert tasks.run(c, str(tmp_path / "finetuned"), jax.devices()[:1]) == 0
   evals = [line for line in metrics.read(str(tmp_path / "finetuned")) if "accuracy" in line]
   # The tiny checkpoints are drawn afresh each session (torch's unseeded init), so leave room:
   # runs ended between 91 and 96 of 96 right.

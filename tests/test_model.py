@@ -96,7 +96,7 @@ def test_gradient_accumulation_equals_the_whole_batch():
   from tl_jax.config import DataConfig, TrainConfig
   from tl_jax.train.optimizer import optimizer, schedule
   from tl_jax.train.state import init_state
-  from tl_jax.train.step import train_step
+  from tl_jax.tasks.masked_lm import train_step
 
   model = MaskedLM(small(), VOCAB)
   train = TrainConfig(max_steps=10, warmup_steps=0)

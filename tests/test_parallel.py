@@ -10,7 +10,8 @@ import pytest
 from tl_jax import config as config_lib
 from tl_jax.errors import UserError
 from tl_jax.parallel.mesh import check_hosts, device_grid, make_mesh, mesh_shape
-from tl_jax.train import metrics, pretrain
+from tl_jax import tasks
+from tl_jax.train import metrics
 
 MESHES = {
     "single": (1, 1, 1),
@@ -43,8 +44,8 @@ def devices_for(mesh):
 @pytest.mark.parametrize("name", ["dp8", "fsdp8", "dp2_fsdp2_tp2"])
 def test_parameter_shardings_follow_the_rules(name, tmp_path):
   mesh = MESHES[name]
-  setup = pretrain.build(tiny(mesh), str(tmp_path), devices_for(mesh))
-  params = setup.state_shardings.params
+  setup = tasks.setup(tiny(mesh), str(tmp_path), devices_for(mesh))
+  params = setup.program.state_shardings.params
   data, fsdp, tensor = mesh
 
   def spec(sharding):
@@ -65,19 +66,19 @@ def test_parameter_shardings_follow_the_rules(name, tmp_path):
   assert placed(wo)[:2] == (axis("tensor", tensor), axis("fsdp", fsdp))
   assert placed(ln)[:1] == (axis("fsdp", fsdp),)
   # Optimizer moments are sharded like their parameters (ZeRO-3 under fsdp).
-  moments = [s for path, s in jax.tree_util.tree_leaves_with_path(setup.state_shardings.opt_state)
+  moments = [s for path, s in jax.tree_util.tree_leaves_with_path(setup.program.state_shardings.opt_state)
              if "token_embed" in jax.tree_util.keystr(path)]
   assert len(moments) == 2  # Adam's mu and nu
   assert all(m.spec == params["token_embed"]["embedding"].spec for m in moments)
   # The batch splits over data x fsdp.
-  assert setup.batch_sharding.spec[0] == ("data", "fsdp")
+  assert setup.program.batch_sharding.spec[0] == ("data", "fsdp")
 
 
 def test_meshes_agree_on_the_losses(tmp_path):
   curves = {}
   for name, mesh in MESHES.items():
     workdir = str(tmp_path / name)
-    assert pretrain.run(tiny(mesh), workdir, devices_for(mesh)) == 0
+    assert tasks.run(tiny(mesh), workdir, devices_for(mesh)) == 0
     lines = metrics.read(workdir)
     curves[name] = ([l["loss"] for l in lines if "loss" in l], [l["eval_loss"] for l in lines if "eval_loss" in l])
   reference = curves["single"]

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from tl_jax import config as config_lib
-from tl_jax.train import metrics, pretrain
+from tl_jax import tasks
+from tl_jax.train import metrics
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def test_wikitext_pretraining_learns(tmp_path, shared_data, monkeypatch):
   c.eval.num_batches = 4
   c.parallel.data = 1
   workdir = str(tmp_path / "wiki")
-  assert pretrain.run(c, workdir, jax.devices()[:1]) == 0
+  assert tasks.run(c, workdir, jax.devices()[:1]) == 0
   losses = evals(workdir)
   assert losses[-1] < losses[0] - 1.5, losses
 
@@ -66,7 +67,7 @@ def test_training_seconds_budget_stops_on_time(tmp_path):
   c.eval.every_steps, c.eval.every_seconds = 0, 1.5
   c.checkpoint.every_steps, c.parallel.data = 100_000, 1
   workdir = str(tmp_path / "budget")
-  assert pretrain.run(c, workdir, jax.devices()[:1]) == 0
+  assert tasks.run(c, workdir, jax.devices()[:1]) == 0
   lines = metrics.read(workdir)
   last = lines[-1]
   step_seconds = last["train_seconds"] / last["step"]
@@ -89,9 +90,9 @@ def command(workdir, mesh):
 def restore_params(workdir, mesh):
   """The newest checkpoint's step and parameters, read back through tl_jax's own restore path."""
   config = config_lib.load(os.path.join(workdir, "config.json"))
-  setup = pretrain.build(config, workdir, jax.devices("cpu")[: mesh[0] * mesh[1]])
+  setup = tasks.setup(config, workdir, jax.devices("cpu")[: mesh[0] * mesh[1]])
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=3)
-  state, _ = ckpt.restore(abstract_with_shardings(setup.abstract_state, setup.state_shardings))
+  state, _ = ckpt.restore(abstract_with_shardings(setup.program.abstract_state, setup.program.state_shardings))
   ckpt.close()
   return int(state.step), jax.tree.leaves(state.params)
 

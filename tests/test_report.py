@@ -100,7 +100,7 @@ def _grid(layers: int, width: int, base: float, scale: float, kurtosis: float) -
 
 
 def test_pareto_frontier_ties_and_dominated_points():
-  P = namedtuple("P", "name memory_bytes accuracy")
+  P = namedtuple("P", "name memory_bytes score")
   points = [P("a", 1, 0.80), P("b", 2, 0.85), P("c", 2, 0.85),  # b, c: equal: both stay
             P("d", 2, 0.84),  # same memory as b, less accurate: dominated
             P("e", 3, 0.85),  # as accurate as b, more memory: dominated
@@ -111,7 +111,25 @@ def test_pareto_frontier_ties_and_dominated_points():
   assert analysis.pareto_frontier([]) == []
   # Custom accessors (dicts), and a single point is its own frontier.
   only = [{"m": 3, "acc": 0.5}]
-  assert analysis.pareto_frontier(only, memory=lambda p: p["m"], accuracy=lambda p: p["acc"]) == only
+  assert analysis.pareto_frontier(only, memory=lambda p: p["m"], score=lambda p: p["acc"]) == only
+
+
+def test_a_loss_is_better_lower_on_the_frontier_and_in_budgets():
+  """Grids of a masked LM record eval loss (lower is better): the same frontier and advice,
+  read the other way round."""
+  make = lambda size, point, loss, mib: analysis.Compressed(
+      size, "r", point, 4, 0.0, loss, None, mib * 2 ** 20, "uniform sym channel", None,
+      metric="eval_loss", higher_is_better=False)
+  points = [make("big", "4b", 2.0, 10), make("big", "8b", 1.9, 20), make("small", "8b", 2.3, 5),
+            make("small", "32b", 2.2, 9), make("small", "2b", 2.6, 4)]
+  assert [p.point for p in analysis.pareto_frontier(points)] == ["2b", "8b", "32b", "4b", "8b"]
+  assert [p.size for p in analysis.pareto_frontier(points)][-1] == "big"
+  ans = analysis.best_within_memory(points, 10)
+  assert (ans.best.size, ans.best.point) == ("big", "4b")
+  assert (ans.runner_up.size, ans.runner_up.point) == ("small", "32b")
+  assert ans.margin == pytest.approx(0.2)  # better by 0.2 nats: margins stay positive
+  old = {"point": "x", "accuracy": 0.8, "accuracy_drop": 0.01}  # lines from before `value`
+  assert analysis.point_value(old) == 0.8 and analysis.point_drop(old) == 0.01
 
 
 def test_best_within_memory_takes_runner_up_of_another_size():

@@ -108,8 +108,10 @@ def test_shipped_sweeps_and_variants_load(spec, in_repo):
     ("""[Stage("a", "train", "configs/mlm.py:tiny")]""",
      "stage 'a' in {path} has unknown command 'train'; use one of pretrain, translate, finetune, compress."),
     ("""[Stage("a", "pretrain", "configs/mlm.py:tiny"),
-         Stage("c", "compress", "configs/compress.py:quick", target="a")]""",
-     "stage 'c' in {path} has target='a', a pretrain stage; it must name a finetune stage."),
+         Stage("c", "compress", "configs/compress.py:quick", target="a"),
+         Stage("d", "compress", "configs/compress.py:quick", target="c")]""",
+     "stage 'd' in {path} has target='c', a compress stage; it must name a finetune or "
+     "translate or pretrain stage."),
 ])
 def test_bad_sweep_files_are_one_sentence_errors(tmp_path, in_repo, capsys, stages, expected):
   spec = write_sweep(tmp_path, stages)

@@ -1,5 +1,6 @@
 """Translation end to end: BLEU rises on the synthetic task; scoring and bad input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,17 +10,21 @@ import pytest
 
 from tl_jax import config as config_lib
 from tl_jax.data.pairs import pack, padding_fraction
-from tl_jax.train import metrics, translate
+from tl_jax import tasks
+from tl_jax.compress import grid
+from tl_jax.tasks import compression, scoring, translation
+from tl_jax.tasks.workdir import read_jsonl
+from tl_jax.train import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_sacrebleu_of_a_reference_against_itself_is_100():
   refs = ["le chat est sur le tapis .", "un homme fait du vélo dans la rue ."]
-  score, signature = translate.bleu_score(refs, refs)
+  score, signature = translation.bleu_score(refs, refs)
   assert score == pytest.approx(100.0)
   assert "tok:13a" in signature
-  assert translate.bleu_score(["tout autre chose ici", "rien du tout"], refs)[0] < 10
+  assert translation.bleu_score(["tout autre chose ici", "rien du tout"], refs)[0] < 10
 
 
 def test_packing_keeps_every_pair_and_counts_padding():
@@ -32,15 +37,22 @@ def test_packing_keeps_every_pair_and_counts_padding():
   assert padding_fraction(rows) == pytest.approx(1 - (3 + 6 + 2) / 16)
 
 
-@pytest.mark.slow
-def test_tiny_synthetic_translation_bleu_rises(tmp_path):
+@pytest.fixture(scope="module")
+def translated(tmp_path_factory):
+  """The `tiny` translator trained 400 steps on the synthetic task (about 3 minutes)."""
   c = config_lib.load_preset("configs/translate.py:tiny")
   c.train.max_steps = 400
   c.eval.every_steps = 400
   c.parallel.data = 1
-  workdir = str(tmp_path / "mt")
+  workdir = str(tmp_path_factory.mktemp("mt"))
   save_config = lambda: config_lib.save(c, os.path.join(workdir, "config.json"))  # as the CLI does
-  assert translate.run(c, workdir, jax.devices()[:1], on_ready=save_config) == 0
+  assert tasks.run(c, workdir, jax.devices()[:1], on_ready=save_config) == 0
+  return c, workdir
+
+
+@pytest.mark.slow
+def test_tiny_synthetic_translation_bleu_rises(translated, tmp_path):
+  c, workdir = translated
   evals = [l for l in metrics.read(workdir) if "bleu" in l]
   assert evals[0]["bleu"] < 5.0 and evals[-1]["bleu"] > 25.0, evals
   assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 3.0
@@ -52,10 +64,53 @@ def test_tiny_synthetic_translation_bleu_rises(tmp_path):
   language = SyntheticLanguage(c.data.synthetic_seed, c.data.synthetic_words)
   pairs = [language.pair(i, "test") for i in range(60)]
   (tmp_path / "in.txt").write_text("".join(src + "\n" for src, _ in pairs))
-  assert translate.translate_file(workdir, str(tmp_path / "in.txt"), str(tmp_path / "out.txt")) == 0
+  assert translation.translate_file(workdir, str(tmp_path / "in.txt"), str(tmp_path / "out.txt")) == 0
   hypotheses = (tmp_path / "out.txt").read_text().splitlines()
   assert len(hypotheses) == len(pairs)
-  assert translate.bleu_score(hypotheses, [tgt for _, tgt in pairs])[0] > 25.0
+  assert translation.bleu_score(hypotheses, [tgt for _, tgt in pairs])[0] > 25.0
+
+
+@pytest.mark.slow
+def test_translator_compresses_with_bleu_per_point_and_exact_exports(translated):
+  """`tl-jax compress` on a translation workdir: the quick grid plus GPTQ, scored by BLEU."""
+  c, workdir = translated
+  config = config_lib.load_preset("configs/compress.py:quick")
+  config.quant_methods = "uniform,gptq"
+  config.calibration_batches = 4
+  config.export = True
+  config_lib.validate(config)
+  scoring.TRACES.clear()
+  assert compression.run(config, workdir) == 0
+  lines = {l["point"]: l for l in read_jsonl(os.path.join(workdir, "compress.jsonl"))}
+  assert list(lines) == [p.name for p in grid.points(config)]
+  base = lines["float32"]
+  best = json.load(open(os.path.join(workdir, "best", "best.json")))
+  # The uncompressed point is the run's best-BLEU parameters, scored as the run scored them.
+  assert base["metric"] == "bleu" and base["higher_is_better"] is True
+  assert base["bleu"] == pytest.approx(best["bleu"]) and base["value"] == base["bleu"]
+  assert base["memory_bytes"] == base["float32_bytes"] == 4 * base["model"]["params"]
+  assert base["model"]["decoder_layers"] == c.model.decoder_layers
+  for name, line in lines.items():
+    assert 0.0 <= line["bleu"] <= 100.0 and line["drop"] == pytest.approx(base["bleu"] - line["bleu"])
+    assert line["eval_loss"] > 0 and line["kl"] >= 0.0
+    exported = line["export"]
+    assert exported["bleu"] == line["bleu"], name  # the packed file decodes to the same BLEU
+    # Files hold the accounted bytes plus the container's metadata, a few hundred bytes a tensor.
+    tensors = len(json.load(open(os.path.join(exported["directory"], "meta.json")))["meta"]["tensors"])
+    overhead = exported["file_bytes"] - line["memory_bytes"]
+    assert 0 <= overhead <= max(0.02 * line["memory_bytes"], 400 * tensors), (name, overhead, tensors)
+  # 8 bits keeps the translations; 2 bits and 90% sparsity break them.
+  assert lines["uniform8b-sym-channel"]["drop"] < 2.0
+  assert lines["uniform2b-sym-channel"]["bleu"] < base["bleu"] - 10
+  assert lines["prune0.9-global"]["kl"] > lines["prune0.5-global"]["kl"] > 0
+  # GPTQ is stored as uniform is, and calibrated on the translator's own training rows.
+  gptq, uniform = lines["gptq4b-sym-channel"], lines["uniform4b-sym-channel"]
+  assert gptq["memory_bytes"] == uniform["memory_bytes"]
+  assert gptq["calibration"]["batches"] == 4
+  assert gptq["calibration"]["round_to_nearest"] == ["token_embed/embedding"]
+  assert gptq["kl"] < uniform["kl"]
+  # One compiled evaluation and one compiled search for the whole grid, exports included.
+  assert scoring.TRACES["evaluate"] == 1 and scoring.TRACES["decode"] == 1
 
 
 def run_cli(*args):

@@ -3,7 +3,7 @@
     tl-jax pretrain --config=configs/mlm.py:tiny --workdir=DIR [--config.a.b=VALUE ...] [--override]
     tl-jax finetune --config=configs/glue.py:sst2 --init=PRETRAIN_WORKDIR --workdir=DIR
     tl-jax import-hf --source=HF_DIR --workdir=DIR
-    tl-jax compress --config=configs/compress.py:GRID --workdir=FINETUNE_WORKDIR
+    tl-jax compress --config=configs/compress.py:GRID --workdir=WORKDIR
     tl-jax sweep --config=configs/sweeps/NAME.py[:VARIANT] --root=DIR [--print-only] [--only=STAGE]
     tl-jax report DIR... --out=OUT
     tl-jax demo --workdir=DIR
@@ -37,8 +37,9 @@ commands:
   finetune   classification:        --config=FILE:PRESET --init=PRETRAIN_WORKDIR --workdir=DIR [--config.a.b=V ...]
   import-hf  a Hugging Face RoBERTa/BERT checkpoint as a workdir `finetune --init` accepts:
              --source=DIR (config.json, model.safetensors, tokenizer files) --workdir=DIR
-  compress   a grid of quantized / pruned versions of a finetuned model, appended to
-             WORKDIR/compress.jsonl: --config=configs/compress.py:GRID --workdir=FINETUNE_WORKDIR
+  compress   a grid of quantized / pruned versions of a trained model (finetuned, translation or
+             pretraining), appended to WORKDIR/compress.jsonl: --config=configs/compress.py:GRID
+             --workdir=WORKDIR
   sweep      a grid of runs, one workdir each under --root, finished ones skipped, interrupted
              ones resumed: --config=configs/sweeps/NAME.py[:VARIANT] --root=DIR [--print-only]
   report     figures and tables from workdirs: DIR... --out=OUT (writes OUT/report.md)
@@ -128,11 +129,9 @@ def _compress(args, overrides: dict) -> int:
                     "configs/compress.py grid.")
   config = config_lib.apply_overrides(config, overrides)
   config_lib.validate(config)
-  if not os.path.isdir(args.workdir):
-    raise UserError(f"--workdir={args.workdir} does not exist; point it at a `tl-jax finetune` workdir.")
   _quiet_libraries()
-  from tl_jax.compress import grid
-  return grid.run(config, args.workdir)
+  from tl_jax.tasks import compression
+  return compression.run(config, args.workdir)
 
 
 def _quiet_libraries() -> None:
@@ -204,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
       if not (args.input and args.output):
         raise UserError("translate-file needs --input=FILE and --output=FILE.")
       _quiet_libraries()
-      from tl_jax.train import translate
-      return translate.translate_file(args.workdir, args.input, args.output)
+      from tl_jax.tasks.translation import translate_file
+      return translate_file(args.workdir, args.input, args.output)
     if args.command == "import-hf":
       if not args.source:
         raise UserError("import-hf needs --source=DIR, a directory with config.json and model.safetensors.")
@@ -224,15 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     # here; every process then runs the same command on its own devices.
     from tl_jax.parallel import distributed
     distributed.initialize()
-    # Imported here: jax makes `--help` and config errors slow.
-    if args.command == "translate":
-      from tl_jax.train import translate as task
-    elif args.command == "finetune":
-      from tl_jax.train import finetune as task
-    else:
-      from tl_jax.train import pretrain as task
-    return task.run(config, args.workdir,
-                    on_ready=lambda: commit_config(config, args.workdir, replaces))
+    from tl_jax import tasks  # the task's module, and jax, only now: they make --help slow
+    return tasks.run(config, args.workdir,
+                     on_ready=lambda: commit_config(config, args.workdir, replaces))
   except UserError as e:
     return _report(e)
   except Exception as e:  # a full disk or a read-only place, met anywhere: one sentence too

@@ -146,16 +146,25 @@ class EvalConfig:
   seed: int = 1234  # fixed masks: the same positions every evaluation
 
 
+def _section(cls):
+  return dataclasses.field(default_factory=cls)
+
+
 @dataclasses.dataclass
-class Config:
-  """Masked-LM pretraining (`tl-jax pretrain`)."""
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  data: DataConfig = dataclasses.field(default_factory=DataConfig)
-  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
-  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+class RunConfig:
+  """The sections every task's tree has; each task adds its own data, train and eval."""
+  model: ModelConfig = _section(ModelConfig)
+  parallel: ParallelConfig = _section(ParallelConfig)
+  checkpoint: CheckpointConfig = _section(CheckpointConfig)
   name: str = ""  # the preset it came from, for reports
+
+
+@dataclasses.dataclass
+class Config(RunConfig):
+  """Masked-LM pretraining (`tl-jax pretrain`)."""
+  data: DataConfig = _section(DataConfig)
+  train: TrainConfig = _section(TrainConfig)
+  eval: EvalConfig = _section(EvalConfig)
   task: str = "pretrain"
 
 
@@ -201,15 +210,11 @@ class TranslateEvalConfig(EvalConfig):
 
 
 @dataclasses.dataclass
-class TranslateConfig:
+class TranslateConfig(RunConfig):
   """Translation (`tl-jax translate`)."""
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  data: TranslationDataConfig = dataclasses.field(default_factory=TranslationDataConfig)
-  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
-  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-  eval: TranslateEvalConfig = dataclasses.field(default_factory=TranslateEvalConfig)
-  name: str = ""
+  data: TranslationDataConfig = _section(TranslationDataConfig)
+  train: TrainConfig = _section(TrainConfig)
+  eval: TranslateEvalConfig = _section(TranslateEvalConfig)
   task: str = "translate"
 
 
@@ -287,6 +292,10 @@ class QuantConfig:
   granularity: str = "channel"  # uniform: one scale per tensor | channel (output feature) | group
   group_size: int = 128  # granularity=group: input rows per scale
   kmeans_iters: int = 20
+  # gptq (tl_jax/compress/methods/gptq.py): rows quantized per lazy update, and the Hessian's
+  # damping as a fraction of its mean diagonal (the reference implementation's defaults)
+  gptq_block_size: int = 128
+  gptq_damping: float = 0.01
   # parameter groups to quantize: attention, ffn, embedding, head, norm, bias
   targets: str = "attention,ffn,embedding,head"
 
@@ -309,25 +318,21 @@ class PruneConfig:
 
 
 @dataclasses.dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
   """Sentence(-pair) classification from a pretrained encoder (`tl-jax finetune`).
 
   `model` is the init workdir's, copied when the run starts; only dropout, dtype,
   attention and remat may be changed for finetuning.
   """
-  init: InitConfig = dataclasses.field(default_factory=InitConfig)
-  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-  head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
-  data: ClassifyDataConfig = dataclasses.field(default_factory=ClassifyDataConfig)
-  train: FinetuneTrainConfig = dataclasses.field(default_factory=FinetuneTrainConfig)
-  parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
-  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-  eval: ClassifyEvalConfig = dataclasses.field(default_factory=ClassifyEvalConfig)
+  init: InitConfig = _section(InitConfig)
+  head: HeadConfig = _section(HeadConfig)
+  data: ClassifyDataConfig = _section(ClassifyDataConfig)
+  train: FinetuneTrainConfig = _section(FinetuneTrainConfig)
+  eval: ClassifyEvalConfig = _section(ClassifyEvalConfig)
   # Compression while finetuning: pruning masks live in the train state; `qat` trains through
   # fake quantization (straight-through gradients). Both off by default.
-  prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
-  qat: QuantConfig = dataclasses.field(default_factory=QuantConfig)
-  name: str = ""
+  prune: PruneConfig = _section(PruneConfig)
+  qat: QuantConfig = _section(QuantConfig)
   task: str = "finetune"
 
 
@@ -348,9 +353,12 @@ class CompressConfig:
   nm: bool = False
   combined_sparsities: str = "0.5"
   combined_bits: str = "4"
-  checkpoint: str = "best"  # best | latest: which finetuned parameters to compress
-  eval_batch_size: int = 64
-  max_eval_examples: int = 0  # 0 = the whole first eval split
+  checkpoint: str = "best"  # best | latest: which parameters of the workdir to compress
+  eval_batch_size: int = 64  # classification rows per eval batch; 0 = the run's eval config
+  # 0 = the whole first eval split; translation: at most this many BLEU sentences; masked LM:
+  # the eval batches holding the first this many rows
+  max_eval_examples: int = 0
+  calibration_batches: int = 16  # training batches of the run's task whose inputs calibrate GPTQ
   analysis: bool = True  # per-layer weight error, output KL, kurtosis and outliers per point
   export: bool = False  # write each point packed to WORKDIR/compressed/POINT, reload, re-evaluate
   name: str = ""
@@ -550,8 +558,7 @@ _TASK_CHOICES = {
                  "prune.method": ("none", "magnitude", "nm"), "prune.scope": ("global", "layer"),
                  "prune.schedule": ("cubic", "oneshot"), "qat.method": ("none", "uniform", "kmeans"),
                  "qat.granularity": ("tensor", "channel", "group")},
-    "compress": {"quant.method": ("none", "uniform", "kmeans"),
-                 "quant.granularity": ("tensor", "channel", "group"),
+    "compress": {"quant.granularity": ("tensor", "channel", "group"),
                  "prune.method": ("none", "magnitude", "nm"), "prune.scope": ("global", "layer"),
                  "checkpoint": ("best", "latest")},
 }
@@ -709,7 +716,11 @@ def _validate_finetuning(config: FinetuneConfig) -> None:
 def validate_quant(q: QuantConfig, where: str) -> None:
   if not 1 <= q.bits <= 8:
     raise UserError(f"{where}.bits={q.bits} is outside 1..8; choose a bit width from 1 to 8.")
-  _check_positive({f"{where}.group_size": q.group_size, f"{where}.kmeans_iters": q.kmeans_iters})
+  _check_positive({f"{where}.group_size": q.group_size, f"{where}.kmeans_iters": q.kmeans_iters,
+                   f"{where}.gptq_block_size": q.gptq_block_size})
+  if q.gptq_damping < 0:
+    raise UserError(f"{where}.gptq_damping={q.gptq_damping} must be >= 0 (a fraction of the "
+                    "Hessian's mean diagonal, e.g. 0.01).")
   _check_groups(q.targets, f"{where}.targets")
 
 
@@ -754,9 +765,14 @@ def _validate_compress(config: CompressConfig) -> None:
       if not 0.0 <= v < 1.0:
         raise UserError(f"config field {field} holds sparsity {v}, outside [0, 1); give fractions "
                         "of weights to zero, e.g. 0.5.")
+  from tl_jax.compress.methods import QUANTIZERS  # the method names live beside the methods
+  if config.quant.method not in ("none", *QUANTIZERS):
+    raise UserError(f"config field quant.method={config.quant.method!r} is not one of none, "
+                    f"{', '.join(QUANTIZERS)}.")
   for method in parse_list(config.quant_methods, str, "quant_methods"):
-    if method.strip() not in ("uniform", "kmeans"):
-      raise UserError(f"quant_methods holds {method!r}; choose uniform and/or kmeans.")
+    if method.strip() not in QUANTIZERS:
+      raise UserError(f"quant_methods holds {method!r}; choose from {', '.join(QUANTIZERS)}.")
+  _check_positive({"calibration_batches": config.calibration_batches})
 
 
 def inherit_init_model(config: FinetuneConfig, overrides: dict[str, str]) -> FinetuneConfig:

@@ -5,8 +5,8 @@
 
 A sweep file (`configs/sweeps/*.py`) defines `get_sweep(variant) -> Sweep`: an ordered list
 of stages, each one `tl-jax pretrain|translate|finetune|compress` command. Stage NAME works in
-ROOT/NAME (a compress stage in the workdir of the finetuning stage it compresses); a finetuning
-stage starts from (`--init`) the workdir of an earlier stage.
+ROOT/NAME (a compress stage in the workdir of the stage it compresses); a finetuning stage
+starts from (`--init`) the workdir of an earlier stage.
 
 What the sweep keeps in ROOT/.sweep/:
   sweep.json          the stages that ran under this root; a sweep that defines one of them
@@ -42,12 +42,13 @@ import typing
 
 from tl_jax.errors import UserError
 
+from tl_jax.tasks.workdir import COMPRESS_RESULTS
+
 COMMANDS = ("pretrain", "translate", "finetune", "compress")
 # Which stage a command's --init / --workdir-sharing refers to must be a run of this kind.
 _INIT_COMMANDS = ("pretrain",)
-_TARGET_COMMANDS = ("finetune",)
+_TARGET_COMMANDS = ("finetune", "translate", "pretrain")  # every trained task compresses
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
-COMPRESS_RESULTS = "compress.jsonl"  # tl_jax/compress/grid.py's RESULTS (importing it pulls in jax)
 
 # ---------------------------------------------------------------------------
 # What a sweep is.
@@ -57,8 +58,8 @@ COMPRESS_RESULTS = "compress.jsonl"  # tl_jax/compress/grid.py's RESULTS (import
 class Stage:
   """One command of a sweep.
 
-  `init` names the stage whose workdir is finetuning's --init; `target` names the finetuning
-  stage a compress stage works on (it shares that workdir). Override values may be given as
+  `init` names the stage whose workdir is finetuning's --init; `target` names the stage a
+  compress stage works on (finetune, translate or pretrain; it shares that workdir). Override values may be given as
   numbers or booleans; `load_sweep` turns them into the text the command line takes.
   """
   name: str
@@ -110,6 +111,22 @@ def size_stages(size_preset: str, mlm_overrides: dict | None = None,
     if compress_config:
       stages.append(Stage(f"{base}/compress", "compress", compress_config,
                           dict(compress_overrides or {}), target=f"{base}/finetune"))
+  return stages
+
+
+def translate_stages(preset: str, overrides: dict | None = None, compress_config: str | None = None,
+                     compress_overrides: dict | None = None, prefix: str = "",
+                     label: str | None = None) -> list[Stage]:
+  """translate (configs/translate.py:PRESET) -> compress its best-BLEU parameters, for one shape.
+
+  Stages are named PREFIX + LABEL + /translate and /compress (LABEL defaults to the preset).
+  """
+  base = prefix + (label or preset)
+  stages = [Stage(f"{base}/translate", "translate", f"configs/translate.py:{preset}",
+                  dict(overrides or {}))]
+  if compress_config:
+    stages.append(Stage(f"{base}/compress", "compress", compress_config,
+                        dict(compress_overrides or {}), target=f"{base}/translate"))
   return stages
 
 

@@ -6,6 +6,8 @@ of configs/translate.py's `eL-dL-wW` presets (the `base` recipe: 64-dim heads, F
 for the same budget of training seconds on all of wmt14_translate/fr-en through
 tensorflow-datasets (newstest2013 to evaluate, BLEU with beam 4 on 500 of its sentences at
 every eval; newstest2014 is the test split). The budget ends every run, not a step count.
+Each translator is then compressed with the `paper` grid (configs/compress.py, GPTQ included),
+scored by BLEU on the same 500 sentences (RQ2/RQ3 for translation).
 
 Variants: the budget, `configs/sweeps/paper_translate.py:24h` (the default), `:6h`, `:3600`.
 
@@ -17,7 +19,7 @@ launcher's, e.g. `--config.parallel.fsdp=8 --config.data.tfds_data_dir=/data/tfd
 the sweep command reaches every stage.
 """
 
-from tl_jax.sweep import Stage, Sweep, parse_seconds
+from tl_jax.sweep import Sweep, parse_seconds, translate_stages
 
 DEPTHS = (2, 4, 6, 8)
 WIDTHS = (256, 512, 768, 1024)
@@ -37,8 +39,9 @@ def get_sweep(variant: str | None) -> Sweep:
       "eval.every_seconds": max(seconds // 24, 1),
       "checkpoint.every_steps": 5000,
   }
-  stages = [Stage(f"e{d}-d{d}-w{w}/translate", "translate", f"configs/translate.py:e{d}-d{d}-w{w}",
-                  dict(overrides))
-            for d in DEPTHS for w in WIDTHS]
+  stages = []
+  for d in DEPTHS:
+    for w in WIDTHS:
+      stages += translate_stages(f"e{d}-d{d}-w{w}", overrides, "configs/compress.py:paper")
   return Sweep("paper_translate", f"WMT14 En-Fr, encoder=decoder depth {DEPTHS} x width {WIDTHS}, "
-               f"{seconds:g} training seconds each", stages)
+               f"{seconds:g} training seconds each, then the paper compression grid", stages)

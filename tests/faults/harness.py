@@ -151,13 +151,13 @@ def final_params(workdir):
   one device (checkpoints restore onto any mesh)."""
   import jax
   from tl_jax import config as config_lib
-  from tl_jax.train import pretrain
+  from tl_jax import tasks
   from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
   config = config_lib.load(os.path.join(workdir, "config.json"))
-  setup = pretrain.build(config, str(workdir), jax.devices()[:1])
+  setup = tasks.setup(config, str(workdir), jax.devices()[:1])
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep)
   with jax.set_mesh(setup.mesh):
-    state, _ = ckpt.restore(abstract_with_shardings(setup.abstract_state, setup.state_shardings))
+    state, _ = ckpt.restore(abstract_with_shardings(setup.program.abstract_state, setup.program.state_shardings))
   ckpt.close()
   return int(state.step), jax.tree.leaves(state.params)
 

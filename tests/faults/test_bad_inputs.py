@@ -90,7 +90,7 @@ def finetune_without_init(i):
 
 def unknown_quantizer(i):
   return (["compress", f"--workdir={i.finished}", "--config=configs/compress.py:quick",
-           "--config.quant_methods=uniform,gptq"], ["gptq", "uniform"], [i.finished])
+           "--config.quant_methods=uniform,awq"], ["awq", "gptq"], [i.finished])
 
 
 def sweep_syntax_error(i):
@@ -201,7 +201,7 @@ CASES = {
     ("Bad input: configs", "translate with a value of the wrong type (learning_rate=fast)"): wrong_type,
     ("Bad input: configs", "translate with train.on_nonfinite=sometimes"): unknown_choice,
     ("Bad input: configs", "finetune without --init"): finetune_without_init,
-    ("Bad input: configs", "compress with an unknown quantizer (gptq)"): unknown_quantizer,
+    ("Bad input: configs", "compress with an unknown quantizer (awq)"): unknown_quantizer,
     ("Bad input: configs", "sweep --config naming a sweep file with a syntax error"): sweep_syntax_error,
     ("Bad input: configs", "a workdir whose config.json is not valid JSON"): config_json_not_json,
     ("Bad input: configs", "a workdir whose config.json has a field this version lacks"):

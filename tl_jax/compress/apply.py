@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from tl_jax.compress import prune as prune_lib
 from tl_jax.compress import quantize as quant_lib
 from tl_jax.compress.layout import Layout, parse_groups
+from tl_jax.compress.methods import quantizer
 from tl_jax.config import PruneConfig, QuantConfig
 from tl_jax.errors import UserError
 
@@ -49,12 +50,10 @@ def check_shapes(layouts: dict[str, Layout], quant: QuantConfig, prune: PruneCon
       if rows % prune.m:
         raise UserError(f"prune.m={prune.m} does not divide the {rows} input features of {path}; "
                         "choose m dividing it, or leave that group out of prune.targets.")
-  if quant.method == "uniform" and quant.granularity == "group":
+  if quant.method != "none":
+    method = quantizer(quant.method)
     for path in quant_targets(layouts, quant):
-      rows = layouts[path].view[1]
-      if rows % quant.group_size:
-        raise UserError(f"group_size={quant.group_size} does not divide the {rows} input features "
-                        f"of {path}; choose a divisor, or granularity=channel.")
+      method.check(path, layouts[path], quant)
 
 
 def masks_for(params: dict, layouts: dict[str, Layout], prune: PruneConfig, sparsity) -> dict:
@@ -72,41 +71,31 @@ def apply_masks(params: dict, masks: dict) -> dict:
   return {p: (jnp.where(masks[p], w, 0.0) if p in masks else w) for p, w in params.items()}
 
 
-def dequantize(part: dict):
+def dequantize(part: dict, quant: QuantConfig):
   """The float32 [S, I, O] view a quantized part stands for, pruned entries zero;
   export.decode_tensor computes the same, bit for bit."""
-  if "codebook" in part:
-    w = quant_lib.kmeans_dequantize(part["codes"].astype(jnp.int32), part["codebook"])
-  else:
-    w = quant_lib.uniform_dequantize(part["codes"], part["scale"], part["zero"])
+  w = quantizer(quant.method).decode(part)
   if "mask" in part:
     w = jnp.where(part["mask"], w, 0.0)
   return w
 
 
-def quantize_view(w3, bits, quant: QuantConfig, mask3=None) -> dict:
-  if quant.method == "kmeans":
-    codes, codebook = quant_lib.kmeans_codes(w3, bits, iters=quant.kmeans_iters, mask=mask3)
-    part = {"codes": codes, "codebook": codebook}
-  else:
-    codes, scale, zero = quant_lib.uniform_codes(
-        w3, bits, symmetric=quant.symmetric, granularity=quant.granularity,
-        group_size=quant.group_size, mask=mask3)
-    part = {"codes": codes, "scale": scale, "zero": zero}
-  part["codes"] = part["codes"].astype(jnp.uint8)
+def quantize_view(w3, bits, quant: QuantConfig, mask3=None, hessian=None) -> dict:
+  part = quantizer(quant.method).encode(w3, bits, quant, mask3, hessian)
   if mask3 is not None:
     part["mask"] = mask3
   return part
 
 
 def compress(params: dict, layouts: dict[str, Layout], quant: QuantConfig, prune: PruneConfig,
-             bits, sparsity, masks: dict | None = None):
+             bits, sparsity, masks: dict | None = None, hessians: dict | None = None):
   """(compressed flat params, parts) for one point of a grid.
 
   `masks`, where given, are kept as they are (a model pruned while finetuning); otherwise
-  `prune` computes them at `sparsity`. `parts[path]` holds what export stores for each target:
-  the mask and, where quantized, codes with scales and zero points or a codebook (all [S, ...]
-  views). Compressed parameters are float32, pruned and fake-quantized.
+  `prune` computes them at `sparsity`. `hessians` ({path: [S, I, I]}) feed calibrated
+  quantizers (GPTQ). `parts[path]` holds what export stores for each target: the mask and,
+  where quantized, the method's codes with their scales or codebook (all [S, ...] views).
+  Compressed parameters are float32, pruned and fake-quantized.
   """
   if masks is None:
     masks = masks_for(params, layouts, prune, sparsity) if prune.method != "none" else {}
@@ -116,8 +105,9 @@ def compress(params: dict, layouts: dict[str, Layout], quant: QuantConfig, prune
     layout = layouts[path]
     mask3 = layout.to_view(masks[path]) if path in masks else None
     if path in quantized:
-      part = quantize_view(layout.to_view(params[path]), bits, quant, mask3)
-      out[path] = layout.from_view(dequantize(part))
+      part = quantize_view(layout.to_view(params[path]), bits, quant, mask3,
+                           (hessians or {}).get(path))
+      out[path] = layout.from_view(dequantize(part, quant))
     else:
       part = {"values": layout.to_view(out[path]), "mask": mask3}
     parts[path] = part
@@ -133,7 +123,7 @@ def fake_quant_straight_through(params: dict, layouts: dict[str, Layout], quant:
     layout = layouts[path]
     mask3 = layout.to_view(masks[path]) if path in masks else None
     part = quantize_view(layout.to_view(params[path]), bits, quant, mask3)
-    quantized = layout.from_view(dequantize(part))
+    quantized = layout.from_view(dequantize(part, quant))
     out[path] = quant_lib.straight_through(params[path], quantized)
   return out
 
@@ -148,7 +138,3 @@ def relative_errors(original: dict, compressed: dict, layouts: dict[str, Layout]
     norm = jnp.sqrt(jnp.sum(w * w, axis=(1, 2)))
     errors[path] = jnp.sqrt(jnp.sum((w - c) ** 2, axis=(1, 2))) / jnp.maximum(norm, 1e-30)
   return errors
-
-
-def flat_layouts(layout_tree) -> dict[str, Layout]:
-  return {l.path: l for l in jax.tree.leaves(layout_tree, is_leaf=lambda x: isinstance(x, Layout))}

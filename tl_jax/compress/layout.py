@@ -115,3 +115,11 @@ def parse_groups(text: str, field: str) -> tuple[str, ...]:
     raise UserError(f"{field}={text!r} names unknown parameter groups {', '.join(unknown)}; "
                     f"choose from {', '.join(GROUPS)}.")
   return groups
+
+
+def model_layouts(model, example) -> dict[str, Layout]:
+  """{path: Layout} of every parameter of `model` (a linen module initialised with `example`,
+  nothing allocated)."""
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), example, deterministic=True))
+  return {l.path: l for l in jax.tree.leaves(layouts(boxed["params"]),
+                                             is_leaf=lambda x: isinstance(x, Layout))}

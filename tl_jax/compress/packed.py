@@ -1,9 +1,10 @@
 """A whole compressed model as packed arrays on disk, and back.
 
-Each parameter that a grid point compressed is encoded from its parts (codes,
-scales or codebook, mask; compress/apply.py) by `export.encode_tensor`; every other
-parameter is stored as float32. `load_model` decodes them into the float32
-parameters the compressed model evaluates with, bit for bit.
+Each parameter that a grid point compressed is encoded from its parts (codes, scales
+or codebook, mask; compress/apply.py) by its quantizer's `export` (pruned only: by
+`export.encode_tensor`); every other parameter is stored as float32. `load_model`
+decodes them into the float32 parameters the compressed model evaluates with, bit
+for bit.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from tl_jax.compress import apply, export
 from tl_jax.compress.layout import Layout
+from tl_jax.compress.methods import quantizer
 from tl_jax.config import QuantConfig
 
 
@@ -25,13 +27,7 @@ def encode_model(params: dict, parts: dict, layouts: dict[str, Layout], quant: Q
     elif "codes" not in part:  # pruned, float values
       a, meta = export.encode_tensor(values=part["values"], mask=part["mask"])
     else:
-      bits = quant.bits
-      kmeans = "codebook" in part
-      a, meta = export.encode_tensor(
-          codes=part["codes"], mask=part.get("mask"), bits=bits, symmetric=quant.symmetric,
-          scale=None if kmeans else part["scale"],
-          zero=None if kmeans or quant.symmetric else np.asarray(part["zero"]).astype(np.uint8),
-          codebook=np.asarray(part["codebook"])[:, :2 ** bits] if kmeans else None)
+      a, meta = quantizer(quant.method).export(part, quant.bits, quant, part.get("mask"))
     meta["shape"] = list(layout.shape)
     arrays[path], metas[path] = a, {k: v for k, v in meta.items() if v is not None}
   return arrays, metas

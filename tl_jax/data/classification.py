@@ -217,7 +217,7 @@ class TsvSource:
 
   def files(self, split: str) -> list[str]:
     """The files of "train" or "eval" (data.train_files / data.eval_files)."""
-    return sources._expand(self.patterns[split], split)  # pylint: disable=protected-access
+    return sources.expand_files(self.patterns[split], split)
 
   def _check_settings(self) -> None:
     parse_labels(self.labels)

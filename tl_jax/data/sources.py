@@ -91,7 +91,7 @@ def _field(split: str) -> str:
   return f"data.{split}_files"
 
 
-def _expand(patterns: str, split: str) -> list[str]:
+def expand_files(patterns: str, split: str) -> list[str]:
   """The files named by a comma-separated list of paths and globs, in a stable order."""
   field = _field(split)
   entries = [p.strip() for p in patterns.split(",") if p.strip()]
@@ -158,7 +158,7 @@ class TextFilesSource:
 
   def files(self, split: str) -> list[str]:
     _check_split(split)
-    return _expand(self.patterns[split], split)
+    return expand_files(self.patterns[split], split)
 
   def documents(self, split: str) -> Iterator[str]:
     for path in self.files(split):

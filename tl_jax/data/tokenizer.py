@@ -111,5 +111,6 @@ def load_tokenizer(directory: str):
   from tl_jax.data.hf_tokenizer import HFTokenizer, has_tokenizer_files
   if has_tokenizer_files(directory):
     return HFTokenizer(directory)
-  raise UserError(f"{directory} holds no tokenizer (neither {MODEL_FILE} nor a Hugging Face tokenizer); "
-                  "the workdir was not made by tl-jax pretrain or tl-jax import-hf.")
+  raise UserError(f"{directory} holds no tokenizer: {MODEL_FILE} is missing and there is no Hugging "
+                  "Face tokenizer; put back the tokenizer the run was trained with (tl-jax pretrain, "
+                  "translate and import-hf write one), or start a new --workdir.")

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig, d_ff
-from tl_jax.models.layers import (REMAT_POLICIES, Embed, EncoderLayer, ScannedLayer, _INIT, dense,
+from tl_jax.models.layers import (REMAT_POLICIES, Embed, EncoderLayer, ScannedLayer, INIT, dense,
                                   dtype_of, layer_norm)
 
 
@@ -24,7 +24,7 @@ def token_embedding(config: ModelConfig, vocab_size: int, name: str | None = Non
   one_hot = config.embed_grad == "onehot" or (config.embed_grad == "auto" and jax.default_backend() != "cpu")
   return Embed(vocab_size, config.d_model, one_hot_grad=one_hot, dtype=dtype_of(config.dtype),
                param_dtype=jnp.float32,
-               embedding_init=nn.with_logical_partitioning(_INIT, ("vocab", "embed")), name=name)
+               embedding_init=nn.with_logical_partitioning(INIT, ("vocab", "embed")), name=name)
 
 
 class Encoder(nn.Module):
@@ -90,13 +90,13 @@ def embed_tokens(cfg: ModelConfig, token_embed: nn.Embed, tokens, positions=None
     return x + sinusoidal(positions, cfg.d_model).astype(x.dtype)
   position_embed = nn.Embed(
       cfg.max_len, cfg.d_model, dtype=dtype_of(cfg.dtype), param_dtype=jnp.float32,
-      embedding_init=nn.with_logical_partitioning(_INIT, ("position", "embed")),
+      embedding_init=nn.with_logical_partitioning(INIT, ("position", "embed")),
       name="position_embed")
   x = token_embed(tokens) + position_embed(positions)
   if cfg.type_vocab_size:
     type_embed = Embed(  # a one-hot gradient: most rows share type 0
         cfg.type_vocab_size, cfg.d_model, dtype=dtype_of(cfg.dtype), param_dtype=jnp.float32,
-        embedding_init=nn.with_logical_partitioning(_INIT, ("types", "embed")), name="type_embed")
+        embedding_init=nn.with_logical_partitioning(INIT, ("types", "embed")), name="type_embed")
     x = x + type_embed(jnp.zeros_like(tokens) if types is None else types)
   return layer_norm(cfg, "ln_embed")(x)
 

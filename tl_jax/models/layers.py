@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig
 
-_INIT = nn.initializers.normal(stddev=0.02)  # BERT/RoBERTa initialisation
+INIT = nn.initializers.normal(stddev=0.02)  # BERT/RoBERTa initialisation
 
 
 def dtype_of(name: str):
@@ -86,7 +86,7 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x):
     n_in = len(self.axes) - len(self.features)
-    kernel = self.param("kernel", nn.with_logical_partitioning(_INIT, self.axes),
+    kernel = self.param("kernel", nn.with_logical_partitioning(INIT, self.axes),
                         x.shape[-n_in:] + tuple(self.features), jnp.float32)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[n_in:]),
                       tuple(self.features), jnp.float32)

@@ -36,3 +36,18 @@ def global_batch(host_batch, sharding):
   def one(x, s):
     return jax.make_array_from_process_local_data(s, x, (x.shape[0] * jax.process_count(),) + x.shape[1:])
   return jax.tree.map(one, host_batch, sharding)
+
+
+def host_rows(batch):
+  """This process's rows of a batch every process holds whole (e.g. a fixed eval batch)."""
+  def rows(x):
+    per_host = x.shape[0] // jax.process_count()
+    return x[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
+  return jax.tree.map(rows, batch)
+
+
+def abstract_batch(host_batch, sharding):
+  """Shapes of the global batch built from `host_batch`, for ahead-of-time compilation."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype,
+                                        sharding=s), host_batch, sharding)

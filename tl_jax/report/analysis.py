@@ -153,22 +153,44 @@ def default_memory_budgets(mib: Sequence[float], count: int = 4) -> list[float]:
 
 @dataclasses.dataclass(frozen=True)
 class Compressed:
-  """One point of a compression grid (a compress.jsonl line), labelled by model size."""
+  """One point of a compression grid (a compress.jsonl line), labelled by model size.
+
+  `value` is the grid's metric (`metric`: accuracy, bleu, eval_loss, ...) and `drop` how much
+  worse it is than the uncompressed model's (positive = worse); `score` orders points the same
+  way for every metric (larger is better)."""
   size: str
   run: str
   point: str
   bits: int
   sparsity: float  # achieved where recorded, else requested
-  accuracy: float
-  accuracy_drop: float | None
+  value: float
+  drop: float | None
   memory_bytes: float
   quant: str | None  # a method label (quant_label), None when not quantized
   prune: str | None  # a method label (prune_label), None when not pruned
+  metric: str = "accuracy"
+  higher_is_better: bool = True
   record: dict = dataclasses.field(compare=False, repr=False, hash=False, default_factory=dict)
 
   @property
   def mib(self) -> float:
     return self.memory_bytes / 2 ** 20
+
+  @property
+  def score(self) -> float:
+    return self.value if self.higher_is_better else -self.value
+
+
+def point_value(record: dict) -> float | None:
+  """A compress.jsonl line's metric value (lines written before the metric was named hold
+  `accuracy`)."""
+  value = record.get("value", record.get("accuracy"))
+  return float(value) if _number(value) else None
+
+
+def point_drop(record: dict) -> float | None:
+  drop = record.get("drop", record.get("accuracy_drop"))
+  return float(drop) if _number(drop) else None
 
 
 def quant_label(quant: dict | None) -> str | None:
@@ -195,26 +217,26 @@ def compressed_points(run: Run, size: str) -> list[Compressed]:
   """The run's compress.jsonl points (newest line per point), in grid order."""
   out = []
   for name, r in run.points.items():
-    if r.get("accuracy") is None or r.get("memory_bytes") is None:
+    value = point_value(r)
+    if value is None or r.get("memory_bytes") is None:
       continue
     sparsity = r.get("achieved_sparsity", r.get("sparsity", 0.0)) or 0.0
     out.append(Compressed(size=size, run=run.name, point=name, bits=int(r.get("bits", 32)),
-                          sparsity=float(sparsity), accuracy=float(r["accuracy"]),
-                          accuracy_drop=(float(r["accuracy_drop"])
-                                         if r.get("accuracy_drop") is not None else None),
+                          sparsity=float(sparsity), value=value, drop=point_drop(r),
                           memory_bytes=float(r["memory_bytes"]), quant=quant_label(r.get("quant")),
-                          prune=prune_label(r.get("prune")), record=r))
+                          prune=prune_label(r.get("prune")), metric=str(r.get("metric", "accuracy")),
+                          higher_is_better=bool(r.get("higher_is_better", True)), record=r))
   return out
 
 
 def pareto_frontier(points: Sequence[T], memory: Callable[[T], float] = lambda p: p.memory_bytes,
-                    accuracy: Callable[[T], float] = lambda p: p.accuracy) -> list[T]:
+                    score: Callable[[T], float] = lambda p: p.score) -> list[T]:
   """The points no other point dominates, by memory ascending.
 
-  q dominates p when memory(q) <= memory(p) and accuracy(q) >= accuracy(p), one of them
-  strictly; so two points with equal memory and accuracy are both on the frontier.
+  q dominates p when memory(q) <= memory(p) and score(q) >= score(p), one of them strictly;
+  so two points with equal memory and score are both on the frontier.
   """
-  keyed = [(memory(p), accuracy(p), p) for p in points]
+  keyed = [(memory(p), score(p), p) for p in points]
   front = [(m, a, p) for m, a, p in keyed
            if not any(mq <= m and aq >= a and (mq < m or aq > a) for mq, aq, _ in keyed)]
   front.sort(key=lambda t: (t[0], -t[1]))
@@ -229,16 +251,17 @@ class MemoryAnswer:
 
   @property
   def margin(self) -> float | None:
+    """How much better the best point is than the runner-up, in the metric's units (>= 0)."""
     if self.best is None or self.runner_up is None:
       return None
-    return self.best.accuracy - self.runner_up.accuracy
+    return self.best.score - self.runner_up.score
 
 
 def best_within_memory(points: Sequence[Compressed], mib: float) -> MemoryAnswer:
-  """The most accurate point taking at most `mib` MiB (ties: the smaller), and the most
-  accurate point of another size within the same budget."""
+  """The best-scoring point taking at most `mib` MiB (ties: the smaller), and the best point
+  of another size within the same budget."""
   fits = sorted((p for p in points if p.mib <= mib * (1 + _EPS)),
-                key=lambda p: (-p.accuracy, p.memory_bytes, p.size, p.point))
+                key=lambda p: (-p.score, p.memory_bytes, p.size, p.point))
   if not fits:
     return MemoryAnswer(mib, None, None)
   best = fits[0]
@@ -246,22 +269,16 @@ def best_within_memory(points: Sequence[Compressed], mib: float) -> MemoryAnswer
   return MemoryAnswer(mib, best, runner_up)
 
 
-def quant_series(points: Sequence[Compressed]) -> dict[tuple[str, str], list[Compressed]]:
-  """{(size, quantizer): quantization-only points by bits} for accuracy against bits."""
+def series(points: Sequence[Compressed], kind: str) -> dict[tuple[str, str], list[Compressed]]:
+  """{(size, method): points} of one kind, for the metric against bits or sparsity: `kind`
+  "quant" keeps the quantization-only points ordered by bits, "prune" the pruning-only ones by
+  sparsity."""
+  other, order = ("prune", "bits") if kind == "quant" else ("quant", "sparsity")
   out: dict[tuple[str, str], list[Compressed]] = {}
   for p in points:
-    if p.quant and not p.prune:
-      out.setdefault((p.size, p.quant), []).append(p)
-  return {k: sorted(v, key=lambda p: p.bits) for k, v in out.items()}
-
-
-def prune_series(points: Sequence[Compressed]) -> dict[tuple[str, str], list[Compressed]]:
-  """{(size, pruner): pruning-only points by sparsity} for accuracy against sparsity."""
-  out: dict[tuple[str, str], list[Compressed]] = {}
-  for p in points:
-    if p.prune and not p.quant:
-      out.setdefault((p.size, p.prune), []).append(p)
-  return {k: sorted(v, key=lambda p: p.sparsity) for k, v in out.items()}
+    if getattr(p, kind) and not getattr(p, other):
+      out.setdefault((p.size, getattr(p, kind)), []).append(p)
+  return {k: sorted(v, key=lambda p: getattr(p, order)) for k, v in out.items()}
 
 
 def baseline(points: Sequence[Compressed], size: str) -> Compressed | None:
@@ -330,7 +347,7 @@ def reference_drops(points: Sequence[Compressed]) -> dict[str, Compressed]:
   """{reference title: the size's first point matching it} (see REFERENCE_COMPRESSIONS)."""
   out = {}
   for title, test in REFERENCE_COMPRESSIONS:
-    match = next((p for p in points if test(p) and p.accuracy_drop is not None), None)
+    match = next((p for p in points if test(p) and p.drop is not None), None)
     if match is not None:
       out[title] = match
   return out

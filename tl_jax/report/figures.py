@@ -133,9 +133,12 @@ def _size_and_style_legend(ax, colors: dict, sizes: Sequence[str], styles: dict[
 
 def compression_sweeps(quant: dict[tuple[str, str], list[Compressed]],
                        prune: dict[tuple[str, str], list[Compressed]],
-                       baselines: dict[str, float], path: str, *, colors: dict, title: str) -> str:
-  """Accuracy against bits (quantization only, left) and against sparsity (pruning only,
-  right): a line per size and method; the uncompressed accuracy is a dashed level."""
+                       baselines: dict[str, float], path: str, *, colors: dict, title: str,
+                       ylabel: str = "accuracy (first eval split)",
+                       higher_is_better: bool = True) -> str:
+  """The metric against bits (quantization only, left) and against sparsity (pruning only,
+  right): a line per size and method; the uncompressed value is a dashed level. A metric
+  where lower is better (a loss) is drawn on an inverted axis, so up is better in every figure."""
   fig, (by_bits, by_sparsity) = _figure(2, title)
   sizes = [s for s in colors if s in {k[0] for k in (*quant, *prune)} or s in baselines]
   qstyles = _method_styles(sorted({m for _, m in quant}))
@@ -143,15 +146,15 @@ def compression_sweeps(quant: dict[tuple[str, str], list[Compressed]],
   nm_marker = {m: _MARKERS[(i + 4) % len(_MARKERS)] for i, m in
                enumerate(sorted({m for _, m in prune if ":" in m}))}
   for (size, method), pts in quant.items():
-    by_bits.plot([p.bits for p in pts], [p.accuracy for p in pts], color=colors[size],
+    by_bits.plot([p.bits for p in pts], [p.value for p in pts], color=colors[size],
                  markersize=5, linewidth=1.6, **qstyles[method])
   for (size, method), pts in prune.items():
     if method in nm_marker:  # N:M is one sparsity: a marker, not a line
-      by_sparsity.plot([100 * p.sparsity for p in pts], [p.accuracy for p in pts], linestyle="none",
+      by_sparsity.plot([100 * p.sparsity for p in pts], [p.value for p in pts], linestyle="none",
                        marker=nm_marker[method], markersize=9, color=colors[size],
                        markeredgecolor="black")
       continue
-    xs, ys = [100 * p.sparsity for p in pts], [p.accuracy for p in pts]
+    xs, ys = [100 * p.sparsity for p in pts], [p.value for p in pts]
     if size in baselines:  # magnitude pruning starts from the dense model
       xs, ys = [0.0] + xs, [baselines[size]] + ys
     by_sparsity.plot(xs, ys, color=colors[size], markersize=5, linewidth=1.6, **pstyles[method])
@@ -164,7 +167,9 @@ def compression_sweeps(quant: dict[tuple[str, str], list[Compressed]],
   by_bits.set_xlabel("bits per weight (quantized matrices)")
   by_sparsity.set_xlabel("weights pruned (% of the pruned matrices)")
   for ax in (by_bits, by_sparsity):
-    ax.set_ylabel("accuracy (first eval split)")
+    ax.set_ylabel(ylabel)
+    if not higher_is_better:
+      ax.invert_yaxis()
   by_bits.set_title("quantization only", fontsize=10)
   by_sparsity.set_title("pruning only", fontsize=10)
   _size_and_style_legend(by_bits, colors, sizes,
@@ -195,19 +200,21 @@ _KIND_MARKERS = {"float32": "s", "quantized": "o", "pruned": "^", "pruned + quan
 
 
 def memory_frontier(points: Sequence[Compressed], frontier: Sequence[Compressed], path: str, *,
-                    colors: dict, title: str, budgets_mib: Sequence[float] = ()) -> str:
-  """Accuracy against memory (MiB, log scale) for every point; the frontier (best accuracy
-  for at most that much memory) as a black staircase with its points ringed."""
+                    colors: dict, title: str, budgets_mib: Sequence[float] = (),
+                    ylabel: str = "accuracy (first eval split)") -> str:
+  """The metric against memory (MiB, log scale) for every point; the frontier (the best value
+  for at most that much memory) as a black staircase with its points ringed. A metric where
+  lower is better is drawn on an inverted axis."""
   fig, (ax,) = _figure(1, title, width=10.0, height=5.6)
   for size in colors:
     for kind, marker in _KIND_MARKERS.items():
       pts = [p for p in points if p.size == size and _kind(p) == kind]
       if pts:
-        ax.scatter([p.mib for p in pts], [p.accuracy for p in pts], color=colors[size],
+        ax.scatter([p.mib for p in pts], [p.value for p in pts], color=colors[size],
                    marker=marker, s=30, alpha=0.85, edgecolors="none")
   if frontier:
     xs = [p.mib for p in frontier]
-    ys = [p.accuracy for p in frontier]
+    ys = [p.value for p in frontier]
     right = max(p.mib for p in points) if points else xs[-1]
     # The staircase runs on to the largest point: beyond its last step nothing does better.
     ax.plot(xs + [right], ys + [ys[-1]], color="black", linewidth=1.2, drawstyle="steps-post",
@@ -218,15 +225,16 @@ def memory_frontier(points: Sequence[Compressed], frontier: Sequence[Compressed]
   ax.set_xscale("log")
   _plain_log_ticks(ax.xaxis)
   ax.set_xlabel("model memory (MiB, log scale)")
-  ax.set_ylabel("accuracy (first eval split)")
-  below = _set_accuracy_limits(ax, points, frontier)
+  ax.set_ylabel(ylabel)
+  below = _set_value_limits(ax, points, frontier)
   if below:
     # Collapsed points (e.g. 90% pruned) would squash the frontier: they sit on the bottom
     # edge as open down-triangles and are listed in the table.
     low = ax.get_ylim()[0]
     ax.scatter([p.mib for p in below], [low] * len(below), marker="v", s=45, clip_on=False,
                facecolors="none", edgecolors=[colors[p.size] for p in below], zorder=5)
-    ax.text(0.01, 0.015, f"{len(below)} point(s) below {low:.3f} drawn on the bottom edge (see table)",
+    worse = "below" if points[0].higher_is_better else "above"
+    ax.text(0.01, 0.015, f"{len(below)} point(s) {worse} {low:.3f} drawn on the bottom edge (see table)",
             transform=ax.transAxes, fontsize=8, color="0.25")
   from matplotlib.lines import Line2D
   handles = [Line2D([], [], color=colors[s], linewidth=3, label=s)
@@ -242,21 +250,23 @@ def memory_frontier(points: Sequence[Compressed], frontier: Sequence[Compressed]
   return _save(fig, path)
 
 
-def _set_accuracy_limits(ax, points: Sequence[Compressed], frontier: Sequence[Compressed]) -> list:
-  """Y limits from the frontier's range, as far again below its lowest point when some
-  points lie much lower (those are returned, to be marked on the bottom edge)."""
-  ys = [p.accuracy for p in points]
-  if not ys:
+def _set_value_limits(ax, points: Sequence[Compressed], frontier: Sequence[Compressed]) -> list:
+  """Y limits from the frontier's range, as far again past its worst point when some points
+  are much worse (those are returned, to be marked on the bottom edge). Worked out on scores
+  (larger is better); a metric where lower is better gets an inverted axis."""
+  scores = [p.score for p in points]
+  if not scores:
     return []
-  top = max(ys)
-  front_low = min((p.accuracy for p in frontier), default=min(ys))
+  top = max(scores)
+  front_low = min((p.score for p in frontier), default=min(scores))
   span = max(top - front_low, 1e-3)
   low = front_low - span
-  if min(ys) >= front_low - 3 * span:  # nothing far below: show every point
-    low = min(ys)
+  if min(scores) >= front_low - 3 * span:  # nothing far below: show every point
+    low = min(scores)
   pad = 0.04 * max(top - low, 1e-3)
-  ax.set_ylim(low - pad, top + pad)
-  return [p for p in points if p.accuracy < low - pad]
+  sign = 1.0 if points[0].higher_is_better else -1.0
+  ax.set_ylim(sign * (low - pad), sign * (top + pad))
+  return [p for p in points if p.score < low - pad]
 
 
 def gap_vs_data(series: dict[str, list[tuple[int, float]]], path: str, *, colors: dict,
@@ -275,9 +285,12 @@ def gap_vs_data(series: dict[str, list[tuple[int, float]]], path: str, *, colors
   return _save(fig, path)
 
 
-def compressibility(rows: Sequence[dict], path: str, *, colors: dict, title: str) -> str:
-  """Accuracy drop at fixed compressions against the weights' mean kurtosis (left) and
-  outlier fraction (right). `rows`: {size, kurtosis, outliers, drops: {compression: drop}}."""
+def compressibility(rows: Sequence[dict], path: str, *, colors: dict, title: str,
+                    drop_label: str = "accuracy drop (percentage points, symlog)",
+                    drop_scale: float = 100.0) -> str:
+  """The drop in the metric at fixed compressions (times `drop_scale`: 100 shows accuracy in
+  percentage points) against the weights' mean kurtosis (left) and outlier fraction (right).
+  `rows`: {size, kurtosis, outliers, drops: {compression: drop}}."""
   from matplotlib.lines import Line2D
   fig, axes = _figure(2, title)
   refs = [r for r in dict.fromkeys(k for row in rows for k in row["drops"])]
@@ -285,7 +298,7 @@ def compressibility(rows: Sequence[dict], path: str, *, colors: dict, title: str
   for ax, key, xlabel, scale in ((axes[0], "kurtosis", "mean excess kurtosis of the weights", 1.0),
                                  (axes[1], "outliers", "weights beyond 3 sigma (%)", 100.0)):
     for ref in refs:
-      pts = sorted((row[key] * scale, 100 * row["drops"][ref], row["size"]) for row in rows
+      pts = sorted((row[key] * scale, drop_scale * row["drops"][ref], row["size"]) for row in rows
                    if ref in row["drops"])
       if len(pts) > 1:
         ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], color="0.6", linewidth=0.8,
@@ -294,12 +307,12 @@ def compressibility(rows: Sequence[dict], path: str, *, colors: dict, title: str
         ax.scatter([x], [y], color=colors[size], marker=markers[ref], s=60, zorder=2,
                    edgecolors="black", linewidths=0.5)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy drop (percentage points, symlog)")
+    ax.set_ylabel(drop_label)
     ax.axhline(0.0, color="0.3", linewidth=0.8)
     # Drops span 0.1 to 30 points: linear below 1 point, logarithmic above, so small and
     # collapsed compressions both stay readable.
     ax.set_yscale("symlog", linthresh=1.0, linscale=1.0)
-    _drop_axis(ax, [100 * d for row in rows for d in row["drops"].values()])
+    _drop_axis(ax, [drop_scale * d for row in rows for d in row["drops"].values()])
   if any(row["outliers"] > 0 for row in rows):
     axes[1].axvline(0.27, color="0.5", linestyle=_LEVEL, linewidth=1.0)  # a Gaussian's 3-sigma share
     axes[1].annotate("Gaussian", (0.27, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
@@ -313,7 +326,8 @@ def compressibility(rows: Sequence[dict], path: str, *, colors: dict, title: str
 
 
 def _drop_axis(ax, drops: Sequence[float]) -> None:
-  """Limits and plain ticks for a symlog axis of accuracy drops in percentage points."""
+  """Limits and plain ticks for a symlog axis of drops (accuracy in percentage points, BLEU,
+  nats)."""
   from matplotlib.ticker import FixedLocator, FuncFormatter
   if not drops:
     return

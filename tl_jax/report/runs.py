@@ -2,8 +2,8 @@
 
 A workdir is a directory whose `config.json` is a tl_jax config tree (it has a `model`
 section; a Hugging Face checkpoint's `config.json` does not). Everything here only
-reads: `config.json`, `metrics.jsonl`, `best/best.json` and, for finetuned runs,
-`compress.jsonl` (through `tl_jax.compress.table.read_points`, newest line per point).
+reads, through `Workdir`'s JSON readers (tl_jax/tasks/workdir.py): `config.json`,
+`metrics.jsonl`, `best/best.json` and `compress.jsonl` (newest line per point).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import math
 import os
 
 from tl_jax.errors import UserError
+from tl_jax.tasks.workdir import BEST, COMPRESSED, CONFIG, CHECKPOINTS, TOKENIZER, Workdir
 
 # Directories a run writes inside its workdir: never workdirs themselves, and large.
-_INSIDE_WORKDIR = frozenset({"checkpoints", "best", "tokenizer", "events", "compressed"})
+_INSIDE_WORKDIR = frozenset({CHECKPOINTS, BEST, TOKENIZER, "events", COMPRESSED})
 # Keys a run may log with the number of training tokens it drew from (see data_tokens).
 TOKEN_COUNT_KEYS = ("train_tokens", "data_tokens", "num_train_tokens")
 
@@ -51,7 +52,7 @@ class Run:
   config: dict
   metrics: list[dict]
   best: dict | None = None
-  points: dict[str, dict] = dataclasses.field(default_factory=dict)  # compress.jsonl, finetune only
+  points: dict[str, dict] = dataclasses.field(default_factory=dict)  # compress.jsonl
 
   @property
   def preset(self) -> str:
@@ -120,7 +121,7 @@ def find_workdirs(root: str) -> list[tuple[str, str]]:
   found = []
   for directory, subdirs, files in os.walk(root):
     subdirs.sort()
-    if "config.json" in files and _is_workdir_config(os.path.join(directory, "config.json")):
+    if CONFIG in files and _is_workdir_config(os.path.join(directory, CONFIG)):
       rel = os.path.relpath(directory, root)
       found.append((directory, os.path.basename(root) if rel == "." else rel))
       subdirs.clear()
@@ -129,56 +130,15 @@ def find_workdirs(root: str) -> list[tuple[str, str]]:
   return found
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """The JSON lines of `path`; a line cut short (a run killed mid-write) is skipped."""
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        try:
-          record = json.loads(line)
-        except ValueError:
-          continue
-        if isinstance(record, dict):
-          out.append(record)
-  return out
-
-
-def _read_points(workdir: str) -> dict[str, dict]:
-  if not os.path.exists(os.path.join(workdir, "compress.jsonl")):
-    return {}
-  # Imported here: the compress package pulls in JAX, which only finetuned workdirs need.
-  from tl_jax.compress.table import read_points
-  try:
-    return read_points(workdir)
-  except ValueError:  # a torn last line: keep what parses, as read_jsonl does
-    points = {}
-    for record in read_jsonl(os.path.join(workdir, "compress.jsonl")):
-      if "point" in record:
-        points.pop(record["point"], None)
-        points[record["point"]] = record
-    return points
-
-
 def load_run(workdir: str, name: str) -> Run:
-  config = _is_workdir_config(os.path.join(workdir, "config.json")) or {}
+  config = _is_workdir_config(os.path.join(workdir, CONFIG)) or {}
   task = str(config.get("task") or "pretrain")
   model = config.get("model") or {}
   shape = Shape(int(model.get("num_layers") or 0), int(model.get("d_model") or 0),
                 int(model.get("decoder_layers") or 0) if task == "translate" else 0)
-  best = None
-  best_path = os.path.join(workdir, "best", "best.json")
-  if os.path.exists(best_path):
-    try:
-      with open(best_path) as f:
-        best = json.load(f)
-    except (OSError, ValueError):
-      best = None
+  run = Workdir(workdir, None)  # the config as a plain dict: a report reads any version's files
   return Run(workdir=workdir, name=name, task=task, shape=shape, config=config,
-             metrics=read_jsonl(os.path.join(workdir, "metrics.jsonl")), best=best,
-             points=_read_points(workdir) if task == "finetune" else {})
+             metrics=run.metrics(), best=run.best_info(), points=run.compress_points())
 
 
 def load_runs(dirs: list[str]) -> list[Run]:

@@ -17,6 +17,51 @@ from tl_jax.report import analysis as A
 from tl_jax.report import figures as F
 from tl_jax.report import markdown as md
 from tl_jax.report.runs import Run, Shape, data_tokens, size_labels
+from tl_jax.tasks.metrics import TASK_METRICS
+
+
+_TASK_NOUNS = {"finetune": "finetuned", "translate": "translation", "pretrain": "masked LM"}
+_LABELS = {m.key: m.label for m in TASK_METRICS.values()}
+
+
+@dataclasses.dataclass
+class CompressGroup:
+  """The compressed runs of one task and preset, and the metric their grids recorded."""
+  task: str
+  preset: str
+  runs: list[Run]
+
+  @property
+  def title(self) -> str:
+    return f"{self.preset} ({_TASK_NOUNS.get(self.task, self.task)})"
+
+  @property
+  def slug(self) -> str:
+    """For figure names: the preset for finetuned runs (as before other tasks compressed)."""
+    return md.slug(self.preset if self.task == "finetune" else f"{self.preset}-{self.task}")
+
+  @property
+  def metric(self) -> str:
+    first = next(iter(self.runs[0].points.values()))
+    return str(first.get("metric", "accuracy"))
+
+  @property
+  def higher_is_better(self) -> bool:
+    first = next(iter(self.runs[0].points.values()))
+    return bool(first.get("higher_is_better", True))
+
+  @property
+  def label(self) -> str:
+    """The metric for axes and tables: 'accuracy', 'BLEU', 'validation loss'."""
+    return _LABELS.get(self.metric, self.metric)
+
+  @property
+  def direction(self) -> str:
+    return "higher is better" if self.higher_is_better else "lower is better"
+
+  def fmt(self, value) -> str:
+    return md.num(value, 4) if value is None else (f"{value:.2f}" if self.metric == "bleu"
+                                                     else f"{value:.4f}")
 
 
 @dataclasses.dataclass
@@ -33,14 +78,13 @@ class Context:
   def of_task(self, task: str) -> list[Run]:
     return A.by_size([r for r in self.runs if r.task == task])
 
-  def finetune_groups(self) -> list[tuple[str, list[Run]]]:
-    """Finetuned runs with compression grids, by finetuning preset: accuracies of
-    different tasks do not share an axis."""
-    groups: dict[str, list[Run]] = {}
-    for run in self.of_task("finetune"):
-      if run.points:
-        groups.setdefault(run.preset or "finetune", []).append(run)
-    return sorted(groups.items())
+  def compress_groups(self) -> list[CompressGroup]:
+    """Runs with compression grids, by task and preset: metrics of different tasks (and
+    accuracies of different classification tasks) do not share an axis."""
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in A.by_size([r for r in self.runs if r.points]):
+      groups.setdefault((run.task, run.preset or run.task), []).append(run)
+    return [CompressGroup(task, preset, runs) for (task, preset), runs in sorted(groups.items())]
 
   def figure(self, name: str) -> str:
     path = os.path.join(self.out, name)
@@ -55,7 +99,7 @@ def make_context(runs: list[Run], out: str, budget_seconds: Sequence[float] = ()
   ctx = Context(runs=runs, out=out, budget_seconds=sorted(budget_seconds),
                 budget_mib=sorted(budget_mib), sizes=size_labels(runs))
   groups = [ctx.of_task("pretrain"), ctx.of_task("translate")]
-  groups += [g for _, g in ctx.finetune_groups()]
+  groups += [g.runs for g in ctx.compress_groups()]
   # Finetuned runs without a grid still appear in the overview.
   groups.append([r for r in ctx.of_task("finetune") if not r.points])
   for group in groups:
@@ -89,6 +133,16 @@ def _paged_note(pages: list) -> str:
     return ""
   return (f"(More than {F.MAX_SIZES_PER_PLOT} sizes: the curves are split over {len(pages)} "
           "figures, every table covers all of them.)")
+
+
+def _figures(ctx: Context, labels: Sequence[str], base: str, alt: str, draw) -> list[str]:
+  """One figure per page of sizes (`draw(page, path) -> path`), as markdown images, then a note
+  where the sizes were split over several figures."""
+  pages = _pages(labels)
+  out = [md.image(draw(page, ctx.figure(_name(base, i))), alt) for i, page in enumerate(pages)]
+  if note := _paged_note(pages):
+    out.append(note)
+  return out
 
 
 # ---------------------------------------------------------------------------
@@ -139,63 +193,51 @@ def pretraining(ctx: Context) -> str:
          "(x = `train_seconds` of the eval lines), so runs that evaluate at different steps "
          "line up by wall-clock training time. The right axis reads the loss as perplexity."]
   runs = ctx.of_task("pretrain")
-  curves = _curves(ctx, runs, "eval_loss")
-  if not curves:
-    out.append("No pretraining workdir with eval lines (`eval_loss` in metrics.jsonl) was found, "
-               "so there are no pretraining curves.")
-  else:
-    pages = _pages([c.size for c in curves])
-    budgets = seconds_budgets(ctx, curves)
-    for i, page in enumerate(pages):
-      path = F.training_curves([c for c in curves if c.size in page],
-                               ctx.figure(_name("rq1_pretrain_loss", i)), colors=ctx.colors,
-                               title="Masked-LM pretraining: validation loss by model size",
-                               ylabel="validation loss (nats per masked token, log scale)",
-                               log_y=True, perplexity_axis=True, budgets=budgets)
-      out.append(md.image(path, "validation loss against training seconds and steps"))
-    if note := _paged_note(pages):
-      out.append(note)
-    rows = []
-    for run in runs:
-      for m in sorted(run.eval_lines("eval_loss"), key=lambda m: (m.get("train_seconds") or 0.0,
-                                                                  m.get("step") or 0)):
-        ppl = m.get("eval_perplexity") or math.exp(min(m["eval_loss"], 700.0))
-        rows.append([ctx.sizes[run.shape], run.name, m.get("step", 0),
-                     md.seconds(float(m.get("train_seconds") or 0.0)), f"{m['eval_loss']:.4f}",
-                     md.num(ppl, 5)])
-    out.append(md.details(f"Eval points of {len(curves)} pretraining run(s) ({len(rows)} rows)",
-                          md.table(["size", "workdir", "step", "train s", "eval loss", "perplexity"],
-                                   rows)))
+  perplexity = lambda m: md.num(m.get("eval_perplexity") or math.exp(min(m["eval_loss"], 700.0)), 5)
+  block = _rq1_curves(ctx, runs, "eval_loss", "rq1_pretrain_loss", "validation loss",
+                      "Masked-LM pretraining: validation loss by model size",
+                      "validation loss (nats per masked token, log scale)", "pretraining",
+                      ["eval loss", "perplexity"], lambda m: [f"{m['eval_loss']:.4f}", perplexity(m)],
+                      log_y=True, perplexity_axis=True)
+  out += block or ["No pretraining workdir with eval lines (`eval_loss` in metrics.jsonl) was found, "
+                   "so there are no pretraining curves."]
   skipped = [r.name for r in runs if not r.eval_lines("eval_loss")]
   if skipped:
     out.append(f"Pretraining workdirs without evals (left out): {', '.join(skipped)}.")
 
   runs = ctx.of_task("translate")
-  curves = _curves(ctx, runs, "bleu")
-  if curves:
-    out.append("### Translation: BLEU against training time")
-    pages = _pages([c.size for c in curves])
-    budgets = seconds_budgets(ctx, curves)
-    for i, page in enumerate(pages):
-      path = F.training_curves([c for c in curves if c.size in page],
-                               ctx.figure(_name("rq1_translate_bleu", i)), colors=ctx.colors,
-                               title="Translation: validation BLEU by model size",
-                               ylabel="validation BLEU", budgets=budgets)
-      out.append(md.image(path, "BLEU against training seconds and steps"))
-    if note := _paged_note(pages):
-      out.append(note)
-    rows = []
-    for run in runs:
-      for m in sorted(run.eval_lines("bleu"), key=lambda m: (m.get("train_seconds") or 0.0,
-                                                             m.get("step") or 0)):
-        rows.append([ctx.sizes[run.shape], run.name, m.get("step", 0),
-                     md.seconds(float(m.get("train_seconds") or 0.0)), f"{m['bleu']:.2f}",
-                     md.fixed(m.get("eval_loss"), 4)])
-    out.append(md.details(f"Eval points of {len(curves)} translation run(s) ({len(rows)} rows)",
-                          md.table(["size", "workdir", "step", "train s", "BLEU", "eval loss"], rows)))
+  block = _rq1_curves(ctx, runs, "bleu", "rq1_translate_bleu", "BLEU",
+                      "Translation: validation BLEU by model size", "validation BLEU", "translation",
+                      ["BLEU", "eval loss"], lambda m: [f"{m['bleu']:.2f}", md.fixed(m.get("eval_loss"), 4)])
+  if block:
+    out += ["### Translation: BLEU against training time"] + block
   elif runs:
     out.append("Translation workdirs were found but none logged BLEU yet, so there are no BLEU curves.")
   return "\n\n".join(out)
+
+
+def _rq1_curves(ctx: Context, runs: list[Run], key: str, base: str, what: str, title: str,
+                ylabel: str, kind: str, columns: list[str], cells, **figure) -> list[str]:
+  """The figures of `key` against training seconds and steps, and the table of their points
+  (`cells(line)` gives the `columns`); [] where no run logged `key`."""
+  curves = _curves(ctx, runs, key)
+  if not curves:
+    return []
+  budgets = seconds_budgets(ctx, curves)
+  out = _figures(ctx, [c.size for c in curves], base, f"{what} against training seconds and steps",
+                 lambda page, path: F.training_curves(
+                     [c for c in curves if c.size in page], path, colors=ctx.colors, title=title,
+                     ylabel=ylabel, budgets=budgets, **figure))
+  rows = [[ctx.sizes[run.shape], run.name, m.get("step", 0),
+           md.seconds(float(m.get("train_seconds") or 0.0))] + cells(m)
+          for run in runs for m in _by_time(run.eval_lines(key))]
+  out.append(md.details(f"Eval points of {len(curves)} {kind} run(s) ({len(rows)} rows)",
+                        md.table(["size", "workdir", "step", "train s"] + columns, rows)))
+  return out
+
+
+def _by_time(lines: list[dict]) -> list[dict]:
+  return sorted(lines, key=lambda m: (m.get("train_seconds") or 0.0, m.get("step") or 0))
 
 
 # ---------------------------------------------------------------------------
@@ -209,69 +251,72 @@ def budgets(ctx: Context) -> str:
          "never extrapolated. The runner-up is the best run of another size, and the margin how much "
          "the best run beats it by."]
   any_training = False
-  for task, key, higher, what, fmt in (("pretrain", "eval_loss", False, "validation loss", "{:.4f}"),
-                                       ("translate", "bleu", True, "BLEU", "{:.2f}")):
-    curves = _curves(ctx, ctx.of_task(task), key)
+  for task in ("pretrain", "translate"):
+    metric = TASK_METRICS[task]
+    curves = _curves(ctx, ctx.of_task(task), metric.key)
     if not curves:
       continue
     any_training = True
     budgets_s = seconds_budgets(ctx, curves)
     origin = "as asked (--budget-seconds)" if ctx.budget_seconds else \
         "spread up to the longest run (set them with --budget-seconds)"
-    kind = "pretraining" if task == "pretrain" else "translation"
-    out.append(f"### Training budgets: best {what} ({kind})")
-    out.append(f"Budgets {origin}; {'higher' if higher else 'lower'} is better.")
+    out.append(f"### Training budgets: best {metric.label} ({_TASK_NOUNS[task]})")
+    out.append(f"Budgets {origin}; {'higher' if metric.higher_is_better else 'lower'} is better.")
     rows = []
     for b in budgets_s:
-      ans = A.best_at_budget(curves, b, higher_is_better=higher)
+      ans = A.best_at_budget(curves, b, higher_is_better=metric.higher_is_better)
       best, runner = ans.best, ans.runner_up
       rows.append([
           md.num(b, 4),
           best.label if best else "no run reached it",
-          fmt.format(best.value) if best else "—",
+          metric.format(best.value) if best else "—",
           f"step {best.step} at {md.seconds(best.seconds)} s" if best else "—",
           runner.label if runner else ("no other size" if best else "—"),
-          fmt.format(runner.value) if runner else "—",
-          fmt.format(ans.margin) if ans.margin is not None else "—",
+          metric.format(runner.value) if runner else "—",
+          metric.format(ans.margin) if ans.margin is not None else "—",
           ", ".join(ans.not_reached) or "—",
           ", ".join(ans.no_eval) or "—"])
-    out.append(md.table(["budget (train s)", "best", what, "read at", "runner-up", f"runner-up {what}",
-                         "margin", "not reached", "no eval by then"], rows))
+    out.append(md.table(["budget (train s)", "best", metric.label, "read at", "runner-up",
+                         f"runner-up {metric.label}", "margin", "not reached", "no eval by then"],
+                        rows))
   if not any_training:
     out.append("No pretraining or translation run with evals was found, so there is no "
                "training-budget advice.")
 
-  groups = ctx.finetune_groups()
+  groups = ctx.compress_groups()
   if not groups:
-    out.append("No compress.jsonl was found in a finetuned workdir, so there is no memory-budget "
-               "advice.")
-  for task, runs in groups:
-    points = [p for r in runs for p in A.compressed_points(r, ctx.labels[r.workdir])]
+    out.append(_NO_GRIDS.format(what="memory-budget advice"))
+  for group in groups:
+    points = _group_points(ctx, group.runs)
     budgets_mib = ctx.budget_mib or A.default_memory_budgets([p.mib for p in points])
     origin = "as asked (--budget-mib)" if ctx.budget_mib else \
         "spread over the compressed points (set them with --budget-mib)"
-    out.append(f"### Memory budgets: most accurate compressed model ({task})")
-    out.append(f"Budgets {origin}. The runner-up is the most accurate point of another size "
-               "within the same budget.")
+    out.append(f"### Memory budgets: best compressed model by {group.label} ({group.title})")
+    out.append(f"Budgets {origin}; {group.direction}. The runner-up is the best point of another "
+               "size within the same budget.")
     rows = []
     for b in budgets_mib:
       ans = A.best_within_memory(points, b)
       best, runner = ans.best, ans.runner_up
       rows.append([md.num(b, 4),
                    f"{best.size}: {best.point}" if best else "nothing fits",
-                   f"{best.accuracy:.4f}" if best else "—", md.num(best.mib, 4) if best else "—",
+                   group.fmt(best.value) if best else "—", md.num(best.mib, 4) if best else "—",
                    f"{runner.size}: {runner.point}" if runner else
                    ("no other size fits" if best else "—"),
-                   f"{runner.accuracy:.4f}" if runner else "—",
+                   group.fmt(runner.value) if runner else "—",
                    md.num(runner.mib, 4) if runner else "—",
-                   f"{ans.margin:+.4f}" if ans.margin is not None else "—"])
-    out.append(md.table(["budget (MiB)", "best point", "accuracy", "MiB", "runner-up (other size)",
-                         "runner-up accuracy", "runner-up MiB", "margin"], rows))
+                   group.fmt(ans.margin) if ans.margin is not None else "—"])
+    out.append(md.table(["budget (MiB)", "best point", group.label, "MiB", "runner-up (other size)",
+                         f"runner-up {group.label}", "runner-up MiB", "margin"], rows))
   return "\n\n".join(out)
 
 
+_NO_GRIDS = ("No compress.jsonl was found in any workdir (run `tl-jax compress` on a finetuned, "
+             "translation or pretraining workdir), so there is no {what}.")
+
+
 # ---------------------------------------------------------------------------
-# 3. RQ2: accuracy against bits and sparsity.
+# 3. RQ2: the metric against bits and sparsity.
 
 
 def _group_points(ctx: Context, runs: list[Run]) -> list[A.Compressed]:
@@ -279,87 +324,91 @@ def _group_points(ctx: Context, runs: list[Run]) -> list[A.Compressed]:
 
 
 def quantization_pruning(ctx: Context) -> str:
-  out = ["## 3. RQ2: accuracy against bits and sparsity",
-         "Quantization-only points against bits per weight and pruning-only points against the "
-         "achieved sparsity of the pruned matrices, one line per size and method. Dotted levels: "
-         "each size's uncompressed accuracy."]
-  groups = ctx.finetune_groups()
-  if not groups:
-    out.append("No compress.jsonl was found in a finetuned workdir, so this section is empty.")
-  for task, runs in groups:
-    points = _group_points(ctx, runs)
-    quant, prune = A.quant_series(points), A.prune_series(points)
-    out.append(f"### {task}")
+  def body(group: CompressGroup) -> list[str]:
+    points = _group_points(ctx, group.runs)
+    quant, prune = A.series(points, "quant"), A.series(points, "prune")
     if not quant and not prune:
-      out.append("The grids hold no quantization-only or pruning-only points.")
-      continue
-    labels = [ctx.labels[r.workdir] for r in runs]
-    pages = _pages(labels)
-    for i, page in enumerate(pages):
-      baselines = {s: b.accuracy for s in page if (b := A.baseline(points, s))}
-      path = F.compression_sweeps({k: v for k, v in quant.items() if k[0] in page},
-                                  {k: v for k, v in prune.items() if k[0] in page}, baselines,
-                                  ctx.figure(_name(f"rq2_{md.slug(task)}", i)),
-                                  colors={s: ctx.colors[s] for s in page},
-                                  title=f"Accuracy under quantization and pruning ({task})")
-      out.append(md.image(path, "accuracy against bits and sparsity"))
-    if note := _paged_note(pages):
-      out.append(note)
+      return ["The grids hold no quantization-only or pruning-only points."]
+    labels = [ctx.labels[r.workdir] for r in group.runs]
+    out = _figures(ctx, labels, f"rq2_{group.slug}",
+                   f"{group.label} against bits and sparsity",
+                   lambda page, path: F.compression_sweeps(
+                       {k: v for k, v in quant.items() if k[0] in page},
+                       {k: v for k, v in prune.items() if k[0] in page},
+                       {s: b.value for s in page if (b := A.baseline(points, s))}, path,
+                       colors={s: ctx.colors[s] for s in page},
+                       title=f"{group.label.capitalize()} under quantization and pruning ({group.title})",
+                       ylabel=f"{group.label} ({group.direction})",
+                       higher_is_better=group.higher_is_better))
     rows = []
     for (size, method), pts in list(quant.items()) + list(prune.items()):
       for p in pts:
         rows.append([size, method, p.point, p.bits if p.bits < 32 else "32 (float)",
-                     md.percent(p.sparsity), f"{p.accuracy:.4f}", md.fixed(p.accuracy_drop, 4),
+                     md.percent(p.sparsity), group.fmt(p.value), group.fmt(p.drop),
                      md.num(p.mib, 4)])
-    base_rows = [[s, "uncompressed", b.point, 32, "0.0%", f"{b.accuracy:.4f}", "0.0000",
+    base_rows = [[s, "uncompressed", b.point, 32, "0.0%", group.fmt(b.value), group.fmt(0.0),
                   md.num(b.mib, 4)] for s in labels if (b := A.baseline(points, s))]
-    out.append(md.table(["size", "method", "point", "bits", "sparsity", "accuracy", "drop", "MiB"],
-                        base_rows + rows))
+    out.append(md.table(["size", "method", "point", "bits", "sparsity", group.label,
+                         "drop (+ = worse)", "MiB"], base_rows + rows))
+    return out
+
+  return _per_group(ctx, "## 3. RQ2: the metric against bits and sparsity",
+                    "Quantization-only points against bits per weight and pruning-only points "
+                    "against the achieved sparsity of the pruned matrices, one line per size and "
+                    "method, judged by each grid's metric (accuracy, BLEU, validation loss). Dotted "
+                    "levels: each size's uncompressed value.", body)
+
+
+def _per_group(ctx: Context, heading: str, intro: str, body) -> str:
+  """A section with a subsection per group of compressed runs: `body(group) -> [markdown]`."""
+  out = [heading, intro]
+  groups = ctx.compress_groups()
+  if not groups:
+    out.append(_NO_GRIDS.format(what="such section"))
+  for group in groups:
+    out.append(f"### {group.title}")
+    out += body(group)
   return "\n\n".join(out)
 
 
 # ---------------------------------------------------------------------------
-# 4. RQ3: accuracy against memory.
+# 4. RQ3: the metric against memory.
 
 
 def memory_frontier(ctx: Context) -> str:
-  out = ["## 4. RQ3: accuracy against memory",
-         "Every compressed point of every size (quantized, pruned, both, and float32) at the memory "
-         "it takes (compress.jsonl `memory_bytes`: stored values, indices or bitmasks, scales and "
-         "codebooks). The black staircase is the Pareto frontier: the best accuracy reachable within "
-         "each memory; a point is on it iff no other point takes no more memory and is at least as "
-         "accurate, one of the two strictly."]
-  groups = ctx.finetune_groups()
-  if not groups:
-    out.append("No compress.jsonl was found in a finetuned workdir, so this section is empty.")
-  for task, runs in groups:
-    points = _group_points(ctx, runs)
+  def body(group: CompressGroup) -> list[str]:
+    points = _group_points(ctx, group.runs)
     frontier = A.pareto_frontier(points)
-    out.append(f"### {task}")
-    labels = [ctx.labels[r.workdir] for r in runs]
-    pages = _pages(labels)
+    labels = [ctx.labels[r.workdir] for r in group.runs]
     mib_budgets = ctx.budget_mib or A.default_memory_budgets([p.mib for p in points])
-    for i, page in enumerate(pages):
-      path = F.memory_frontier([p for p in points if p.size in page], frontier,
-                               ctx.figure(_name(f"rq3_{md.slug(task)}", i)),
-                               colors={s: ctx.colors[s] for s in page},
-                               title=f"Accuracy against memory, all sizes ({task})",
-                               budgets_mib=mib_budgets)
-      out.append(md.image(path, "accuracy against memory with the Pareto frontier"))
-    if note := _paged_note(pages):
-      out.append(note + " Each figure draws the frontier of all sizes.")
+    out = _figures(ctx, labels, f"rq3_{group.slug}",
+                   f"{group.label} against memory with the Pareto frontier",
+                   lambda page, path: F.memory_frontier(
+                       [p for p in points if p.size in page], frontier, path,
+                       colors={s: ctx.colors[s] for s in page},
+                       title=f"{group.label.capitalize()} against memory, all sizes ({group.title})",
+                       ylabel=f"{group.label} ({group.direction})", budgets_mib=mib_budgets))
+    if len(out) > len(_pages(labels)):
+      out[-1] += " Each figure draws the frontier of all sizes."
     out.append(f"Pareto frontier ({len(frontier)} of {len(points)} points):")
-    out.append(md.table(["size", "point", "bits", "sparsity", "MiB", "of float32", "accuracy"],
+    out.append(md.table(["size", "point", "bits", "sparsity", "MiB", "of float32", group.label],
                         [[p.size, p.point, p.bits, md.percent(p.sparsity), md.num(p.mib, 4),
-                          md.percent(p.record.get("memory_ratio")), f"{p.accuracy:.4f}"]
+                          md.percent(p.record.get("memory_ratio")), group.fmt(p.value)]
                          for p in frontier]))
     all_rows = [[p.size, p.point, p.bits, md.percent(p.sparsity), md.num(p.mib, 4),
-                 md.percent(p.record.get("memory_ratio")), f"{p.accuracy:.4f}",
+                 md.percent(p.record.get("memory_ratio")), group.fmt(p.value),
                  "yes" if p in frontier else ""] for p in sorted(points, key=lambda p: p.memory_bytes)]
     out.append(md.details(f"All {len(points)} points",
                           md.table(["size", "point", "bits", "sparsity", "MiB", "of float32",
-                                    "accuracy", "on frontier"], all_rows)))
-  return "\n\n".join(out)
+                                    group.label, "on frontier"], all_rows)))
+    return out
+
+  return _per_group(ctx, "## 4. RQ3: the metric against memory",
+                    "Every compressed point of every size (quantized, pruned, both, and float32) at "
+                    "the memory it takes (compress.jsonl `memory_bytes`: stored values, indices or "
+                    "bitmasks, scales and codebooks). The black staircase is the Pareto frontier: the "
+                    "best value reachable within each memory; a point is on it iff no other point "
+                    "takes no more memory and is at least as good, one of the two strictly.", body)
 
 
 # ---------------------------------------------------------------------------
@@ -392,10 +441,10 @@ def data_size(ctx: Context) -> str:
   series: dict[str, list[tuple[int, float]]] = {}
   for run, tokens, _, gap in rows:
     series.setdefault(ctx.sizes[run.shape], []).append((tokens, gap.gap))
-  for i, page in enumerate(_pages(list(series))):
-    path = F.gap_vs_data({s: series[s] for s in page}, ctx.figure(_name("rq4_gap", i)),
-                         colors=ctx.colors, title="Generalization gap against training data, by size")
-    out.append(md.image(path, "train/validation gap against training tokens"))
+  out += _figures(ctx, list(series), "rq4_gap", "train/validation gap against training tokens",
+                  lambda page, path: F.gap_vs_data(
+                      {s: series[s] for s in page}, path, colors=ctx.colors,
+                      title="Generalization gap against training data, by size"))
   out.append(md.table(["size", "workdir", "train tokens", "from", "final eval loss",
                        "train loss (last 10%)", "train lines averaged", "gap"],
                       [[ctx.sizes[run.shape], run.name, f"{tokens:,}", source, f"{g.eval_loss:.4f}",
@@ -411,70 +460,74 @@ def data_size(ctx: Context) -> str:
 
 
 def compressibility(ctx: Context) -> str:
-  out = ["## 6. RQ5: why larger models compress better",
-         "Weight statistics of each uncompressed model (means over its matrices: excess kurtosis, "
-         "0 for a Gaussian; share of weights beyond 3 standard deviations, 0.27% for a Gaussian) "
-         "against the accuracy it loses at fixed compressions; then the relative weight error "
-         "of one compression point, layer by layer."]
-  groups = ctx.finetune_groups()
-  if not groups:
-    out.append("No compress.jsonl was found in a finetuned workdir, so this section is empty.")
-  for task, runs in groups:
-    out.append(f"### {task}")
-    by_size = {ctx.labels[r.workdir]: A.compressed_points(r, ctx.labels[r.workdir]) for r in runs}
+  def body(group: CompressGroup) -> list[str]:
+    out = []
+    by_size = {ctx.labels[r.workdir]: A.compressed_points(r, ctx.labels[r.workdir])
+               for r in group.runs}
+    # Accuracy drops read best in percentage points; BLEU and losses in their own units.
+    scale, unit = (100.0, "percentage points") if group.metric == "accuracy" else (1.0, group.label)
     rows = []
     for size, points in by_size.items():
       summary = A.weight_summary(points)
-      if summary is None:
-        continue
-      drops = {k: p.accuracy_drop for k, p in A.reference_drops(points).items()}
-      rows.append({"size": size, **summary, "drops": drops})
+      if summary is not None:
+        rows.append({"size": size, **summary,
+                     "drops": {k: p.drop for k, p in A.reference_drops(points).items()}})
     if not rows:
       out.append("The grids carry no weight statistics (run `tl-jax compress` with analysis=true).")
     else:
       refs = list(dict.fromkeys(k for row in rows for k in row["drops"]))
       if refs:
-        for i, page in enumerate(_pages([r["size"] for r in rows])):
-          path = F.compressibility([r for r in rows if r["size"] in page],
-                                   ctx.figure(_name(f"rq5_{md.slug(task)}_weights", i)),
-                                   colors=ctx.colors,
-                                   title=f"Weight statistics against accuracy drop ({task})")
-          out.append(md.image(path, "accuracy drop against kurtosis and outlier fraction"))
+        out += _figures(ctx, [r["size"] for r in rows], f"rq5_{group.slug}_weights",
+                        f"{group.label} drop against kurtosis and outlier fraction",
+                        lambda page, path: F.compressibility(
+                            [r for r in rows if r["size"] in page], path, colors=ctx.colors,
+                            title=f"Weight statistics against the drop in {group.label} ({group.title})",
+                            drop_label=f"drop in {group.label} ({unit}, + = worse, symlog)",
+                            drop_scale=scale))
       else:
         out.append("None of the fixed compressions (" + ", ".join(t for t, _ in A.REFERENCE_COMPRESSIONS)
                    + ") is in the grids, so only the statistics are listed.")
       out.append(md.table(["size", "mean kurtosis", "outliers (>3σ)"] +
-                          [f"drop at {r} (pp)" for r in refs],
+                          [f"drop at {r} ({'pp' if scale == 100 else group.label})" for r in refs],
                           [[r["size"], f"{r['kurtosis']:.4f}", md.percent(r["outliers"], 3)] +
-                           [md.fixed(100 * r["drops"][k], 2) if k in r["drops"] else "—" for k in refs]
+                           [md.fixed(scale * r["drops"][k], 2 if scale == 100 else 4)
+                            if k in r["drops"] else "—" for k in refs]
                            for r in rows]))
-    point = A.layer_error_point(by_size)
-    if point is None:
-      out.append("The grids carry no per-layer errors, so there is no per-layer comparison.")
-      continue
-    errors = {}
-    for size, points in by_size.items():
-      match = next((p for p in points if p.point == point), None)
-      if match and match.record.get("layer_error"):
-        errors[size] = A.layer_errors(match.record["layer_error"])
-    out.append(f"Relative weight error ||W - W_c|| / ||W|| at `{point}` "
-               f"({', '.join(errors)}):")
-    for i, page in enumerate(_pages(list(errors))):
-      path = F.layer_error_plot({s: errors[s] for s in page},
-                                ctx.figure(_name(f"rq5_{md.slug(task)}_layers", i)),
-                                colors=ctx.colors, title=f"Per-layer weight error at {point} ({task})")
-      out.append(md.image(path, "relative weight error per layer"))
-    sizes = list(errors)
-    layers = sorted({i for e in errors.values() for i in e.by_layer})
-    if layers:
-      out.append(md.table(["layer"] + sizes,
-                          [[i] + [md.fixed(errors[s].by_layer.get(i), 4) if i in errors[s].by_layer
-                                  else "—" for s in sizes] for i in layers]))
-    kinds = list(dict.fromkeys(k for e in errors.values() for k in e.by_kind))
-    out.append(md.table(["matrix (mean over layers)"] + sizes,
-                        [[k] + [md.fixed(errors[s].by_kind.get(k), 4) if k in errors[s].by_kind
-                                else "—" for s in sizes] for k in kinds]))
-  return "\n\n".join(out)
+    return out + _layer_error_comparison(ctx, group, by_size)
+
+  return _per_group(ctx, "## 6. RQ5: why larger models compress better",
+                    "Weight statistics of each uncompressed model (means over its matrices: excess "
+                    "kurtosis, 0 for a Gaussian; share of weights beyond 3 standard deviations, 0.27% "
+                    "for a Gaussian) against what it loses at fixed compressions; then the relative "
+                    "weight error of one compression point, layer by layer.", body)
+
+
+def _layer_error_comparison(ctx: Context, group: CompressGroup, by_size: dict) -> list[str]:
+  point = A.layer_error_point(by_size)
+  if point is None:
+    return ["The grids carry no per-layer errors, so there is no per-layer comparison."]
+  errors = {}
+  for size, points in by_size.items():
+    match = next((p for p in points if p.point == point), None)
+    if match and match.record.get("layer_error"):
+      errors[size] = A.layer_errors(match.record["layer_error"])
+  out = [f"Relative weight error ||W - W_c|| / ||W|| at `{point}` ({', '.join(errors)}):"]
+  out += _figures(ctx, list(errors), f"rq5_{group.slug}_layers",
+                  "relative weight error per layer",
+                  lambda page, path: F.layer_error_plot(
+                      {s: errors[s] for s in page}, path, colors=ctx.colors,
+                      title=f"Per-layer weight error at {point} ({group.title})"))
+  sizes = list(errors)
+  layers = sorted({i for e in errors.values() for i in e.by_layer})
+  if layers:
+    out.append(md.table(["layer"] + sizes,
+                        [[i] + [md.fixed(errors[s].by_layer.get(i), 4) if i in errors[s].by_layer
+                                else "—" for s in sizes] for i in layers]))
+  kinds = list(dict.fromkeys(k for e in errors.values() for k in e.by_kind))
+  out.append(md.table(["matrix (mean over layers)"] + sizes,
+                      [[k] + [md.fixed(errors[s].by_kind.get(k), 4) if k in errors[s].by_kind
+                              else "—" for s in sizes] for k in kinds]))
+  return out
 
 
 SECTIONS = (overview, pretraining, budgets, quantization_pruning, memory_frontier, data_size,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import shutil
 import signal
 import time
 from typing import Any, Callable
@@ -20,8 +19,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from tl_jax.data.tokenizer import MODEL_FILE, Tokenizer, cached_tokenizer
-from tl_jax.errors import TrainingDiverged, UserError
+from tl_jax.errors import TrainingDiverged
 from tl_jax.parallel import distributed
 from tl_jax.parallel import sharding as shd
 from tl_jax.train import flops
@@ -42,64 +40,32 @@ def log(message: str) -> None:
 
 
 @dataclasses.dataclass
-class Setup:
-  """Everything the loop needs from a task, built once."""
-  config: Any
-  mesh: jax.sharding.Mesh
-  rules: tuple
-  loader: Any  # TrainLoader: .batch(step), .iterate(start, prefetch)
-  state_shardings: Any
-  abstract_state: Any
-  init_fn: Callable  # () -> a fresh, sharded TrainState
-  train_fn: Any  # jitted (state, batch) -> (state, metrics)
-  batch_sharding: Any  # a sharding, or a tree of them matching the batch
-  tokens_per_step: int
-  flops_per_token: float
-  # (state) -> evaluate(params, step) -> {metric: value}; compiles everything it needs.
-  compile_eval: Callable
-  eval_keys: tuple = ("eval_loss",)  # shown on the console
-
-
-@dataclasses.dataclass
 class Program:
   """A task's model, sharded state and jitted train step, apart from data and evaluation."""
   model: Any
   abstract_state: Any
   state_shardings: Any
-  init_fn: Callable
-  batch_sharding: Any
-  train_fn: Any
+  init_fn: Callable  # () -> a fresh, sharded TrainState
+  batch_sharding: Any  # a sharding, or a tree of them matching the batch
+  train_fn: Any  # jitted (state, batch) -> (state, metrics)
   flops_per_token: float
 
 
-def workdir_tokenizer(source, data, workdir: str, cache_dir: str) -> Tokenizer:
-  """The run's tokenizer: the workdir's own copy if it has one, else trained (or cached) and copied.
-
-  With several processes, process 0 makes it and the others read the same file: tokenizers
-  trained separately on each host could differ, and then so would the token ids.
-  """
-  path = os.path.join(workdir, "tokenizer", MODEL_FILE)
-  if not os.path.exists(path) and jax.process_index() == 0:
-    trained = cached_tokenizer(source, data, cache_dir)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    shutil.copy(trained.path, path + ".tmp")
-    os.replace(path + ".tmp", path)
-  distributed.barrier("tl_jax workdir tokenizer")
-  check_shared(path, workdir)
-  tokenizer = Tokenizer(path)
-  if tokenizer.vocab_size != data.vocab_size:  # else the checkpoints fail to load, less clearly
-    raise UserError(f"{path} has {tokenizer.vocab_size} pieces but data.vocab_size="
-                    f"{data.vocab_size}, so it is not this run's tokenizer; put back the run's own "
-                    "tokenizer or start a new --workdir.")
-  return tokenizer
-
-
-def check_shared(path: str, workdir: str) -> None:
-  """Every process must see what process 0 wrote: orbax checkpoints need one shared workdir too."""
-  if not os.path.exists(path):
-    raise UserError(f"process {jax.process_index()} does not see {path}, which process 0 wrote: the "
-                    f"workdir {workdir} is not shared between the hosts; put --workdir on a file system "
-                    "every host mounts (NFS, Filestore, a gcsfuse bucket).")
+@dataclasses.dataclass
+class Setup:
+  """Everything the loop needs from a task, built once (tasks/base.py's Task.setup)."""
+  config: Any
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  program: Program
+  loader: Any  # TrainLoader: .batch(step), .iterate(start, prefetch)
+  tokens_per_step: int
+  # (state) -> evaluate(params, step) -> {metric: value}; compiles everything it needs.
+  compile_eval: Callable
+  eval_keys: tuple = ("eval_loss",)  # shown on the console
+  best: Any = None  # BestParams offered every eval (train/best.py), or None
+  best_from_step: int = 0  # evals before this step never become best/
+  best_split: str = ""  # recorded in best.json
 
 
 def sharded_state(init_fn, mesh, rules):
@@ -108,21 +74,6 @@ def sharded_state(init_fn, mesh, rules):
     abstract, shardings = shd.logical_state_shardings(init_fn, mesh, rules)
   placed_init = jax.jit(lambda: nn.meta.unbox(init_fn()), out_shardings=shardings)
   return nn.meta.unbox(abstract), shardings, placed_init
-
-
-def host_rows(batch):
-  """This process's rows of a batch every process holds whole (e.g. a fixed eval batch)."""
-  def rows(x):
-    per_host = x.shape[0] // jax.process_count()
-    return x[jax.process_index() * per_host:(jax.process_index() + 1) * per_host]
-  return jax.tree.map(rows, batch)
-
-
-def abstract_batch(host_batch, sharding):
-  """Shapes of the global batch built from `host_batch`, for ahead-of-time compilation."""
-  return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(),) + x.shape[1:], x.dtype,
-                                        sharding=s), host_batch, sharding)
 
 
 def peak_memory_note() -> str:
@@ -185,10 +136,11 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
   single_process = jax.process_count() == 1
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(setup.rules):
-    restored = ckpt.restore(abstract_with_shardings(setup.abstract_state, setup.state_shardings),
+    program = setup.program
+    restored = ckpt.restore(abstract_with_shardings(program.abstract_state, program.state_shardings),
                             set_aside=True)
     if restored is None:
-      state, watch = setup.init_fn(), Stopwatch()
+      state, watch = program.init_fn(), Stopwatch()
     else:
       state, meta = restored
       watch = Stopwatch.from_dict(meta["stopwatch"])
@@ -207,15 +159,15 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     closers.append(writer.close)
 
     with Timer() as t:
-      example = abstract_batch(setup.loader.batch(start), setup.batch_sharding)
-      train_fn = setup.train_fn.lower(state, example).compile()
+      example = shd.abstract_batch(setup.loader.batch(start), program.batch_sharding)
+      train_fn = program.train_fn.lower(state, example).compile()
       evaluate = setup.compile_eval(state)
     watch.compile += t.seconds
     log(f"compiled in {t.seconds:.1f}s on {mesh.devices.size} x {jax.devices()[0].device_kind} "
         f"(mesh {dict(mesh.shape)})")
 
     tokens_per_step = setup.tokens_per_step
-    flops_per_step = tokens_per_step * setup.flops_per_token
+    flops_per_step = tokens_per_step * program.flops_per_token
     peak = flops.device_peak_flops(cfg.train.peak_tflops)
     peak_total = peak * mesh.devices.size if peak else None
 
@@ -233,11 +185,19 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       writer.write(line)
       return line
 
+    metric = setup.best.metric if setup.best is not None else None
+
     def run_eval(step: int):
       with Timer() as t:
         values = evaluate(state.params, step)
+        improved = (setup.best is not None and step >= setup.best_from_step
+                    and values.get(metric) is not None
+                    and setup.best.offer(state.params, step, values[metric],
+                                         **({"split": setup.best_split} if setup.best_split else {})))
       watch.eval += t.seconds
-      return record(step, values)
+      line = record(step, values)
+      log(f"step {step} | {eval_summary(setup, line)}" + (f" | new best {metric}" if improved else ""))
+      return line
 
     if preemption.requested:  # while restoring or compiling: nothing new to save
       log(f"stopped at step {start}: SIGTERM before training began; re-run the same command to "
@@ -247,9 +207,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     eval_enabled = cfg.eval.every_steps + cfg.eval.every_seconds > 0
     last_eval_step = None
     if start == 0 and eval_enabled:
-      line = run_eval(0)
+      run_eval(0)
       last_eval_step = 0
-      log(f"step 0 | {eval_summary(setup, line)}")
 
     last_sync = time.perf_counter()
     last_ckpt_time = last_sync
@@ -269,7 +228,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     batches = setup.loader.iterate(start, cfg.data.prefetch)
     while step < cfg.train.max_steps:
       _, host_batch = next(batches)
-      state, metrics = train_fn(state, shd.global_batch(host_batch, setup.batch_sharding))
+      state, metrics = train_fn(state, shd.global_batch(host_batch, program.batch_sharding))
       step += 1
 
       eval_due = (cfg.eval.every_steps and step % cfg.eval.every_steps == 0) or (
@@ -330,7 +289,6 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       if eval_due:
         last_eval_seconds, last_eval_step = watch.train, step
         eval_line = run_eval(step)
-        log(f"step {step} | {eval_summary(setup, eval_line)}")
         if cfg.train.target_eval_loss and eval_line["eval_loss"] <= cfg.train.target_eval_loss:
           stop_reason = f"eval_loss reached train.target_eval_loss={cfg.train.target_eval_loss}"
           break
@@ -353,8 +311,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
 
     del batches  # stops the prefetch thread
     if eval_enabled and last_eval_step != step and exit_code == 0:
-      eval_line = run_eval(step)  # every finished run ends with the eval loss it reached
-      log(f"step {step} | {eval_summary(setup, eval_line)}")
+      run_eval(step)  # every finished run ends with the eval loss it reached
     if ckpt.latest_step() != step:
       checkpoint(step, wait=True)
     ckpt.wait()

@@ -1,9 +1,9 @@
-"""Pure train and eval steps.
+"""The part of every train step that no task changes: gradient accumulation and the update.
 
 Every step is a function of arrays only (configs are bound with functools.partial
-before jit), so one compiled executable serves the whole run. The shared part
-(gradient accumulation, the optimizer update) is written once; each task supplies
-a function returning (sum of per-token losses, number of tokens) for a micro-batch.
+before jit), so one compiled executable serves the whole run. Each task (tl_jax/tasks/)
+supplies a function returning (sum of per-token losses, number of tokens) for a
+micro-batch; the cross-entropy here serves all of them.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tl_jax.config import DataConfig
-from tl_jax.data.masking import mask_tokens, max_predictions, predicted_positions
 from tl_jax.train.state import TrainState, mask_tree
 
 
@@ -76,46 +74,3 @@ def cross_entropy(logits, labels, smoothing: float = 0.0, num_classes: int = 0):
 
 def split_micro(batch, grad_accum: int):
   return jax.tree.map(lambda x: x.reshape((grad_accum, -1) + x.shape[1:]), batch)
-
-
-# ---------------------------------------------------------------------------
-# Masked-LM.
-
-
-def _masked_lm_sums(model, params, inputs, targets, weights, deterministic, k: int,
-                    dropout_rng=None):
-  rngs = None if deterministic else {"dropout": dropout_rng}
-  predict_at = None
-  if k:  # the head only at (up to k) selected positions per row
-    predict_at, weights = predicted_positions(weights, k)
-    targets = jnp.take_along_axis(targets, predict_at, axis=1)
-  logits = model.apply({"params": params}, inputs, deterministic=deterministic, rngs=rngs,
-                       predict_at=predict_at)
-  return jnp.sum(cross_entropy(logits, targets) * weights), jnp.sum(weights)
-
-
-def train_step(state: TrainState, tokens: jax.Array, *, model, tx, schedule, data: DataConfig,
-               vocab_size: int, grad_accum: int):
-  """One masked-LM optimizer step on a global batch [B, S] of token ids; masks drawn on device."""
-  mask_rng, dropout_rng = jax.random.split(step_rng(state))
-  # Masks are drawn for the whole batch, so they do not depend on how it is split.
-  masked = mask_tokens(mask_rng, tokens, vocab_size, data.mask_prob, data.mask_token_frac,
-                       data.random_token_frac)
-
-  k = max_predictions(tokens.shape[1], data.mask_prob, data.max_predictions)
-
-  def loss_sums(params, i, micro):
-    return _masked_lm_sums(model, params, *micro, False, k, jax.random.fold_in(dropout_rng, i))
-
-  return accumulate_and_update(state, split_micro(masked, grad_accum), loss_sums, tx=tx,
-                               schedule=schedule, grad_accum=grad_accum)
-
-
-def eval_step(params, tokens: jax.Array, batch_index: jax.Array, *, model, data: DataConfig,
-              vocab_size: int, seed: int):
-  """(sum of masked-token cross-entropy, number of masked tokens) with masks fixed by (seed, batch)."""
-  rng = jax.random.fold_in(jax.random.key(seed), batch_index)
-  inputs, targets, weights = mask_tokens(rng, tokens, vocab_size, data.mask_prob,
-                                         data.mask_token_frac, data.random_token_frac)
-  k = max_predictions(tokens.shape[1], data.mask_prob, data.max_predictions)
-  return _masked_lm_sums(model, params, inputs, targets, weights, True, k)

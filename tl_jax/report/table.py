@@ -1,44 +1,40 @@
-"""Accuracy against memory, one column pair per model: the table of a compression grid.
+"""A metric against memory, one column triple per model: the table of compression grids.
 
-    python -m tl_jax.compress.table FINETUNED_WORKDIR... [--markdown]
+    python -m tl_jax.report.table WORKDIR... [--markdown]
 
 Reads each workdir's compress.jsonl (the last line of each point wins, so a re-run grid
 replaces its older numbers) and prints one row per point with, for every model, its
-accuracy and memory. Models are labelled by workdir name and shape (layers x width).
+metric (accuracy, BLEU or eval loss, as the grid recorded it) and memory. Models are
+labelled by workdir name and shape (layers x width).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-from tl_jax.compress.grid import RESULTS
+from tl_jax.report.analysis import point_value
+from tl_jax.tasks.workdir import Workdir
 
 
 def read_points(workdir: str) -> dict[str, dict]:
   """{point name: its newest line} of one workdir's compress.jsonl, in grid order."""
-  points = {}
-  with open(os.path.join(workdir, RESULTS)) as f:
-    for line in f:
-      if line.strip():
-        record = json.loads(line)
-        points.pop(record["point"], None)
-        points[record["point"]] = record
-  return points
+  return Workdir(workdir, None).compress_points()
 
 
 def model_label(workdir: str, record: dict) -> str:
   m = record["model"]
-  return f"{os.path.basename(os.path.normpath(workdir))} {m['num_layers']}x{m['d_model']} ({m['params'] / 1e6:.0f}M)"
+  layers = m["num_layers"] if not m.get("decoder_layers") else f"{m['num_layers']}+{m['decoder_layers']}"
+  return f"{os.path.basename(os.path.normpath(workdir))} {layers}x{m['d_model']} ({m['params'] / 1e6:.0f}M)"
 
 
 def rows(workdirs: list[str]) -> tuple[list[str], list[list[str]]]:
   models = [read_points(w) for w in workdirs]
   header = ["point", "bits", "sparsity"]
   for workdir, points in zip(workdirs, models):
-    label = model_label(workdir, next(iter(points.values())))
-    header += [f"{label} accuracy", f"{label} MiB", f"{label} ratio"]
+    first = next(iter(points.values()))
+    label = model_label(workdir, first)
+    header += [f"{label} {first.get('metric', 'accuracy')}", f"{label} MiB", f"{label} ratio"]
   names = []
   for points in models:
     names += [n for n in points if n not in names]
@@ -48,7 +44,7 @@ def rows(workdirs: list[str]) -> tuple[list[str], list[list[str]]]:
     row = [name, str(first["bits"]), f"{first.get('achieved_sparsity', first['sparsity']):.2f}"]
     for points in models:
       r = points.get(name)
-      row += ([f"{r['accuracy']:.4f}", f"{r['memory_bytes'] / 2**20:.2f}", f"{r['memory_ratio']:.3f}"]
+      row += ([f"{point_value(r):.4f}", f"{r['memory_bytes'] / 2**20:.2f}", f"{r['memory_ratio']:.3f}"]
               if r else ["", "", ""])
     body.append(row)
   return header, body
