@@ -4,6 +4,7 @@ packed exports that evaluate exactly like the compressed model, and bad input.""
 import json
 import os
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -135,7 +136,9 @@ def test_pretraining_workdir_compresses_by_eval_loss(pretrained):
   two, eight = lines["uniform2b-sym-channel"], lines["uniform8b-sym-channel"]
   assert two["drop"] == pytest.approx(two["eval_loss"] - base["eval_loss"])
   assert two["drop"] > abs(eight["drop"]) and two["kl"] > eight["kl"] > 0
-  assert lines["prune0.9-global"]["eval_loss"] > base["eval_loss"]
+  # This 100-step model is near its unigram solution, so 90% pruning may not raise its loss
+  # (on one CI machine it fell by 0.0008); it does move its predictions far more than 8 bits.
+  assert lines["prune0.9-global"]["kl"] > 100 * eight["kl"]
   for line in lines.values():
     assert line["export"]["eval_loss"] == line["eval_loss"]
 
@@ -222,3 +225,80 @@ def test_bad_compression_input_is_one_sentence(pretrained, finetuned, tmp_path, 
   before = snapshot(pathlib.Path(workdir))
   assert_one_sentence(run_cli("compress", f"--workdir={workdir}", *args), *expect)
   assert snapshot(pathlib.Path(workdir)) == before
+
+
+@pytest.mark.slow
+def test_a_rerun_grid_resumes_and_adds_nothing_measured_already(finetuned, tmp_path, capsys):
+  """A grid killed midway (its last line torn) continues where it stopped; a finished one
+  re-run measures nothing again, unless `rerun` asks for it."""
+  workdir = str(tmp_path / "resumed")
+  shutil.copytree(finetuned, workdir)
+  results = pathlib.Path(workdir) / grid.RESULTS
+  results.unlink(missing_ok=True)
+  config = config_lib.load_preset("configs/compress.py:quick")
+  config.bits, config.sparsities, config.combined_sparsities = "8,2", "0.5", ""
+  config.analysis = False
+  config_lib.validate(config)
+  names = [p.name for p in grid.points(config)]
+  assert compression.run(config, workdir) == 0
+  whole = results.read_text().splitlines(keepends=True)
+  assert [json.loads(l)["point"] for l in whole] == names
+  results.write_text("".join(whole[:2]) + whole[2][:40])  # killed while writing the third
+  capsys.readouterr()
+  assert compression.run(config, workdir) == 0
+  out = capsys.readouterr().out
+  assert "its last line was cut short" in out
+  assert f"[2/{len(names)}] {names[1]}: measured already with these settings" in out
+  again = results.read_text().splitlines(keepends=True)
+  assert again[:2] == whole[:2]  # kept as measured, not appended again
+  assert [json.loads(l)["point"] for l in again] == names  # float32 not appended twice
+  assert [json.loads(l)["accuracy"] for l in again] == [json.loads(l)["accuracy"] for l in whole]
+  assert compression.run(config, workdir) == 0
+  assert results.read_text().splitlines(keepends=True) == again
+  assert f"{len(names) - 1} measured earlier with the same settings were skipped" in capsys.readouterr().out
+  config.max_eval_examples = 100  # another evaluation: every point measured again
+  assert compression.run(config, workdir) == 0
+  assert len(results.read_text().splitlines()) == 2 * len(names)
+  config.max_eval_examples, config.rerun = 0, True
+  assert compression.run(config, workdir) == 0
+  assert len(results.read_text().splitlines()) == 3 * len(names)
+
+
+@pytest.mark.slow
+def test_a_killed_compress_resumes_with_the_missing_points_only(finetuned, tmp_path, reliability):
+  """SIGKILL to `tl-jax compress` mid-grid, then the same command: each point once."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  workdir = tmp_path / "killed"
+  shutil.copytree(finetuned, workdir)
+  results = workdir / grid.RESULTS
+  results.unlink(missing_ok=True)
+  argv = [sys.executable, "-m", "tl_jax.cli", "compress", "--config=configs/compress.py:quick",
+          f"--workdir={workdir}", "--config.analysis=False"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  proc = subprocess.Popen(argv, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.monotonic() + 240
+    while not (results.exists() and results.read_text().count("\n") >= 3):
+      assert proc.poll() is None and time.monotonic() < deadline, "the grid ended or stalled"
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  kept = [json.loads(l)["point"] for l in results.read_text().splitlines(keepends=True) if l.endswith("\n")]
+  again = run_cli(*argv[3:])
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert "taking over the lock" in again.stdout  # the killed job's lock.json, its pid gone
+  names = [p.name for p in grid.points(config_lib.load_preset("configs/compress.py:quick"))]
+  skipped = [n for n in names if f"{n}: measured already with these settings" in again.stdout]
+  assert skipped == kept[1:]  # all but the reference, which is always evaluated again
+  assert [json.loads(l)["point"] for l in results.read_text().splitlines()] == names
+  reliability("SIGKILL and restart", f"`tl-jax compress` (quick grid) killed after {len(kept)} of "
+              f"{len(names)} points, then the same command",
+              f"the re-run skips the {len(skipped)} points measured with the same settings, "
+              "measures the rest, and compress.jsonl holds each point once")

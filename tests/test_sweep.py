@@ -231,16 +231,3 @@ def test_sigterm_to_the_sweep_checkpoints_the_stage_and_exits_143(tmp_path, in_r
   assert not (root / ".sweep" / "long.done").exists()
 
 
-def test_a_rerun_compress_stage_drops_the_interrupted_attempts_lines(tmp_path):
-  """compress appends to compress.jsonl: a grid cut off midway must not leave its points twice."""
-  stage = sweep_lib.Stage("c", "compress", "configs/compress.py:quick", target="f")
-  root, wd = tmp_path, tmp_path / "f"
-  wd.mkdir()
-  (root / ".sweep").mkdir()
-  results = wd / "compress.jsonl"
-  results.write_text('{"point": "earlier grid"}\n')
-  sweep_lib._prepare(str(root), stage, str(wd))  # the first attempt starts ...
-  with open(results, "a") as f:
-    f.write('{"point": "float32"}\n{"point": "uniform8b"}\n')  # ... and is cut off
-  sweep_lib._prepare(str(root), stage, str(wd))  # the re-run starts where the first began
-  assert results.read_text() == '{"point": "earlier grid"}\n'

@@ -347,7 +347,7 @@ class CompressConfig:
   """
   quant: QuantConfig = dataclasses.field(default_factory=lambda: QuantConfig(method="uniform"))
   prune: PruneConfig = dataclasses.field(default_factory=lambda: PruneConfig(method="magnitude"))
-  quant_methods: str = "uniform"  # comma-separated: uniform, kmeans
+  quant_methods: str = "uniform"  # comma-separated: uniform, kmeans, gptq
   bits: str = "8,6,4,3,2"
   sparsities: str = "0.3,0.5,0.7,0.9"
   nm: bool = False
@@ -361,6 +361,7 @@ class CompressConfig:
   calibration_batches: int = 16  # training batches of the run's task whose inputs calibrate GPTQ
   analysis: bool = True  # per-layer weight error, output KL, kurtosis and outliers per point
   export: bool = False  # write each point packed to WORKDIR/compressed/POINT, reload, re-evaluate
+  rerun: bool = False  # measure points again that compress.jsonl holds with the same settings
   name: str = ""
   task: str = "compress"
 
@@ -517,6 +518,11 @@ def load(path: str) -> Config:
   except json.JSONDecodeError as e:
     raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); restore it or "
                     "start a new workdir.") from None
+  if isinstance(data, dict) and "task" not in data and ("model_type" in data or "architectures" in data):
+    folder = os.path.dirname(path) or "."
+    raise UserError(f"{folder} is a Hugging Face model folder, not a tl_jax workdir; import it "
+                    f"first with `tl-jax import-hf --source={folder} --workdir=NEW_DIR` and point "
+                    "the flag at NEW_DIR.")
   return from_dict(data)
 
 

@@ -14,10 +14,10 @@ What the sweep keeps in ROOT/.sweep/:
   NAME.done           JSON (argv, seconds, finish time), written when a stage exits 0; a stage
                       with its marker is skipped ('/' in names becomes '__')
   logs/NAME.log       the stage's output, appended to on every attempt
-  NAME.started        where compress.jsonl ended when a compress stage began (see _prepare)
 
 Re-running the same sweep command resumes: finished stages are skipped and the interrupted
-one is re-run, which resumes its own workdir from its last checkpoint. SIGTERM reaching the
+one is re-run, which resumes its own workdir from its last checkpoint (a compress stage skips
+the points its compress.jsonl already holds). SIGTERM reaching the
 sweep is passed on to the running stage, which saves a checkpoint and exits 143; the sweep
 then exits 143 too. `--only=STAGE` runs one stage whose dependencies are done (spreading a
 grid over machines that share the root). Extra `--config.SECTION.FIELD=VALUE` flags are added
@@ -42,7 +42,6 @@ import typing
 
 from tl_jax.errors import UserError
 
-from tl_jax.tasks.workdir import COMPRESS_RESULTS
 
 COMMANDS = ("pretrain", "translate", "finetune", "compress")
 # Which stage a command's --init / --workdir-sharing refers to must be a run of this kind.
@@ -305,28 +304,6 @@ def record(sweep: Sweep, root: str) -> None:
                      "stages": [{"name": n, **d} for n, d in known.items()]})
 
 
-def _prepare(root: str, stage: Stage, wd: str) -> None:
-  """Lets a compress stage be re-run without doubling its lines.
-
-  `tl-jax compress` appends one line per point to compress.jsonl, so a grid cut off midway
-  and run again would leave the first attempt's points twice. The first attempt records
-  where the file ended; a later attempt cuts the file back there before starting.
-  """
-  if stage.command != "compress":
-    return
-  started = os.path.join(_state_dir(root), _flat(stage.name) + ".started")
-  results = os.path.join(wd, COMPRESS_RESULTS)
-  if os.path.exists(started):
-    with open(started) as f:
-      offset = json.load(f)["results_offset"]
-    if os.path.exists(results) and os.path.getsize(results) > offset:
-      with open(results, "r+b") as f:
-        f.truncate(offset)
-  else:
-    offset = os.path.getsize(results) if os.path.exists(results) else 0
-    _write_json(started, {"results_offset": offset})
-
-
 def _budget(stage: Stage) -> float | None:
   """The stage's training-seconds budget (overrides, else its preset), or None if it has none."""
   if "train.max_train_seconds" in stage.overrides:
@@ -461,7 +438,6 @@ def run(sweep: Sweep, root: str, only: str | None = None) -> int:
               f"{_eta(root, sweep.stages, remaining)}")
     argv = command(sweep, root, stage)
     wd = workdir(sweep, root, stage)
-    _prepare(root, stage, wd)
     log = log_path(root, stage)
     stage_start = time.monotonic()
     with open(log, "a") as log_file:
@@ -473,18 +449,16 @@ def run(sweep: Sweep, root: str, only: str | None = None) -> int:
     seconds = time.monotonic() - stage_start
     if code != 0:
       rerun = "re-run the same sweep command to resume"
-      if code == 143:
-        raise StageFailed(f"stage {stage.name} was pre-empted (exit 143, checkpoint saved; log "
-                          f"{log}); {rerun} from its checkpoint.", 143)
+      if code in (143, 130):
+        how = "was pre-empted" if code == 143 else "was interrupted by Ctrl-C"
+        raise StageFailed(f"stage {stage.name} {how} (exit {code}, checkpoint saved; log "
+                          f"{log}); {rerun} from its checkpoint.", code)
       how = f"was killed by signal {-code}" if code < 0 else f"failed with exit code {code}"
       raise StageFailed(f"stage {stage.name} {how} (log {log}); fix the cause and {rerun} "
                         "(finished stages are skipped).", code)
     _write_json(marker, {"stage": stage.name, "command": argv, "workdir": wd,
                          "seconds": round(seconds, 1), "budget_seconds": _budget(stage),
                          "finished": datetime.datetime.now().isoformat(timespec="seconds")})
-    started = os.path.join(_state_dir(root), _flat(stage.name) + ".started")
-    if os.path.exists(started):
-      os.remove(started)
   print(f"== sweep {sweep.name} finished: {len(selected)} stage{'s' * (len(selected) > 1)} "
         f"({skipped} skipped as done) in {_duration(time.monotonic() - start)}; workdirs under "
         f"{root}", flush=True)
@@ -533,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     return run(sweep, args.root, args.only)
   except StageFailed as e:
     print(f"tl-jax: error: {e}", file=sys.stderr)
-    return 143 if e.exit_code == 143 else 2
+    return e.exit_code if e.exit_code in (143, 130) else 2
   except UserError as e:
     print(f"tl-jax: error: {e}", file=sys.stderr)
     return 2

@@ -9,6 +9,11 @@ from the uncompressed model, the output KL from it, the per-layer relative weigh
 weight statistics of RQ5. With `export`, the point is also written as packed arrays
 (compress/packed.py), loaded back and evaluated again, which must give exactly the same metric.
 
+A re-run on the same workdir resumes: a point whose line already holds the same settings, the
+same parameters and the same evaluation (`measured_as`) is skipped, so a grid killed midway
+continues where it stopped and a finished one adds nothing; `rerun` measures every point again.
+The uncompressed point is always evaluated, as the reference for drops and KL.
+
 Bits and sparsity reach the compiled transform as values, so it compiles once per quantizer/
 pruner combination, and the target's evaluation once per grid; the counts are logged and
 recorded. Calibrated quantizers (GPTQ) get the Hessians of every dense layer's inputs over the
@@ -176,6 +181,39 @@ def _layer_errors(errors: dict, layouts: dict) -> dict:
 # The command.
 
 
+def measured_as(config: CompressConfig, target: Target, point: Point) -> dict:
+  """What a point's measurement depends on beyond its name; equal ones are not measured again."""
+  return {**point.settings(), "checkpoint": target.described, "split": target.split,
+          "examples": target.examples, "analysis": config.analysis, "export": config.export,
+          "calibration_batches": config.calibration_batches if point.calibrated else None}
+
+
+def measured(path: str) -> dict[str, dict]:
+  """{point name: its newest line's `measured_as`} in the results file at `path`.
+
+  A last line cut short by a kill is cut off the file (its point is measured again), so that
+  the next line appended starts a line of its own.
+  """
+  if not os.path.exists(path):
+    return {}
+  with open(path, "rb") as f:
+    data = f.read()
+  complete = data.rfind(b"\n") + 1
+  if complete < len(data):
+    log(f"{path}: its last line was cut short (a run killed while writing it); dropped")
+    with open(path, "r+b") as f:
+      f.truncate(complete)
+  out = {}
+  for text in data[:complete].splitlines():
+    try:
+      line = json.loads(text)
+    except ValueError:
+      continue
+    if isinstance(line, dict) and "measured_as" in line:
+      out[line["point"]] = line["measured_as"]
+  return out
+
+
 def log(message: str) -> None:
   if jax.process_index() == 0:
     print(message, flush=True)
@@ -199,9 +237,17 @@ def run(config: CompressConfig, target: Target) -> int:
       if config.analysis else {}
   calibration = _calibrate(config, target, calibrated_paths) if calibrated_paths else None
   results_path = os.path.join(target.workdir, RESULTS)
-  baseline = None
+  done = {} if config.rerun else measured(results_path)
+  baseline, skipped = None, 0
   for n, point in enumerate(grid, 1):
     start = time.perf_counter()
+    settings = measured_as(config, target, point)
+    repeat = done.get(point.name) == settings
+    if repeat and n > 1:
+      skipped += 1
+      log(f"[{n}/{len(grid)}] {point.name}: measured already with these settings "
+          f"({RESULTS}), skipped")
+      continue
     key = point.static_key()
     if key not in transforms:
       transforms[key] = jax.jit(functools.partial(
@@ -222,7 +268,8 @@ def run(config: CompressConfig, target: Target) -> int:
             "value": value, "drop": target.drop(baseline[target.metric], value),
             "memory_bytes": accounted["total_bytes"], "float32_bytes": accounted["float32_bytes"],
             "memory_ratio": accounted["ratio"],
-            "memory": {k: v for k, v in accounted.items() if k != "tensors"}}
+            "memory": {k: v for k, v in accounted.items() if k != "tensors"},
+            "measured_as": settings}
     pruned = [p for p in parts if p in counts]
     if pruned:
       kept = sum(int(counts[p]) for p in pruned)
@@ -237,14 +284,17 @@ def run(config: CompressConfig, target: Target) -> int:
       line["weights"] = {"summary": analysis.summarize(with_stats), "layers": with_stats}
     line["seconds"] = round(time.perf_counter() - start, 3)
     line["compiles"] = {**target.compiles(), "compress": COMPILES["compress"] - compiled_before}
-    with open(results_path, "a") as f:
-      f.write(json.dumps(line) + "\n")
+    if not repeat:  # the reference, evaluated again for this run's drops and KL
+      with open(results_path, "a") as f:
+        f.write(json.dumps(line) + "\n")
     log(f"[{n}/{len(grid)}] {point.name}: {target.metric} {value:.4f}, "
         f"{accounted['total_bytes'] / 2**20:.2f} MiB ({accounted['ratio']:.1%} of float32), "
         f"KL {metrics.get('kl', 0.0):.4g}, {line['seconds']:.1f}s")
   compiled = ", ".join(f"{k} {v}x" for k, v in target.compiles().items())
+  resumed = (f"; {skipped} measured earlier with the same settings were skipped "
+             "(--config.rerun=True measures them again)") if skipped else ""
   log(f"compiled: {compiled}, compression {COMPILES['compress'] - compiled_before}x ({len(transforms)} quantizer/"
-      f"pruner combinations) for {len(grid)} points; results appended to {results_path}")
+      f"pruner combinations) for {len(grid)} points; results appended to {results_path}{resumed}")
   return 0
 
 
