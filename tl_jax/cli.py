@@ -20,6 +20,7 @@ import argparse
 import copy
 import logging
 import os
+import shlex
 import sys
 import threading
 import traceback
@@ -119,7 +120,7 @@ def commit_config(config: config_lib.Config, workdir: str, replaces: bool) -> No
   config_lib.save(config, path)
 
 
-def _compress(args, overrides: dict) -> int:
+def _compress(args, overrides: dict, command: str) -> int:
   """The grid's config is not the workdir's (that stays the finetuning run's config.json)."""
   if not args.config:
     raise UserError("compress needs --config=configs/compress.py:GRID (quick, paper, bits, sparsity).")
@@ -130,8 +131,12 @@ def _compress(args, overrides: dict) -> int:
   config = config_lib.apply_overrides(config, overrides)
   config_lib.validate(config)
   _quiet_libraries()
+  from tl_jax import lock
   from tl_jax.tasks import compression
-  return compression.run(config, args.workdir)
+  if not os.path.isdir(args.workdir):  # the lock would make it; Workdir.open says what is wrong
+    return compression.run(config, args.workdir)
+  with lock.hold(args.workdir, command):  # one job writes compress.jsonl and compressed/
+    return compression.run(config, args.workdir)
 
 
 def _quiet_libraries() -> None:
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
       print(import_hf(args.source, args.workdir))
       return 0
     if args.command == "compress":
-      return _compress(args, overrides)
+      return _compress(args, overrides, shlex.join(["tl-jax", *argv]))
     config, replaces = resolve_config(args, overrides)
     if os.path.exists(args.workdir) and not os.path.isdir(args.workdir):
       raise UserError(f"--workdir={args.workdir} is a file, not a directory; choose another --workdir.")
@@ -223,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     # here; every process then runs the same command on its own devices.
     from tl_jax.parallel import distributed
     distributed.initialize()
-    from tl_jax import tasks  # the task's module, and jax, only now: they make --help slow
-    return tasks.run(config, args.workdir,
-                     on_ready=lambda: commit_config(config, args.workdir, replaces))
+    from tl_jax import lock, tasks  # the task's module, and jax, only now: they make --help slow
+    with lock.hold(args.workdir, shlex.join(["tl-jax", *argv])):
+      return tasks.run(config, args.workdir,
+                       on_ready=lambda: commit_config(config, args.workdir, replaces))
   except UserError as e:
     return _report(e)
   except Exception as e:  # a full disk or a read-only place, met anywhere: one sentence too

@@ -17,7 +17,8 @@ from .record import RECORDS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # The order of the sections; an area not listed here follows them.
-AREAS = ["SIGKILL and restart", "SIGTERM (pre-emption)", "Damaged checkpoints", "Non-finite loss",
+AREAS = ["SIGKILL and restart", "SIGTERM (pre-emption)", "SIGINT (Ctrl-C)", "One job per workdir",
+         "Damaged checkpoints", "Non-finite loss",
          "Disk and permissions", "Bad input: configs", "Bad input: data files", "Bad input: tokenizers",
          "Bad input: checkpoints of another size", "Bad input: meshes"]
 
@@ -33,7 +34,7 @@ generated, not written: regenerate it after changing any of this with
 
 (`tests/faults` runs alone too; the table then holds only its rows.) Temporary paths read `$TMP`.
 
-How the faults are made: SIGKILL and SIGTERM are real signals sent to `tl-jax pretrain` at moments
+How the faults are made: SIGKILL, SIGTERM and SIGINT are real signals sent to `tl-jax pretrain` at moments
 the suite watches for (a checkpoint's temporary directory appearing, a step being logged); the
 kill schedule is random, seeded, and replayable with `TL_JAX_FAULT_SEED`. Checkpoints are
 damaged by editing their files. A full disk is a file-size limit (`RLIMIT_FSIZE`, so a write
@@ -46,13 +47,22 @@ What to expect, in short:
 - exit codes: 0 done; 1 the training diverged (non-finite loss or parameters; the last good
   checkpoint is kept); 2 bad input or storage that cannot be written (one `tl-jax: error:`
   sentence naming the cause and the fix, no traceback, nothing already saved changed); 143
-  pre-empted by SIGTERM (a checkpoint of every step trained was saved).
+  pre-empted by SIGTERM and 130 stopped by Ctrl-C (either way a checkpoint of every step trained
+  was saved; a second Ctrl-C stops at once).
+- One job per workdir: `WORKDIR/lock.json` names the job using it (host, pid, start time); a
+  second job exits 2 at once, and a lock whose process is gone (or silent for 5 minutes) is
+  taken over with a warning. `tl-jax compress` re-run on a workdir skips the points it has
+  already measured with the same settings.
+- `best/best.json` holds a checksum of `best/params`, checked by everything that reads them.
 - Re-running the same command resumes from the newest checkpoint that reads back with the
   checksum it was saved with; an unreadable one is moved to `checkpoints/STEP.unreadable` with a
   warning naming it, and with none readable the run refuses to start over.
 - `train.on_nonfinite=stop` (default) or `skip`: skip drops a step whose gradients or updated
   parameters are not finite, on the device, and counts it in `skipped_steps`; ten skipped steps
-  in a row stop the run as diverged.
+  in a row stop the run as diverged. The learning-rate schedule counts the updates applied, so
+  after k skipped steps it runs k steps behind `max_steps` (its last k steps of decay are not
+  reached): a skipped step is a batch the model never learned from, and a schedule that jumped
+  ahead would shorten warmup by the bad batches.
 """
 
 

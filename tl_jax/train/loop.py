@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ from tl_jax.train.optimizer import applied_updates
 from tl_jax.train.stopwatch import Stopwatch, Timer
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early but saved everything
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: likewise, after Ctrl-C
 # With train.on_nonfinite=skip, this many skipped steps in a row still stop the run: by then the
 # model, not a batch, is broken (e.g. a learning rate that blew the weights up).
 SKIP_LIMIT = 10
@@ -84,20 +86,39 @@ def peak_memory_note() -> str:
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step."""
+  """Turns SIGTERM (a pre-empted machine) and a first SIGINT (Ctrl-C) into a flag the loop
+  checks after each step, so the run saves what it trained before it exits; a second SIGINT
+  interrupts at once."""
 
   def __init__(self):
     self.requested = False
+    self.signal: int | None = None  # the first one received here
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
     return self
 
   def _handle(self, signum, frame):
+    if signum == signal.SIGINT and self.signal == signal.SIGINT:
+      raise KeyboardInterrupt
+    if signum == signal.SIGINT:
+      print("tl-jax: Ctrl-C: saving a checkpoint of the step being trained, then stopping "
+            "(Ctrl-C again stops at once, losing the steps since the last checkpoint)",
+            file=sys.stderr, flush=True)
+    self.signal = self.signal or signum
     self.requested = True
 
+  @property
+  def name(self) -> str:
+    return "SIGINT (Ctrl-C)" if self.signal == signal.SIGINT else "SIGTERM"
+
+  @property
+  def exit_code(self) -> int:  # 128 + the signal; one from another process counts as SIGTERM
+    return INTERRUPTED_EXIT_CODE if self.signal == signal.SIGINT else PREEMPTED_EXIT_CODE
+
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
 
 
 def run(setup: Setup, workdir: str, on_ready=None) -> int:
@@ -112,8 +133,8 @@ def run(setup: Setup, workdir: str, on_ready=None) -> int:
                       setup.config.checkpoint.keep, setup.config.checkpoint.async_save)
   closers = [ckpt.close]
   try:
-    # From the restore to the last save: a SIGTERM while compiling or saving must not kill the
-    # process in the middle of a write.
+    # From the restore to the last save: a SIGTERM or Ctrl-C while compiling or saving must not
+    # kill the process in the middle of a write.
     with _Preemption() as preemption:
       code = _run(setup, workdir, on_ready, ckpt, closers, preemption)
   except BaseException:
@@ -199,10 +220,12 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       log(f"step {step} | {eval_summary(setup, line)}" + (f" | new best {metric}" if improved else ""))
       return line
 
-    if preemption.requested:  # while restoring or compiling: nothing new to save
-      log(f"stopped at step {start}: SIGTERM before training began; re-run the same command to "
-          "resume")
-      return PREEMPTED_EXIT_CODE
+    # While restoring or compiling: nothing new to save. Agreed, so that a signal reaching one
+    # process here stops them all, rather than leaving the others waiting in the first sync.
+    if distributed.agree({}, {"preempted": preemption.requested})["preempted"]:
+      log(f"stopped at step {start}: {preemption.name} before training began; re-run the same "
+          "command to resume")
+      return preemption.exit_code
 
     eval_enabled = cfg.eval.every_steps + cfg.eval.every_seconds > 0
     last_eval_step = None
@@ -296,8 +319,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
         stop_reason = f"used the budget train.max_train_seconds={cfg.train.max_train_seconds}"
         break
       if preempted:
-        stop_reason = "SIGTERM: checkpoint saved; re-run the same command to resume"
-        exit_code = PREEMPTED_EXIT_CODE
+        stop_reason = f"{preemption.name}: checkpoint saved; re-run the same command to resume"
+        exit_code = preemption.exit_code
         break
       # A step just skipped may be a weight blow-up in the making: the checkpoint waits for a
       # sync whose step was good.
