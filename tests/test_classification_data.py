@@ -323,8 +323,8 @@ def test_encode_truncation_policies():
   assert arrays["tokens"][0].tolist() == [0, 10, 11, 12, 2, 2, 110, 111, 112, 2]
   assert truncated == 1
   arrays, _ = cls.encode([Example(_words(4), _words(4, 100), 0)], tok, 9, "longest_first")
-  # 8 tokens into 5: the second loses on ties, as in HF.
-  assert arrays["tokens"][0].tolist() == [0, 10, 11, 11 + 1, 2, 2, 110, 111, 2]
+  # 8 tokens into 5: half each, the odd token to the second on ties, as `tokenizers` does.
+  assert arrays["tokens"][0].tolist() == [0, 10, 11, 2, 2, 110, 111, 112, 2]
   arrays, _ = cls.encode(pair, tok, 10, "only_first")
   assert arrays["tokens"][0].tolist() == [0, 10, 11, 12, 2, 2, 110, 111, 112, 2]
   arrays, _ = cls.encode(pair, tok, 12, "only_second")
@@ -344,6 +344,28 @@ def test_encode_truncation_policies():
     cls.encode(pair, tok, 10, "left")
   with pytest.raises(UserError, match=r"data\.seq_len=5 leaves no room.*raise data\.seq_len"):
     cls.encode(pair, tok, 5)
+
+
+def test_longest_first_cuts_pairs_as_hugging_face_tokenizers_does():
+  """Every pair of lengths up to 24 into every budget up to 20, against `tokenizers` itself."""
+  tokenizers = pytest.importorskip(
+      "tokenizers", reason="the comparison needs Hugging Face tokenizers: pip install -e '.[hf]'")
+  vocab = {f"w{i}": i for i in range(30)} | {"[UNK]": 30}
+  hf = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  hf.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  differ = []
+  for budget in range(2, 21):
+    hf.enable_truncation(max_length=budget, strategy="longest_first")
+    for la in range(1, 25):
+      for lb in range(1, 25):
+        if la + lb <= budget:
+          continue
+        types = hf.encode(_words(la), _words(lb)).type_ids  # 0: first sentence, 1: second
+        theirs = (types.count(0), types.count(1))
+        ours = cls.fit_lengths(la, lb, budget, "longest_first", 0)
+        if ours != theirs:
+          differ.append({"budget": budget, "lengths": (la, lb), "ours": ours, "theirs": theirs})
+  assert not differ, differ[:10]
 
 
 def test_encode_tokenizes_in_batches(monkeypatch):

@@ -9,6 +9,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -25,6 +28,8 @@ from tl_jax.data.tokenizer import load_tokenizer  # noqa: E402
 from tl_jax.errors import UserError  # noqa: E402
 from tl_jax.models.encoder import MaskedLM, padded_vocab  # noqa: E402
 from tl_jax.train.best import BestParams  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -167,7 +172,7 @@ def test_roberta_masked_lm_logits_match_transformers(hf, roberta, tmp_path):
   m = config.model
   assert (m.type_vocab_size, m.position_offset, m.max_len, m.ln_eps) == (1, 2, 34, 1e-5)
   assert (config.data.vocab_size, config.data.seq_len) == (len(hf_tokenizer), 32)
-  assert config.name == f"hf:{os.path.basename(source)}" and config.task == "pretrain"
+  assert config.name == "hf:RobertaForMaskedLM" and config.task == "pretrain"  # not "hf:model"
   assert params["token_embed"]["embedding"].shape == (padded_vocab(len(hf_tokenizer)), 64)
   info = BestParams(str(tmp_path / "run"), "eval_loss", higher_is_better=False).info()
   assert info["step"] == 0 and info["source"] == f"hf:{source}"
@@ -331,6 +336,36 @@ def test_bad_checkpoints_are_one_sentence_user_errors(roberta, bert, tmp_path):
   fails(shape, "shape")
 
   fails(str(tmp_path / "absent"), "not a directory")
+
+
+def test_an_imported_run_is_named_by_its_checkpoint(roberta, tmp_path):
+  from tl_jax.convert.hf import checkpoint_name
+  hf = {"_name_or_path": "FacebookAI/roberta-base", "architectures": ["RobertaForMaskedLM"]}
+  assert checkpoint_name(hf, "/models/model") == "FacebookAI/roberta-base"
+  assert checkpoint_name({**hf, "_name_or_path": "/home/me/model"}, "/x/model") == "RobertaForMaskedLM"
+  assert checkpoint_name({}, "/x/my-encoder") == "my-encoder"
+
+
+def test_a_hugging_face_folder_where_a_workdir_belongs_names_import_hf(roberta, tmp_path):
+  """`finetune --init=HF_DIR` before `import-hf`: the sentence gives the command to run."""
+  source = roberta[2]
+  for path in (os.path.join(source, "config.json"),):
+    with pytest.raises(UserError) as error:
+      config_lib.load(path)
+    assert _one_sentence(error) == (
+        f"{source} is a Hugging Face model folder, not a tl_jax workdir; import it first with "
+        f"`tl-jax import-hf --source={source} --workdir=NEW_DIR` and point the flag at NEW_DIR.")
+  result = subprocess.run(
+      [sys.executable, "-m", "tl_jax.cli", "finetune", "--config=configs/glue.py:sst2",
+       f"--init={source}", f"--workdir={tmp_path / 'ft'}"],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 2, result.stderr
+  assert [l for l in result.stderr.splitlines() if l.startswith("tl-jax")] == [
+      f"tl-jax: error: {source} is a Hugging Face model folder, not a tl_jax workdir; import it "
+      f"first with `tl-jax import-hf --source={source} --workdir=NEW_DIR` and point the flag at "
+      "NEW_DIR."]
+  assert not (tmp_path / "ft").exists()
 
 
 def test_a_workdir_with_a_run_is_refused(roberta, tmp_path):

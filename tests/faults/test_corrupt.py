@@ -92,3 +92,21 @@ def test_no_readable_checkpoint_is_refused_and_nothing_changes(copy_of_finished,
   assert snapshot(workdir) == before  # nothing moved aside, no fresh start over the old run
   reliability("Damaged checkpoints", "every checkpoint damaged (10 bytes-flipped, 20 truncated)",
               f"exit 2, nothing changed, no silent restart from scratch: `{message}`")
+
+
+def test_damaged_best_parameters_are_refused_by_their_checksum(copy_of_finished, env, reliability):
+  """best/params is what finetuning, translate-file and compress read: flipped bytes there,
+  which orbax reads without complaint, are caught by best.json's checksum."""
+  workdir = copy_of_finished
+  assert "checksum" in __import__("json").loads((workdir / "best" / "best.json").read_text())
+  path = max((workdir / "best" / "params").rglob("d/*"), key=lambda p: p.stat().st_size)
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))
+  before = snapshot(workdir)
+  result = run(tl_jax("compress", "--config=configs/compress.py:quick", f"--workdir={workdir}"), env)
+  message = assert_one_sentence(result, f"the best parameters in {workdir}/best could not be read",
+                                "differ from the checksum saved with it", "checkpoint=latest")
+  assert snapshot(workdir) == before  # no compress.jsonl line from damaged parameters
+  reliability("Damaged checkpoints", "best/params with one byte flipped, read by `tl-jax compress`",
+              f"exit 2, nothing written: `{message}`")

@@ -48,7 +48,7 @@ def import_hf(source_dir: str, workdir: str) -> str:
   vocab = hf["vocab_size"]
   tokenizer = _tokenizer(source, vocab)
 
-  config = config_lib.Config(model=model_config, name=f"hf:{os.path.basename(source)}")
+  config = config_lib.Config(model=model_config, name=f"hf:{checkpoint_name(hf, source)}")
   config.data.vocab_size = vocab
   config.data.seq_len = min(512, model_config.max_len - model_config.position_offset)
   config_lib.validate(config)
@@ -123,6 +123,17 @@ def _read_config(source: str) -> dict:
     raise UserError(f"{path} has hidden_size {hf['hidden_size']} not divisible by num_attention_heads "
                     f"{hf['num_attention_heads']}; fix config.json.")
   return hf
+
+
+def checkpoint_name(hf: dict, source: str) -> str:
+  """What the checkpoint calls itself: its hub id (`_name_or_path`, e.g. FacebookAI/roberta-base),
+  else its architecture (RobertaForMaskedLM); the folder's name only when it says neither (a
+  folder is usually just `model` or `checkpoint`)."""
+  name = str(hf.get("_name_or_path") or "")
+  if name and not os.path.isabs(name) and not name.startswith("."):
+    return name
+  architectures = hf.get("architectures") or []
+  return str(architectures[0]) if architectures else os.path.basename(source)
 
 
 def _model_config(hf: dict, source: str) -> config_lib.ModelConfig:

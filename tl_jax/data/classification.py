@@ -579,7 +579,7 @@ def _check_truncation(truncation: str) -> None:
     raise UserError(f"data.truncation={truncation!r} is not one of {', '.join(TRUNCATIONS)}.")
 
 
-def _fit(la: int, lb: int | None, budget: int, truncation: str, index: int) -> tuple[int, int]:
+def fit_lengths(la: int, lb: int | None, budget: int, truncation: str, index: int) -> tuple[int, int]:
   """Lengths (first, second) that fit `budget` text tokens under the truncation policy."""
   if lb is None:
     if la <= budget:
@@ -593,13 +593,14 @@ def _fit(la: int, lb: int | None, budget: int, truncation: str, index: int) -> t
   if excess <= 0:
     return la, lb
   if truncation == "longest_first":
-    # One token at a time from the end of the longer, the second on ties (as HF does).
-    for _ in range(excess):
-      if la > lb:
-        la -= 1
-      else:
-        lb -= 1
-    return la, lb
+    # Hugging Face `tokenizers`' rule (its truncation.rs): the longer is cut to what the shorter
+    # leaves; if both must be cut, each gets half the budget and the longer the odd token (the
+    # second on ties). Checked against `tokenizers` in tests/test_classification_data.py.
+    short, long = min(la, lb), max(la, lb)
+    long = short if short > budget else max(short, budget - short)
+    if short + long > budget:
+      short, long = budget // 2, budget // 2 + budget % 2
+    return (long, short) if la > lb else (short, long)
   if truncation == "only_first":
     if la - excess >= 1:
       return la - excess, lb
@@ -645,7 +646,7 @@ def encode(examples: Sequence[Example], tokenizer, seq_len: int,
     for row, (example, a) in enumerate(zip(batch, firsts), start=start):
       b = next(seconds) if example.pair is not None else None
       specials = 2 if b is None else pair_specials
-      la, lb = _fit(len(a), None if b is None else len(b), seq_len - specials, truncation, row)
+      la, lb = fit_lengths(len(a), None if b is None else len(b), seq_len - specials, truncation, row)
       if (la, lb) != (len(a), 0 if b is None else len(b)):
         truncated += 1
       first = bos + list(a[:la]) + eos

@@ -3,8 +3,10 @@
 Apart from the rolling checkpoints (which keep the newest steps for resuming),
 `best/params` holds parameters only, enough to translate, classify or start a
 finetuning run, and `best/best.json` names them: the step, the metric and its
-value. `best.json` is written after the parameters, so it never names a missing
-save. `tl-jax import-hf` writes the same layout for imported checkpoints.
+value, with a checksum of the parameters (as checkpoints have: orbax reads flipped bytes
+without complaint), checked on every restore. `best.json` is written after the parameters,
+so it never names a missing save. `tl-jax import-hf` writes the same layout for imported
+checkpoints.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import json
 import os
 
 import jax
+
+from tl_jax.train.checkpoint import fingerprint, verify
 
 
 class BestParams:
@@ -49,6 +53,7 @@ class BestParams:
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as checkpointer:
       checkpointer.save(self.params_path, params, force=True)
+    info = {**info, "checksum": fingerprint(params)[0]}  # every process: the params are sharded
     if jax.process_index() == 0:
       os.makedirs(self.directory, exist_ok=True)
       with open(self.info_path + ".tmp", "w") as f:
@@ -56,9 +61,13 @@ class BestParams:
       os.replace(self.info_path + ".tmp", self.info_path)
 
   def restore(self, abstract_params):
+    """The parameters; ValueError where they differ from best.json's checksum (best/ written
+    before checksums existed is taken as it is)."""
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as checkpointer:
-      return checkpointer.restore(self.params_path, abstract_params)
+      params = checkpointer.restore(self.params_path, abstract_params)
+    verify(params, self.info())
+    return params
 
   def describe(self) -> str:
     info = self.info()
