@@ -183,8 +183,35 @@ def test_best_at_budget_reads_last_eval_at_or_before_budget(tmp_path):
   ans = analysis.best_at_budget(curves, 15.0, higher_is_better=True)
   assert ans.best.label == "a" and ans.margin == pytest.approx(0.5)
 
+  # Default budgets never pass the shortest run (c, 3 s); without c, a and b span 10-18 s.
+  assert analysis.default_budgets(curves) == [3.0]
+  budgets = analysis.default_budgets(curves[:2])
+  assert budgets[0] == 10.0 and budgets[-1] == 18.0 and budgets == sorted(budgets)
+
+
+def test_the_demos_budget_rows_name_the_right_winner(tmp_path):
+  """The demo's report once named 4x128 best at 60.05 s (it overshot its 60 s budget by 0.05 s;
+  the others, stopped at 60.0 s, were "not reached") and, at 10.07 s, set 2x128's step-0 eval
+  of the untrained model (7.66) against it as the runner-up."""
+  def run(name, layers, width, evals, stop):
+    config = {**_pretrain_config(layers, width), "train": {"max_train_seconds": 60}}
+    return load_run(_write_workdir(tmp_path / name, config, _metrics(
+        [(0, 0.0, 7.66)] + evals, [(stop[0], stop[1], evals[-1][2] + 0.1)])), name)
+  runs = [run("2x64", 2, 64, [(400, 10.2, 5.60), (2400, 60.0, 4.700)], (2400, 60.0)),
+          run("2x128", 2, 128, [(300, 10.5, 5.70), (1800, 60.0, 4.763)], (1800, 60.0)),
+          run("4x128", 4, 128, [(100, 10.07, 4.79), (600, 60.05, 4.777)], (600, 60.05))]
+  curves = [analysis.eval_curve(r, "eval_loss", r.name) for r in runs]
   budgets = analysis.default_budgets(curves)
-  assert budgets[0] == 3.0 and budgets[-1] == 20.0 and budgets == sorted(budgets)
+  assert budgets[0] == 10.5 and budgets[-1] == 60.0  # every run has a reading at each
+  top = analysis.best_at_budget(curves, 60.0)
+  assert [(r.label, r.value) for r in top.ranking] == [("2x64", 4.700), ("2x128", 4.763),
+                                                       ("4x128", 4.777)]
+  assert top.not_reached == ()
+  # 60.05 s: the runs stopped at 60.0 s are within a step of it, so they count there too.
+  assert analysis.best_at_budget(curves, 60.05).best.label == "2x64"
+  early = analysis.best_at_budget(curves, 10.07)
+  assert [(r.label, r.step) for r in early.ranking] == [("4x128", 100)]  # no step-0 reading
+  assert early.no_eval == ("2x64", "2x128") and early.margin is None
 
 
 def test_budget_without_an_eval_yet_is_not_not_reached(tmp_path):
@@ -262,12 +289,13 @@ def test_report_end_to_end(tmp_path):
   for heading in ("RQ1", "budget", "RQ2", "RQ3", "RQ4", "RQ5", "Pareto frontier"):
     assert heading in text
   assert "| hf |" not in text
-  # Budget 15 s: the 2x64 runs evaluated at step 100 (10 s), the 4x128 runs only at step 0
-  # (their step 100 comes at 25 s). Budget 30 s: the 2x64 runs stopped at 20 s.
+  # Budget 15 s: the 2x64 runs evaluated at step 100 (10 s), the 4x128 runs only at step 0,
+  # which is no reading (their step 100 comes at 25 s). Budget 30 s: the 2x64 runs stopped at
+  # 20 s.
   table = text.split("### Training budgets: best validation loss")[1].split("###")[0]
   rows = {l.split("|")[1].strip(): l for l in table.splitlines() if l.startswith("| ")}
   assert "2x64" in rows["15"].split("|")[2] and "step 100 at 10.0 s" in rows["15"]
-  assert "4x128" in rows["15"].split("|")[5]  # the runner-up is of another size
+  assert "no other size" in rows["15"].split("|")[5] and "4x128" in rows["15"].split("|")[9]
   assert "4x128" in rows["30"].split("|")[2]
   assert "2x64 (98K) d2-w64-t100000/pretrain" in rows["30"].split("|")[8]
   # Figures: referenced and real PNGs.
@@ -353,3 +381,55 @@ def test_more_than_eight_sizes_are_paged(tmp_path):
   assert (out / "rq1_pretrain_loss.png").exists() and (out / "rq1_pretrain_loss_2.png").exists()
   text = (out / "report.md").read_text()
   assert all(f"2x{w}" in text for _, w in shapes)
+
+
+# ---------------------------------------------------------------------------
+# The compute regime of each pretraining run.
+
+
+@pytest.mark.parametrize("model", [{}, {"pre_ln": True}, {"positions": "sinusoidal"},
+                                   {"type_vocab_size": 2, "d_ff": 96, "num_layers": 3}])
+def test_regime_counts_the_models_own_parameters(model):
+  import flax.linen as nn
+  import jax
+  import numpy as np
+  from tl_jax import config as config_lib
+  from tl_jax.models.encoder import MaskedLM, padded_vocab
+  from tl_jax.report import regime
+  c = config_lib.load_preset("configs/mlm.py:tiny")
+  for k, v in model.items():
+    setattr(c.model, k, v)
+  params = jax.eval_shape(lambda: nn.meta.unbox(MaskedLM(c.model, padded_vocab(c.data.vocab_size)).init(
+      jax.random.key(0), np.zeros((1, c.data.seq_len), np.int32))["params"]))
+  sizes = {jax.tree_util.keystr(p): a.size for p, a in jax.tree_util.tree_flatten_with_path(params)[0]}
+  tables = sum(n for p, n in sizes.items() if "embed']['embedding" in p or "type_embed" in p)
+  total, non_embedding = regime.mlm_params(config_lib.to_dict(c))
+  assert total == sum(sizes.values()) and non_embedding == total - tables
+
+
+def test_regime_by_hand_and_its_flags(tmp_path):
+  from tl_jax.report import regime
+  from tl_jax.report.runs import format_params
+  # 2 x 64, vocab 2000 (padded to 2048), 32-token rows, 8 rows a step, 500 steps, 100k tokens.
+  config = {**_pretrain_config(2, 64, tokens=100_000), "train": {"batch_size": 8}}
+  config["model"].update(num_heads=2, d_ff=256, max_len=32)
+  config["data"].update(seq_len=32, vocab_size=2000, mask_prob=0.15, max_predictions=0)
+  run = load_run(_write_workdir(tmp_path / "r", config, _metrics(
+      [(500, 10.0, 5.0)], [(250, 5.0, 6.0), (500, 10.0, 5.1)])), "r")
+  r = regime.of_run(run)
+  layer = 4 * (64 * 64 + 64) + 2 * 64 * 256 + 256 + 64 + 4 * 64
+  head = 2 * 64 + 64 * 64 + 64 + 2 * 64 + 2048
+  assert r.non_embedding == 2 * layer + head
+  assert r.params == r.non_embedding + 2048 * 64 + 32 * 64
+  assert r.tokens_seen == 500 * 8 * 32 == 128_000 and r.passes == pytest.approx(1.28)
+  assert r.tokens_per_param == pytest.approx(128_000 / r.params)
+  # 6 x (matrix weights of the layers and of the head over all 32 positions) + attention.
+  per_token = 6 * (2 * (4 * 64 * 64 + 2 * 64 * 256) + 64 * 64 + 64 * 2048) + 12 * 2 * 32 * 64
+  assert r.flops == pytest.approx(128_000 * per_token)
+  assert r.flags == ("data repeated (1.3 passes)",)  # 0.5 tokens a parameter: far from 20
+  assert main([str(tmp_path / "r"), "--out", str(tmp_path / "report")]) == 0
+  text = (tmp_path / "report" / "report.md").read_text()
+  row = next(l for l in text.split("### Compute regime")[1].splitlines() if l.startswith("| 2x64"))
+  assert "| 128,000 | 100,000 | 1.28 |" in row and "data repeated (1.3 passes)" in row
+  assert f"| 2x64 ({format_params(r.params)}) | {format_params(r.params)} |" in row  # its own count
+  assert f"Regime: 1 of 1 runs repeated their data (2x64 ({format_params(r.params)}))" in text

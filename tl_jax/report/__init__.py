@@ -54,7 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument("--out", required=True, help="folder for report.md and the figures")
   parser.add_argument("--budget-seconds", action="append", metavar="S",
                       help="training-time budget(s) in training seconds; repeat or comma-separate "
-                           "(default: a few spread up to the longest run)")
+                           "(default: a few that every compared run reached)")
   parser.add_argument("--budget-mib", action="append", metavar="M",
                       help="memory budget(s) in MiB for the compressed models; repeat or "
                            "comma-separate (default: a few spread over the compressed points)")

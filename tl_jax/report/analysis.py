@@ -35,16 +35,41 @@ class Curve:
   reached_seconds: float  # how far training went, eval or not
   shape: Shape | None = None
   size: str = ""  # the size label (several curves may share one)
+  step_seconds: float = 0.0  # training seconds per step, over the whole run
+  budget_seconds: float = 0.0  # the run's own train.max_train_seconds (0: none)
+
+  def reaches(self, budget: float, held_to: float = 0.0) -> bool:
+    """Whether training got to `budget` seconds. A run stops at the first sync past its budget,
+    so runs held to the same budget end a fraction of a step apart: within one step of
+    `budget` counts, and so does any budget up to `held_to`, the furthest a run held to this
+    run's own train.max_train_seconds went, if this run stopped at that budget."""
+    if self.reached_seconds + self.step_seconds + _EPS >= budget:
+      return True
+    stopped_at_budget = bool(self.budget_seconds) and self.reached_seconds >= 0.99 * self.budget_seconds
+    return stopped_at_budget and budget <= held_to + _EPS
+
+
+def held_to(curves: Sequence["Curve"]) -> dict[float, float]:
+  """{train.max_train_seconds: the furthest a run held to it went}."""
+  out: dict[float, float] = {}
+  for c in curves:
+    if c.budget_seconds:
+      out[c.budget_seconds] = max(out.get(c.budget_seconds, 0.0), c.reached_seconds)
+  return out
 
 
 def eval_curve(run: Run, key: str, label: str, size: str = "") -> Curve:
   """`key` (eval_loss, bleu, ...) against training seconds from the run's eval lines."""
   lines = sorted(run.eval_lines(key), key=lambda m: (float(m.get("train_seconds") or 0.0),
                                                      int(m.get("step") or 0)))
+  last_step = max((int(m.get("step") or 0) for m in run.metrics), default=0)
+  budget = float((run.config.get("train") or {}).get("max_train_seconds") or 0.0)
   return Curve(label=label, seconds=tuple(float(m.get("train_seconds") or 0.0) for m in lines),
                steps=tuple(int(m.get("step") or 0) for m in lines),
                values=tuple(float(m[key]) for m in lines),
-               reached_seconds=run.max_train_seconds, shape=run.shape, size=size or label)
+               reached_seconds=run.max_train_seconds, shape=run.shape, size=size or label,
+               step_seconds=run.max_train_seconds / last_step if last_step else 0.0,
+               budget_seconds=budget)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +82,16 @@ class Reading:
   size: str = ""
 
 
-def value_at(curve: Curve, budget: float) -> Reading | None:
+def value_at(curve: Curve, budget: float, held: float = 0.0) -> Reading | None:
   """The last eval at or before `budget` seconds; None if training stopped short of it
-  (or no eval came before it)."""
-  if curve.reached_seconds + _EPS < budget:
+  (or no eval came before it). The step-0 eval of the untrained model is never a reading; an
+  eval less than one step past the budget is (it ends the step that crossed the budget, as a
+  run held to that budget ends)."""
+  if not curve.reaches(budget, held):
     return None
   last = None
   for s, step, v in zip(curve.seconds, curve.steps, curve.values):
-    if s <= budget + _EPS:
+    if step > 0 and s <= budget + curve.step_seconds + _EPS:
       last = Reading(curve.label, v, s, step, curve.size)
   return last
 
@@ -98,11 +125,13 @@ def best_at_budget(curves: Sequence[Curve], budget: float,
                    higher_is_better: bool = False) -> BudgetAnswer:
   """Ranks the runs by their last eval at or before `budget` training seconds."""
   readings, not_reached, no_eval = [], [], []
+  held = held_to(curves)
   for curve in curves:
-    reading = value_at(curve, budget)
+    allowed = held.get(curve.budget_seconds, 0.0)
+    reading = value_at(curve, budget, allowed)
     if reading is not None:
       readings.append(reading)
-    elif curve.reached_seconds + _EPS < budget:
+    elif not curve.reaches(budget, allowed):
       not_reached.append(curve.label)
     else:
       no_eval.append(curve.label)
@@ -119,14 +148,15 @@ def _round_sig(x: float, digits: int = 2, how: Callable[[float], float] = round)
 
 
 def default_budgets(curves: Sequence[Curve], count: int = 4) -> list[float]:
-  """Training-second budgets spread geometrically from the earliest eval after step 0 to
-  the end of the longest run. The ends are exact (the first budget catches that eval, the
-  last one the longest run's final eval); those between are rounded to three digits."""
-  hi = max((c.reached_seconds for c in curves), default=0.0)
+  """Training-second budgets every compared run reached, spread geometrically from the first
+  at which each has an eval after step 0 to where the shortest run stopped. The ends are
+  exact; those between are rounded to three digits."""
+  curves = [c for c in curves if any(step > 0 for step in c.steps)]
+  hi = min((c.reached_seconds for c in curves), default=0.0)
   if hi <= 0:
     return []
-  firsts = [s for c in curves for s in c.seconds[:2] if s > 0]
-  lo = min(min(firsts, default=hi), hi)
+  firsts = [next(s for s, step in zip(c.seconds, c.steps) if step > 0) for c in curves]
+  lo = min(max(firsts), hi)
   if count < 2 or hi <= lo * (1 + 1e-6):
     return [hi]
   ratio = (hi / lo) ** (1 / (count - 1))

@@ -60,7 +60,14 @@ class Run:
 
   @property
   def params(self) -> int | None:
-    """Parameter count where the workdir records one (compress.jsonl's model entry)."""
+    """The run's own parameter count: a masked LM's from its config (report/regime.py), any
+    other model's where its compress.jsonl records one."""
+    if self.task == "pretrain" and (self.config.get("data") or {}).get("vocab_size"):
+      from tl_jax.report.regime import mlm_params
+      try:
+        return mlm_params(self.config)[0]
+      except (TypeError, ValueError):  # a config of another version: no count
+        pass
     for record in self.points.values():
       params = (record.get("model") or {}).get("params")
       if params:
@@ -160,9 +167,10 @@ def load_runs(dirs: list[str]) -> list[Run]:
 
 
 def size_labels(runs: list[Run]) -> dict[Shape, str]:
-  """{shape: 'LxW (NM)'}: the parameter count where some run of that shape records one."""
+  """{shape: 'LxW (NM)'}: the parameter count where some run of that shape has one, a
+  pretraining run's (the masked LM's own) before a finetuned classifier's."""
   params = {}
-  for run in runs:
+  for run in sorted(runs, key=lambda r: r.task != "pretrain"):
     if run.params and run.shape not in params:
       params[run.shape] = run.params
   return {run.shape: (f"{run.shape.label} ({format_params(params[run.shape])})"

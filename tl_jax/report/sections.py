@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from tl_jax.report import analysis as A
 from tl_jax.report import figures as F
 from tl_jax.report import markdown as md
-from tl_jax.report.runs import Run, Shape, data_tokens, size_labels
+from tl_jax.report import regime
+from tl_jax.report.runs import Run, Shape, data_tokens, format_params, size_labels
 from tl_jax.tasks.metrics import TASK_METRICS
 
 
@@ -169,9 +170,56 @@ def overview(ctx: Context) -> str:
       "## Runs", f"{len(ctx.runs)} workdirs were read. Training seconds are `train_seconds` of "
       "metrics.jsonl: time spent training, without compilation, evaluation or checkpointing. "
       "Sizes are layers x width (encoder+decoder layers x width for translation), with the "
-      "parameter count where a compression grid recorded it.",
+      "parameter count: a masked LM's own, else where a compression grid recorded it.",
       md.table(["workdir", "task", "preset", "size", "evals", "train s", "final",
-                "compressed points"], rows)])
+                "compressed points"], rows)] + regime_table(ctx))
+
+
+def _regime_note(ctx: Context) -> list[str]:
+  """Which regime the budget advice above was measured in (the runs table has the numbers)."""
+  found = [(ctx.labels[r.workdir], regime.of_run(r)) for r in ctx.of_task("pretrain")]
+  found = [(label, r) for label, r in found if r is not None]
+  if not found:
+    return []
+  repeated = [label for label, r in found if r.passes is not None and r.passes > 1.0]
+  past = [label for label, r in found if r.tokens_per_param > regime.OPTIMAL_TOKENS_PER_PARAM]
+  if not repeated and not past:
+    return [f"Regime: all {len(found)} runs saw their data at most once and stayed below "
+            f"{regime.OPTIMAL_TOKENS_PER_PARAM:g} tokens per parameter, the compute-bound regime "
+            "in which the paper makes its RQ1 claim."]
+  parts = []
+  if repeated:
+    parts.append(f"{len(repeated)} of {len(found)} runs repeated their data ({', '.join(repeated)})")
+  if past:
+    parts.append(f"{len(past)} of {len(found)} ran past {regime.OPTIMAL_TOKENS_PER_PARAM:g} tokens "
+                 f"per parameter ({', '.join(past)})")
+  return [f"Regime: {'; '.join(parts)}. Those runs are data-bound or past compute-optimal, "
+          "where the paper does not claim that larger models win; read their rows as RQ4 "
+          "(data size), not as a test of RQ1."]
+
+
+def regime_table(ctx: Context) -> list[str]:
+  """The compute regime of each pretraining run (report/regime.py)."""
+  rows = []
+  for run in sorted(ctx.of_task("pretrain"), key=lambda r: (r.shape.sort_key, r.name)):
+    r = regime.of_run(run)
+    if r is None:
+      continue
+    rows.append([ctx.labels[run.workdir], format_params(r.params), format_params(r.non_embedding),
+                 f"{r.steps:,}", f"{r.tokens_seen:,}", f"{r.data_tokens:,}" if r.data_tokens else "—",
+                 md.num(r.passes, 3), md.num(r.tokens_per_param, 3), f"{r.flops:.3g}",
+                 "; ".join(r.flags) or "—"])
+  if not rows:
+    return []
+  return ["### Compute regime of the pretraining runs",
+          "Tokens seen = steps x batch rows x sequence length; passes = tokens seen / training "
+          "data tokens; training FLOPs = 6 x matrix weights x tokens + attention (the MFU "
+          f"convention). Compute-optimal training is near {regime.OPTIMAL_TOKENS_PER_PARAM:g} tokens "
+          "per parameter (Chinchilla, Hoffmann et al. 2022): RQ1's claim that larger models reach a "
+          "loss sooner is about runs well below it, on data that does not repeat. A run that "
+          "repeats its data is in RQ4's data-bound regime, where that claim need not hold.",
+          md.table(["run", "params", "non-embedding", "steps", "tokens seen", "data tokens",
+                    "passes", "tokens/param", "training FLOPs", "flags"], rows)]
 
 
 # ---------------------------------------------------------------------------
@@ -246,10 +294,12 @@ def _by_time(lines: list[dict]) -> list[dict]:
 
 def budgets(ctx: Context) -> str:
   out = ["## 2. Which size to train and deploy under a budget",
-         "For a training budget of S seconds each run counts with its last eval at or before S "
-         "training seconds; a run whose training stopped before S is listed as *not reached* and "
-         "never extrapolated. The runner-up is the best run of another size, and the margin how much "
-         "the best run beats it by."]
+         "For a training budget of S seconds each run counts with its last eval after step 0 at or "
+         "before S training seconds (the row names the step and second of each reading); a run "
+         "within one step of S, or held to S by its own train.max_train_seconds, reached it, and one "
+         "whose training stopped earlier is listed as *not reached* and never extrapolated. The "
+         "runner-up is the best run of another size, and the margin how much the best run beats it "
+         "by."]
   any_training = False
   for task in ("pretrain", "translate"):
     metric = TASK_METRICS[task]
@@ -259,7 +309,7 @@ def budgets(ctx: Context) -> str:
     any_training = True
     budgets_s = seconds_budgets(ctx, curves)
     origin = "as asked (--budget-seconds)" if ctx.budget_seconds else \
-        "spread up to the longest run (set them with --budget-seconds)"
+        "spread up to where the shortest run stopped (set them with --budget-seconds)"
     out.append(f"### Training budgets: best {metric.label} ({_TASK_NOUNS[task]})")
     out.append(f"Budgets {origin}; {'higher' if metric.higher_is_better else 'lower'} is better.")
     rows = []
@@ -272,13 +322,16 @@ def budgets(ctx: Context) -> str:
           metric.format(best.value) if best else "—",
           f"step {best.step} at {md.seconds(best.seconds)} s" if best else "—",
           runner.label if runner else ("no other size" if best else "—"),
-          metric.format(runner.value) if runner else "—",
+          (f"{metric.format(runner.value)} (step {runner.step} at {md.seconds(runner.seconds)} s)"
+           if runner else "—"),
           metric.format(ans.margin) if ans.margin is not None else "—",
           ", ".join(ans.not_reached) or "—",
           ", ".join(ans.no_eval) or "—"])
     out.append(md.table(["budget (train s)", "best", metric.label, "read at", "runner-up",
                          f"runner-up {metric.label}", "margin", "not reached", "no eval by then"],
                         rows))
+    if task == "pretrain":
+      out.extend(_regime_note(ctx))
   if not any_training:
     out.append("No pretraining or translation run with evals was found, so there is no "
                "training-budget advice.")
