@@ -118,14 +118,15 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float, what: str, poll:
 
 
 def terminate_when(argv: list[str], env: dict, condition, timeout: float, what: str, stdout,
-                   stderr=subprocess.STDOUT) -> tuple[int, float]:
-  """Starts `argv`, sends SIGTERM once `condition()` holds, and returns (exit code, seconds from
-  SIGTERM to exit); a process still alive after GRACE_SECONDS is killed (and the wait raises)."""
+                   stderr=subprocess.STDOUT, signum: int = signal.SIGTERM) -> tuple[int, float]:
+  """Starts `argv`, sends SIGTERM (or `signum`) once `condition()` holds, and returns (exit code,
+  seconds from the signal to exit); a process still alive after GRACE_SECONDS is killed (and
+  the wait raises)."""
   proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
   try:
     wait_for(condition, proc, timeout, what)
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     code = proc.wait(timeout=GRACE_SECONDS)
     return code, time.monotonic() - sent
   finally:

@@ -18,8 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from faults.harness import (GRACE_SECONDS, LONG, LONG_STEPS, REPO, SMALL, checkpoint_steps, error_lines,
-                            final_params, logged_step, read_metrics, run, tl_jax, wait_for)
+from faults.harness import (LONG, LONG_STEPS, REPO, SMALL, checkpoint_steps, error_lines,
+                            final_params, logged_step, read_metrics, run, terminate_when, tl_jax,
+                            wait_for)
 
 pytestmark = pytest.mark.slow
 # Checkpoints only at the end: whatever Ctrl-C keeps, it saved itself.
@@ -32,17 +33,8 @@ def test_ctrl_c_saves_the_step_and_the_same_command_resumes_exactly(tmp_path, en
   out = tmp_path / "first.out"
   argv = tl_jax("pretrain", f"--workdir={workdir}", *RARE_CHECKPOINTS)
   with open(out, "w") as f:
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
-    try:
-      wait_for(lambda: logged_step(out) >= 25, proc, 120, "step 25")
-      sent = time.monotonic()
-      proc.send_signal(signal.SIGINT)
-      code = proc.wait(timeout=GRACE_SECONDS)
-      seconds = time.monotonic() - sent
-    finally:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    code, seconds = terminate_when(argv, env, lambda: logged_step(out) >= 25, 120, "step 25", f,
+                                   signum=signal.SIGINT)
   text = out.read_text()
   assert code == 130 and "Traceback" not in text, text
   assert "Ctrl-C: saving a checkpoint of the step being trained" in text
