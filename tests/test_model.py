@@ -111,3 +111,17 @@ def test_gradient_accumulation_equals_the_whole_batch():
   np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), split.params, whole.params)
   assert m1["tokens"] > 0 and optax.tree.norm(jax.tree.map(jnp.subtract, whole.params, state.params)) > 0
+
+
+def test_seconds_horizon_rates_before_and_after_the_end_is_fixed():
+  from tl_jax.config import FinetuneTrainConfig, TrainConfig
+  from tl_jax.train.optimizer import horizon_learning_rate
+  lr = lambda train, step, end: float(horizon_learning_rate(train, step, end))
+  t = TrainConfig(learning_rate=1.0, warmup_steps=10, schedule_horizon="seconds")
+  assert lr(t, 5, 0) == 0.5 and lr(t, 10, 0) == 1.0 and lr(t, 5000, 0) == 1.0  # end not fixed: peak
+  assert lr(t, 55, 100) == pytest.approx(0.5) and lr(t, 100, 100) == 0.0 == lr(t, 120, 100)
+  # Finetuning's warmup is a fraction of the run: of max_steps until the end is fixed, then of it.
+  f = FinetuneTrainConfig(learning_rate=1.0, warmup_fraction=0.1, warmup_steps=60,
+                          schedule_horizon="seconds")
+  assert lr(f, 30, 0) == 0.5 and lr(f, 10, 200) == 0.5 and lr(f, 20, 200) == 1.0
+  assert lr(f, 110, 200) == pytest.approx(0.5)

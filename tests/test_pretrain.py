@@ -78,13 +78,41 @@ def test_training_seconds_budget_stops_on_time(tmp_path):
     assert 1.5 <= after - before <= 1.5 + 3 * step_seconds + 0.5, timed_evals
 
 
-def command(workdir, mesh):
+def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path):
+  """train.schedule_horizon=seconds: the decay ends at the budget (a steps schedule over
+  max_steps=100,000 would still be at its peak there)."""
+  c = config_lib.load_preset("configs/mlm.py:tiny")
+  c.train.max_steps, c.train.max_train_seconds, c.train.log_every = 100_000, 4.0, 10
+  c.train.schedule_horizon, c.train.warmup_steps = "seconds", 10
+  c.eval.every_steps, c.checkpoint.every_steps, c.parallel.data = 0, 100_000, 1
+  config_lib.validate(c)
+  workdir = str(tmp_path / "horizon")
+  assert tasks.run(c, workdir, jax.devices()[:1]) == 0
+  train = [l for l in metrics.read(workdir) if "loss" in l]
+  [fixed] = [l for l in train if "schedule_end_step" in l]
+  end, last, peak = fixed["schedule_end_step"], train[-1], c.train.learning_rate
+  assert fixed["step"] <= 2 * c.train.log_every < end  # fixed early, from the measured pace
+  # The end is where the budget runs out at the pace of the window that fixed it ...
+  before = train[train.index(fixed) - 1]
+  pace = (fixed["train_seconds"] - before["train_seconds"]) / (fixed["step"] - before["step"])
+  assert abs(end - (fixed["step"] + (4.0 - fixed["train_seconds"]) / pace)) <= 1.0
+  # ... and every logged rate follows warmup, then a linear decay to 0 at that step (a steps
+  # schedule over max_steps=100,000 would still be at its peak).
+  for line in train[train.index(fixed) + 1:]:
+    used = line["step"] - 1  # the update of step s used the rate of count s - 1
+    expected = peak * min(used / 10, (end - used) / (end - 10))
+    assert line["learning_rate"] == pytest.approx(expected, rel=1e-5), line
+  # It stops at that step, or at the budget if the pace slowed (a busy machine).
+  assert last["step"] == end or last["train_seconds"] >= 4.0, (last, end)
+
+
+def command(workdir, mesh, extra=()):
   data, fsdp = mesh
   return [sys.executable, "-m", "tl_jax.cli", "pretrain", "--config=configs/mlm.py:tiny",
           f"--workdir={workdir}", "--config.train.max_steps=60", "--config.train.log_every=5",
           "--config.eval.every_steps=30", "--config.eval.num_batches=2",
           "--config.checkpoint.every_steps=20", "--config.data.max_train_tokens=200000",
-          f"--config.parallel.data={data}", f"--config.parallel.fsdp={fsdp}"]
+          f"--config.parallel.data={data}", f"--config.parallel.fsdp={fsdp}", *extra]
 
 
 def restore_params(workdir, mesh):
@@ -110,21 +138,27 @@ def wait_for_step(workdir, step, proc, timeout=240):
   raise AssertionError(f"no step {step} within {timeout}s")
 
 
-@pytest.mark.parametrize("mesh", [(1, 1), (2, 4)], ids=["1x1", "2x4"])
-def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path, mesh):
+# The seconds horizon with a budget too large to bind: its end is fixed (at max_steps) early in
+# each run, kept in the optimizer state, and must survive the kill and resume.
+HORIZON = ("--config.train.schedule_horizon=seconds", "--config.train.max_train_seconds=1000000")
+
+
+@pytest.mark.parametrize("mesh, extra", [((1, 1), ()), ((2, 4), ()), ((1, 1), HORIZON)],
+                         ids=["1x1", "2x4", "1x1-seconds-horizon"])
+def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path, mesh, extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu")  # bitwise equality is promised on CPU
   if mesh == (1, 1):
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
   reference = str(tmp_path / "reference")
-  subprocess.run(command(reference, mesh), cwd=REPO, env=env, check=True, capture_output=True)
+  subprocess.run(command(reference, mesh, extra), cwd=REPO, env=env, check=True, capture_output=True)
 
   interrupted = str(tmp_path / "interrupted")
-  proc = subprocess.Popen(command(interrupted, mesh), cwd=REPO, env=env,
+  proc = subprocess.Popen(command(interrupted, mesh, extra), cwd=REPO, env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   wait_for_step(interrupted, 35, proc)  # past the step-20 checkpoint, before the step-40 one
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  resumed = subprocess.run(command(interrupted, mesh), cwd=REPO, env=env, capture_output=True,
+  resumed = subprocess.run(command(interrupted, mesh, extra), cwd=REPO, env=env, capture_output=True,
                            text=True)
   assert resumed.returncode == 0, resumed.stderr
   assert "resumed from step" in resumed.stdout
@@ -133,9 +167,19 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path, mesh):
   final = lambda lines, key: [l[key] for l in lines if key in l and l["step"] == 60]
   assert final(res_lines, "loss") == final(ref_lines, "loss")  # bitwise on CPU
   assert final(res_lines, "eval_loss") == final(ref_lines, "eval_loss")
-  assert [l["step"] for l in res_lines] == [l["step"] for l in ref_lines]  # no duplicated lines
+  steps = lambda lines: [(l["step"], "loss" in l) for l in lines]
+  if extra:  # a budget makes every session sync after its first step: one more line, at 21
+    assert len(set(steps(res_lines))) == len(res_lines) and set(steps(ref_lines)) <= set(steps(res_lines))
+  else:
+    assert steps(res_lines) == steps(ref_lines)  # no duplicated lines
   seconds = [l["train_seconds"] for l in res_lines]
   assert seconds == sorted(seconds), "train_seconds never go backwards across the restart"
+  if extra:  # fixed before the step-20 checkpoint, kept by it: the resumed session fixes nothing
+    ends = [l for l in ref_lines if "schedule_end_step" in l]
+    assert [l["schedule_end_step"] for l in ends] == [60] and ends[0]["step"] < 20
+    assert not [l for l in res_lines if "schedule_end_step" in l and l["step"] > 20]
+    peak = config_lib.load(os.path.join(reference, "config.json")).train.learning_rate
+    assert final(ref_lines, "learning_rate")[0] == pytest.approx(0.1 * peak)  # (60 - 59) / (60 - 50)
   ref_step, ref_params = restore_params(reference, mesh)
   res_step, res_params = restore_params(interrupted, mesh)
   assert ref_step == res_step == 60

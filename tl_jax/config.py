@@ -103,6 +103,10 @@ class TrainConfig:
   target_eval_loss: float = 0.0  # stop once eval_loss <= this; 0 = none
   log_every: int = 20  # steps between synchronized metric lines
   schedule: str = "linear"  # linear (warmup, linear decay) | inverse_sqrt (warmup, then 1/sqrt(step))
+  # What the linear decay is laid out over: `steps` (max_steps, or decay_steps), or `seconds`:
+  # it ends where max_train_seconds runs out, at a step fixed from the pace measured early in
+  # the run and kept in the optimizer state (so a resumed run keeps it).
+  schedule_horizon: str = "steps"
   label_smoothing: float = 0.0  # translation uses 0.1
   peak_tflops: float = 0.0  # bf16 peak for MFU; 0 = from the device table
   mu_dtype: str = "float32"  # Adam's first moment: float32 | bfloat16 (saves 2 bytes a parameter)
@@ -550,6 +554,7 @@ _CHOICES = {
     "model.embed_grad": ("auto", "onehot", "scatter"),
     "model.positions": ("learned", "sinusoidal"),
     "train.schedule": ("linear", "inverse_sqrt"),
+    "train.schedule_horizon": ("steps", "seconds"),
     "train.mu_dtype": ("float32", "bfloat16"),
     "train.on_nonfinite": ("stop", "skip"),
 }
@@ -628,6 +633,12 @@ def validate(config) -> None:
       "eval.batch_size": config.eval.batch_size,
       "checkpoint.every_steps": config.checkpoint.every_steps, "checkpoint.keep": config.checkpoint.keep,
   })
+  if t.schedule_horizon == "seconds" and not t.max_train_seconds > 0:
+    raise UserError("train.schedule_horizon=seconds lays the decay out over train.max_train_seconds, "
+                    "which is not set; set it, or use train.schedule_horizon=steps.")
+  if t.schedule_horizon == "seconds" and (t.schedule != "linear" or t.decay_steps):
+    raise UserError("train.schedule_horizon=seconds needs train.schedule=linear and no "
+                    "train.decay_steps (the budget sets where the decay ends).")
   if not 0.0 <= t.label_smoothing < 1.0:
     raise UserError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
   if m.d_model % m.num_heads:

@@ -84,6 +84,18 @@ def unknown_choice(i):
            "--config.train.on_nonfinite=sometimes"], ["train.on_nonfinite", "stop, skip"], [])
 
 
+def seconds_horizon_without_budget(i):
+  return (["pretrain", f"--workdir={i.new()}", "--config=configs/mlm.py:tiny",
+           "--config.train.schedule_horizon=seconds"],
+          ["train.schedule_horizon=seconds", "train.max_train_seconds"], [])
+
+
+def hugging_face_folder_as_init(i):
+  folder = i.file("hf/config.json", '{"model_type": "roberta", "architectures": ["RobertaForMaskedLM"]}').parent
+  return (["finetune", f"--workdir={i.new()}", "--config=configs/glue.py:synthetic", f"--init={folder}"],
+          ["Hugging Face model folder", f"tl-jax import-hf --source={folder}"], [])
+
+
 def finetune_without_init(i):
   return ["finetune", f"--workdir={i.new()}", "--config=configs/glue.py:synthetic"], ["--init"], []
 
@@ -201,6 +213,10 @@ CASES = {
     ("Bad input: configs", "translate with a value of the wrong type (learning_rate=fast)"): wrong_type,
     ("Bad input: configs", "translate with train.on_nonfinite=sometimes"): unknown_choice,
     ("Bad input: configs", "finetune without --init"): finetune_without_init,
+    ("Bad input: configs", "pretrain with train.schedule_horizon=seconds and no seconds budget"):
+        seconds_horizon_without_budget,
+    ("Bad input: checkpoints of another size", "finetune --init naming a Hugging Face folder "
+     "(before import-hf)"): hugging_face_folder_as_init,
     ("Bad input: configs", "compress with an unknown quantizer (awq)"): unknown_quantizer,
     ("Bad input: configs", "sweep --config naming a sweep file with a syntax error"): sweep_syntax_error,
     ("Bad input: configs", "a workdir whose config.json is not valid JSON"): config_json_not_json,

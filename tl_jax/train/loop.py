@@ -26,7 +26,7 @@ from tl_jax.parallel import sharding as shd
 from tl_jax.train import flops
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from tl_jax.train.metrics import MetricWriter, format_seconds, truncate_after
-from tl_jax.train.optimizer import applied_updates
+from tl_jax.train.optimizer import applied_updates, horizon_end, with_horizon
 from tl_jax.train.stopwatch import Stopwatch, Timer
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early but saved everything
@@ -248,6 +248,10 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     skipped = start - int(jax.device_get(applied_updates(state.opt_state))) if skip_nonfinite else 0
     skipped_in_a_row = 0
     ckpt_owed = False  # a checkpoint fell due at a skipped step: save at the next good sync
+    # train.schedule_horizon=seconds: the step the decay ends at, fixed at this session's second
+    # sync from the pace since its first (which follows the first, slower, step) if not yet.
+    horizon = horizon_end(state.opt_state)
+    syncs = 0
     batches = setup.loader.iterate(start, cfg.data.prefetch)
     while step < cfg.train.max_steps:
       _, host_batch = next(batches)
@@ -263,7 +267,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       # Only step counts and agreed seconds (below) say when to sync, so every process syncs at
       # the same steps; one process alone may also sync on its own clock or on SIGTERM.
       sync_due = (step % cfg.train.log_every == 0 or eval_due or ckpt_by_steps or last
-                  or step >= next_timed_step)
+                  or step >= next_timed_step or step == horizon)
       if not (sync_due or (single_process and (ckpt_by_clock or preemption.requested))):
         continue
 
@@ -284,6 +288,14 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
         skipped_in_a_row = (skipped_in_a_row + steps_done if newly == steps_done
                             else (0 if finite else 1))
         extra["skipped_steps"] = skipped
+      syncs += 1
+      if horizon == 0 and syncs >= 2:
+        left = cfg.train.max_train_seconds - watch.train
+        horizon = min(cfg.train.max_steps, step + max(math.ceil(left * steps_done / window), 1))
+        state = state.replace(opt_state=with_horizon(state.opt_state, horizon))
+        extra["schedule_end_step"] = horizon
+        log(f"schedule: the decay ends at step {horizon}, where train.max_train_seconds="
+            f"{cfg.train.max_train_seconds:g} runs out at {1e3 * window / steps_done:.1f} ms a step")
       tokens_per_second = steps_done * tokens_per_step / window
       mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
       line = record(step, {"loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
@@ -317,6 +329,10 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
           break
       if cfg.train.max_train_seconds and watch.train >= cfg.train.max_train_seconds:
         stop_reason = f"used the budget train.max_train_seconds={cfg.train.max_train_seconds}"
+        break
+      if horizon and step >= horizon:
+        stop_reason = (f"reached the end of its schedule (step {horizon}, fitted to "
+                       f"train.max_train_seconds={cfg.train.max_train_seconds})")
         break
       if preempted:
         stop_reason = f"{preemption.name}: checkpoint saved; re-run the same command to resume"

@@ -1,12 +1,78 @@
-"""AdamW with RoBERTa's settings and a linear warmup / linear decay schedule."""
+"""AdamW with RoBERTa's settings and a linear warmup / linear decay schedule.
+
+With `train.schedule_horizon=seconds` the decay ends where the seconds budget does. Where that
+is, in steps, is known only once the run's pace is: the optimizer state holds the end step
+(`HorizonState`), 0 until the training loop fixes it (`with_horizon`) from the pace of its
+first steps, and the learning rate is read from that state. Checkpoints carry it, so a resumed
+run decays to the same step.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from tl_jax.config import TrainConfig
+
+
+class HorizonState(NamedTuple):
+  count: jax.Array  # updates applied, as optax's schedules count them
+  end: jax.Array  # int32: the step at which the decay reaches 0; 0 = not fixed yet
+  learning_rate: jax.Array  # float32: the one the last update used, for the logs
+
+
+def horizon_learning_rate(train: TrainConfig, step, end):
+  """Warmup, then linear decay to 0 at `end`; at the peak while `end` is 0 (not yet fixed).
+  A warmup given as a fraction (finetuning) is that fraction of `end` once it is fixed."""
+  fraction = getattr(train, "warmup_fraction", 0.0)
+  warmup = jnp.where((end > 0) & (fraction > 0), jnp.round(fraction * end), train.warmup_steps)
+  warmup = jnp.maximum(warmup, 1.0)
+  step = jnp.asarray(step, jnp.float32)
+  rising = (step + 0.0) / warmup
+  falling = jnp.where(end > 0, (end - step) / jnp.maximum(end - warmup, 1.0), 1.0)
+  return train.learning_rate * jnp.clip(jnp.minimum(rising, falling), 0.0, 1.0)
+
+
+def _scale_by_horizon(train: TrainConfig) -> optax.GradientTransformation:
+  def init(params):
+    return HorizonState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
+
+  def update(updates, state, params=None):
+    lr = horizon_learning_rate(train, state.count, state.end)
+    updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+    return updates, state._replace(count=optax.safe_int32_increment(state.count), learning_rate=lr)
+  return optax.GradientTransformation(init, update)
+
+
+def _horizon(opt_state) -> HorizonState | None:
+  is_horizon = lambda s: isinstance(s, HorizonState)
+  return next((s for s in jax.tree.leaves(opt_state, is_leaf=is_horizon) if is_horizon(s)), None)
+
+
+def horizon_end(opt_state) -> int | None:
+  """The step the decay ends at: None for a steps schedule, 0 while not yet fixed."""
+  state = _horizon(opt_state)
+  return None if state is None else int(jax.device_get(state.end))
+
+
+def with_horizon(opt_state, end: int):
+  """`opt_state` with the decay's end fixed at step `end` (placed as the old value was)."""
+  is_horizon = lambda s: isinstance(s, HorizonState)
+  def fix(s):
+    if not is_horizon(s):
+      return s
+    return s._replace(end=jax.device_put(jnp.asarray(end, jnp.int32), s.end.sharding))
+  return jax.tree.map(fix, opt_state, is_leaf=is_horizon)
+
+
+def applied_learning_rate(opt_state, scheduled):
+  """The learning rate an update just used: `scheduled` (the steps schedule's value), or the
+  one a seconds horizon recorded in `opt_state`."""
+  state = _horizon(opt_state)
+  return scheduled if state is None else state.learning_rate
 
 
 def schedule(train: TrainConfig) -> optax.Schedule:
@@ -29,9 +95,14 @@ def _decay_mask(params):
 
 def optimizer(train: TrainConfig) -> optax.GradientTransformation:
   parts = [optax.clip_by_global_norm(train.grad_clip)] if train.grad_clip > 0 else []
-  parts.append(optax.adamw(schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
-                           weight_decay=train.weight_decay, mask=_decay_mask,
-                           mu_dtype=jnp.dtype(train.mu_dtype)))
+  if train.schedule_horizon == "seconds":  # optax.adamw's chain, its schedule read from the state
+    parts.append(optax.chain(
+        optax.scale_by_adam(b1=train.b1, b2=train.b2, eps=train.eps, mu_dtype=jnp.dtype(train.mu_dtype)),
+        optax.add_decayed_weights(train.weight_decay, _decay_mask), _scale_by_horizon(train)))
+  else:
+    parts.append(optax.adamw(schedule(train), b1=train.b1, b2=train.b2, eps=train.eps,
+                             weight_decay=train.weight_decay, mask=_decay_mask,
+                             mu_dtype=jnp.dtype(train.mu_dtype)))
   tx = optax.chain(*parts)
   return skip_nonfinite(tx) if train.on_nonfinite == "skip" else tx
 

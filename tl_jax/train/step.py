@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tl_jax.train.optimizer import applied_learning_rate
 from tl_jax.train.state import TrainState, mask_tree
 
 
@@ -47,7 +48,7 @@ def accumulate_and_update(state: TrainState, micro_batches, loss_sums, *, tx, sc
   grads = mask_tree(jax.tree.map(lambda g: g / count, grads), state.masks)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads),
-             "learning_rate": schedule(state.step), "tokens": count}
+             "learning_rate": applied_learning_rate(opt_state, schedule(state.step)), "tokens": count}
   params = mask_tree(optax.apply_updates(state.params, updates), state.masks)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
