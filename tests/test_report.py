@@ -433,3 +433,66 @@ def test_regime_by_hand_and_its_flags(tmp_path):
   assert "| 128,000 | 100,000 | 1.28 |" in row and "data repeated (1.3 passes)" in row
   assert f"| 2x64 ({format_params(r.params)}) | {format_params(r.params)} |" in row  # its own count
   assert f"Regime: 1 of 1 runs repeated their data (2x64 ({format_params(r.params)}))" in text
+
+
+# ---------------------------------------------------------------------------
+# Seeds: one size, several runs.
+
+
+def test_seeds_of_a_size_count_as_one_with_their_spread(tmp_path):
+  """Two sizes, two seeds each (train.seed 0 and 1): at 10 s the sizes are within their
+  spread (a tie); at 20 s 2x64 is ahead by more than both spreads together (the winner)."""
+  def run(layers, width, seed, at10, at20):
+    config = {**_pretrain_config(layers, width), "train": {"seed": seed, "max_train_seconds": 20}}
+    name = f"d{layers}w{width}/seed{seed}"
+    _write_workdir(tmp_path / "sweep" / name, config, _metrics(
+        [(0, 0.0, 8.0), (100, 10.0, at10), (200, 20.0, at20)], [(200, 20.0, at20 + 0.1)]))
+  run(2, 64, 0, 5.00, 4.70)
+  run(2, 64, 1, 5.10, 4.72)
+  run(4, 128, 0, 5.05, 4.80)
+  run(4, 128, 1, 5.12, 4.82)
+  runs = load_runs([str(tmp_path / "sweep")])
+  curves = [analysis.eval_curve(r, "eval_loss", r.name, f"{r.shape.label}") for r in runs]
+  groups = analysis.groups_at_budget(analysis.best_at_budget(curves, 20.0), curves)
+  assert [(g.size, len(g.readings)) for g in groups] == [("2x64", 2), ("4x128", 2)]
+  assert groups[0].spread.mean == pytest.approx(4.71)
+  assert groups[0].spread.std == pytest.approx(math.sqrt(2 * 0.01 ** 2))
+  assert analysis.verdict(groups[0].spread, groups[1].spread) == "winner"
+  at10 = analysis.groups_at_budget(analysis.best_at_budget(curves, 10.0), curves)
+  assert analysis.verdict(at10[0].spread, at10[1].spread) == "tie within noise"
+  one = analysis.Spread.of([4.7])
+  assert one.std is None and analysis.verdict(one, at10[1].spread) == "one seed: spread unknown"
+
+  assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--budget-seconds=10,20"]) == 0
+  text = (tmp_path / "report" / "report.md").read_text()
+  table = text.split("### Training budgets: best validation loss")[1].split("###")[0]
+  rows = {l.split("|")[1].strip(): l.split("|") for l in table.splitlines() if l.startswith("| ")}
+  assert "(2 seeds)" in rows["20"][2] and "4.7100 ± 0.0141" in rows["20"][3]
+  assert "step 200 at 20.0 s; step 200 at 20.0 s" in rows["20"][4]
+  assert rows["20"][10].strip() == "winner" and rows["10"][10].strip() == "tie within noise"
+
+
+def test_compressed_seeds_of_a_size_are_averaged_in_the_memory_advice(tmp_path):
+  """Each size's grid was run on two finetuned seeds: the memory table compares the sizes by
+  their means, with the spread, and calls a tie where the margin is within it."""
+  def finetuned(layers, width, seed, acc4, acc32):
+    config = {"task": "finetune", "name": "synthetic", "train": {"seed": seed},
+              "init": {"workdir": f"/pretrained/seed{seed}"},
+              "model": {"num_layers": layers, "d_model": width, "decoder_layers": 0}}
+    _write_workdir(tmp_path / "sweep" / f"d{layers}w{width}-seed{seed}", config, points=[
+        _point("float32", layers, width, acc32, acc32, 8.0 * layers / 2),
+        _point("uniform4b", layers, width, acc4, acc32, 1.0 * layers / 2, bits=4, quant="uniform")])
+  finetuned(2, 64, 0, 0.800, 0.810)
+  finetuned(2, 64, 1, 0.804, 0.812)
+  finetuned(4, 64, 0, 0.806, 0.820)
+  finetuned(4, 64, 1, 0.830, 0.822)
+  assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--budget-mib=1.5,9"]) == 0
+  text = (tmp_path / "report" / "report.md").read_text()
+  table = text.split("### Memory budgets")[1].split("##")[0]
+  rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")] for l in table.splitlines()
+          if l.startswith("| ")}
+  assert rows["1.5"][2] == "2x64 (98K) (2 seeds): uniform4b" and rows["1.5"][5] == "no other size fits"
+  assert rows["1.5"][3] == "0.8020 ± 0.0028"
+  # 4 x 64 at 4 bits: 0.818 ± 0.017 against 2 x 64's float32, 0.811 ± 0.0014: within noise.
+  assert rows["9"][2] == "4x64 (197K) (2 seeds): uniform4b" and rows["9"][3] == "0.8180 ± 0.0170"
+  assert rows["9"][5] == "2x64 (98K) (2 seeds): float32" and rows["9"][9] == "tie within noise"

@@ -231,3 +231,14 @@ def test_sigterm_to_the_sweep_checkpoints_the_stage_and_exits_143(tmp_path, in_r
   assert not (root / ".sweep" / "long.done").exists()
 
 
+
+
+def test_seeded_stages_get_a_workdir_and_a_train_seed_each():
+  stages = sweep_lib.seeded(sweep_lib.size_stages, "d2-w64", (0, 1),
+                            finetune_config="configs/glue.py:synthetic",
+                            compress_config="configs/compress.py:quick")
+  assert [s.name for s in stages] == [f"d2-w64/seed{n}/{k}" for n in (0, 1)
+                                      for k in ("pretrain", "finetune", "compress")]
+  assert [s.overrides.get("train.seed") for s in stages] == [0, 0, None, 1, 1, None]
+  assert stages[4].init == "d2-w64/seed1/pretrain" and stages[5].target == "d2-w64/seed1/finetune"
+  assert sweep_lib.seeded(sweep_lib.translate_stages, "tiny") == sweep_lib.translate_stages("tiny")

@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 import typing
+from collections.abc import Sequence
 
 from tl_jax.errors import UserError
 
@@ -88,6 +89,21 @@ def _text(value) -> str:
   return str(value)
 
 
+def seeded(make, preset: str, seeds: Sequence[int] = (), **kwargs) -> list[Stage]:
+  """`make(preset, **kwargs)`'s stages once per seed: labelled LABEL/seedN (LABEL defaults to
+  the preset), with train.seed=N in every stage that trains; without seeds, once, as `make`
+  names them. The report groups the seeds of a size and shows their mean and spread."""
+  if not seeds:
+    return make(preset, **kwargs)
+  label = kwargs.pop("label", None) or preset
+  out = []
+  for seed in seeds:
+    out += [st if st.command == "compress" else
+            dataclasses.replace(st, overrides={**st.overrides, "train.seed": seed})
+            for st in make(preset, label=f"{label}/seed{seed}", **kwargs)]
+  return out
+
+
 def size_stages(size_preset: str, mlm_overrides: dict | None = None,
                 finetune_config: str | None = None, finetune_overrides: dict | None = None,
                 compress_config: str | None = None, compress_overrides: dict | None = None,
@@ -97,7 +113,7 @@ def size_stages(size_preset: str, mlm_overrides: dict | None = None,
   Stages are named PREFIX + LABEL + /pretrain, /finetune, /compress (LABEL defaults to the
   preset; give one where several sizes share a preset and differ by model overrides).
   Without `finetune_config` only the pretraining stage is made; without `compress_config`
-  no compression.
+  no compression. Several seeds: `seeded(size_stages, SIZE, seeds, ...)`.
   """
   base = prefix + (label or size_preset)
   stages = [Stage(f"{base}/pretrain", "pretrain", f"configs/mlm.py:{size_preset}",

@@ -37,6 +37,7 @@ class Curve:
   size: str = ""  # the size label (several curves may share one)
   step_seconds: float = 0.0  # training seconds per step, over the whole run
   budget_seconds: float = 0.0  # the run's own train.max_train_seconds (0: none)
+  group: str = ""  # runs that differ only by seed share it (runs.Run.seed_group); "" = its own
 
   def reaches(self, budget: float, held_to: float = 0.0) -> bool:
     """Whether training got to `budget` seconds. A run stops at the first sync past its budget,
@@ -69,7 +70,7 @@ def eval_curve(run: Run, key: str, label: str, size: str = "") -> Curve:
                values=tuple(float(m[key]) for m in lines),
                reached_seconds=run.max_train_seconds, shape=run.shape, size=size or label,
                step_seconds=run.max_train_seconds / last_step if last_step else 0.0,
-               budget_seconds=budget)
+               budget_seconds=budget, group=run.seed_group)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,56 @@ def best_at_budget(curves: Sequence[Curve], budget: float,
   return BudgetAnswer(budget, tuple(readings), tuple(not_reached), tuple(no_eval))
 
 
+@dataclasses.dataclass(frozen=True)
+class Spread:
+  """The mean of one quantity over the seeds of a group, and its sample standard deviation
+  (None with one seed: the spread is unknown, not zero)."""
+  mean: float
+  std: float | None
+  n: int
+
+  @classmethod
+  def of(cls, values: Sequence[float]) -> "Spread":
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return cls(mean, std, n)
+
+
+def verdict(best: Spread, runner_up: Spread | None) -> str:
+  """'winner' when the margin exceeds the spread of both (the sum of their standard
+  deviations), 'tie within noise' when it does not, and 'one seed' when a spread is unknown."""
+  if runner_up is None:
+    return "no other size"
+  if best.std is None or runner_up.std is None:
+    return "one seed: spread unknown"
+  return "winner" if abs(best.mean - runner_up.mean) > best.std + runner_up.std else "tie within noise"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupReading:
+  """The readings of the seeds of one group at a budget."""
+  size: str
+  label: str  # the first run's label
+  readings: tuple[Reading, ...]
+
+  @property
+  def spread(self) -> Spread:
+    return Spread.of([r.value for r in self.readings])
+
+
+def groups_at_budget(answer: BudgetAnswer, curves: Sequence[Curve],
+                     higher_is_better: bool = False) -> list[GroupReading]:
+  """`answer`'s readings gathered by seed group, best mean first."""
+  group_of = {c.label: c.group or c.label for c in curves}
+  gathered: dict[str, list[Reading]] = {}
+  for reading in answer.ranking:
+    gathered.setdefault(group_of.get(reading.label, reading.label), []).append(reading)
+  out = [GroupReading(rs[0].size, rs[0].label, tuple(rs)) for rs in gathered.values()]
+  sign = -1.0 if higher_is_better else 1.0
+  return sorted(out, key=lambda g: (sign * g.spread.mean, g.label))
+
+
 def _round_sig(x: float, digits: int = 2, how: Callable[[float], float] = round) -> float:
   if x <= 0:
     return 0.0
@@ -201,6 +252,7 @@ class Compressed:
   metric: str = "accuracy"
   higher_is_better: bool = True
   record: dict = dataclasses.field(compare=False, repr=False, hash=False, default_factory=dict)
+  spread: "Spread | None" = dataclasses.field(compare=False, default=None)  # over seeds
 
   @property
   def mib(self) -> float:
@@ -256,6 +308,28 @@ def compressed_points(run: Run, size: str) -> list[Compressed]:
                           memory_bytes=float(r["memory_bytes"]), quant=quant_label(r.get("quant")),
                           prune=prune_label(r.get("prune")), metric=str(r.get("metric", "accuracy")),
                           higher_is_better=bool(r.get("higher_is_better", True)), record=r))
+  return out
+
+
+def seed_means(runs_points: Sequence[Sequence[Compressed]], size: str) -> list[Compressed]:
+  """The points of several seeds of one size as one model: each point measured in every seed,
+  with its mean value, drop and memory and the spread of its value, labelled `size` (n seeds).
+  One seed: its points as they are."""
+  if len(runs_points) == 1:
+    return list(runs_points[0])
+  by_name = [{p.point: p for p in points} for points in runs_points]
+  label = f"{size} ({len(runs_points)} seeds)"
+  out = []
+  for first in runs_points[0]:
+    same = [points.get(first.point) for points in by_name]
+    if any(p is None for p in same):
+      continue
+    mean = lambda xs: sum(xs) / len(xs)
+    drops = [p.drop for p in same]
+    out.append(dataclasses.replace(
+        first, size=label, run=label, value=mean([p.value for p in same]),
+        drop=None if None in drops else mean(drops), memory_bytes=mean([p.memory_bytes for p in same]),
+        spread=Spread.of([p.value for p in same])))
   return out
 
 

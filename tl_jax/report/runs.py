@@ -83,6 +83,19 @@ class Run:
     """How far training got, in training seconds (0 for a run with no metric lines)."""
     return max((float(m.get("train_seconds") or 0.0) for m in self.metrics), default=0.0)
 
+  @property
+  def seed(self) -> int:
+    return int((self.config.get("train") or {}).get("seed") or 0)
+
+  @property
+  def seed_group(self) -> str:
+    """What runs that differ only by their seed share: the config without train.seed (and
+    without --init's path, which is the seed's own pretraining run)."""
+    config = json.loads(json.dumps(self.config))
+    (config.get("train") or {}).pop("seed", None)
+    (config.get("init") or {}).pop("workdir", None)
+    return json.dumps(config, sort_keys=True)
+
   def train_lines(self) -> list[dict]:
     return [m for m in self.metrics if _finite(m.get("loss"))]
 

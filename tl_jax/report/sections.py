@@ -175,6 +175,21 @@ def overview(ctx: Context) -> str:
                 "compressed points"], rows)] + regime_table(ctx))
 
 
+def _group_name(group: A.GroupReading) -> str:
+  n = len(group.readings)
+  return group.label if n == 1 else f"{group.size} ({n} seeds)"
+
+
+def _mean_spread(metric, spread: A.Spread) -> str:
+  if spread.std is None:
+    return metric.format(spread.mean)
+  return f"{metric.format(spread.mean)} ± {metric.format(spread.std)}"
+
+
+def _read_at(group: A.GroupReading) -> str:
+  return "; ".join(f"step {r.step} at {md.seconds(r.seconds)} s" for r in group.readings)
+
+
 def _regime_note(ctx: Context) -> list[str]:
   """Which regime the budget advice above was measured in (the runs table has the numbers)."""
   found = [(ctx.labels[r.workdir], regime.of_run(r)) for r in ctx.of_task("pretrain")]
@@ -299,7 +314,10 @@ def budgets(ctx: Context) -> str:
          "within one step of S, or held to S by its own train.max_train_seconds, reached it, and one "
          "whose training stopped earlier is listed as *not reached* and never extrapolated. The "
          "runner-up is the best run of another size, and the margin how much the best run beats it "
-         "by."]
+         "by. Runs that differ only by their seed (train.seed) count as one, by their mean ± "
+         "standard deviation; a size is called the winner only when its margin exceeds the two "
+         "standard deviations together, else the row says *tie within noise* (and *one seed* where "
+         "a spread is unknown)."]
   any_training = False
   for task in ("pretrain", "translate"):
     metric = TASK_METRICS[task]
@@ -315,21 +333,23 @@ def budgets(ctx: Context) -> str:
     rows = []
     for b in budgets_s:
       ans = A.best_at_budget(curves, b, higher_is_better=metric.higher_is_better)
-      best, runner = ans.best, ans.runner_up
+      groups = A.groups_at_budget(ans, curves, higher_is_better=metric.higher_is_better)
+      best = groups[0] if groups else None
+      runner = next((g for g in groups[1:] if g.size != best.size), None) if best else None
       rows.append([
           md.num(b, 4),
-          best.label if best else "no run reached it",
-          metric.format(best.value) if best else "—",
-          f"step {best.step} at {md.seconds(best.seconds)} s" if best else "—",
-          runner.label if runner else ("no other size" if best else "—"),
-          (f"{metric.format(runner.value)} (step {runner.step} at {md.seconds(runner.seconds)} s)"
-           if runner else "—"),
-          metric.format(ans.margin) if ans.margin is not None else "—",
+          _group_name(best) if best else "no run reached it",
+          _mean_spread(metric, best.spread) if best else "—",
+          _read_at(best) if best else "—",
+          _group_name(runner) if runner else ("no other size" if best else "—"),
+          f"{_mean_spread(metric, runner.spread)} ({_read_at(runner)})" if runner else "—",
+          metric.format(abs(best.spread.mean - runner.spread.mean)) if runner else "—",
           ", ".join(ans.not_reached) or "—",
-          ", ".join(ans.no_eval) or "—"])
+          ", ".join(ans.no_eval) or "—",
+          A.verdict(best.spread, runner.spread if runner else None) if best else "—"])
     out.append(md.table(["budget (train s)", "best", metric.label, "read at", "runner-up",
-                         f"runner-up {metric.label}", "margin", "not reached", "no eval by then"],
-                        rows))
+                         f"runner-up {metric.label}", "margin", "not reached", "no eval by then",
+                         "verdict"], rows))
     if task == "pretrain":
       out.extend(_regime_note(ctx))
   if not any_training:
@@ -351,16 +371,20 @@ def budgets(ctx: Context) -> str:
     for b in budgets_mib:
       ans = A.best_within_memory(points, b)
       best, runner = ans.best, ans.runner_up
+      spread = lambda p: p.spread or A.Spread(p.value, None, 1)
+      value = lambda p: group.fmt(p.value) + (f" ± {group.fmt(p.spread.std)}"
+                                             if p.spread and p.spread.std is not None else "")
       rows.append([md.num(b, 4),
                    f"{best.size}: {best.point}" if best else "nothing fits",
-                   group.fmt(best.value) if best else "—", md.num(best.mib, 4) if best else "—",
+                   value(best) if best else "—", md.num(best.mib, 4) if best else "—",
                    f"{runner.size}: {runner.point}" if runner else
                    ("no other size fits" if best else "—"),
-                   group.fmt(runner.value) if runner else "—",
+                   value(runner) if runner else "—",
                    md.num(runner.mib, 4) if runner else "—",
-                   group.fmt(ans.margin) if ans.margin is not None else "—"])
+                   group.fmt(ans.margin) if ans.margin is not None else "—",
+                   A.verdict(spread(best), spread(runner) if runner else None) if best else "—"])
     out.append(md.table(["budget (MiB)", "best point", group.label, "MiB", "runner-up (other size)",
-                         f"runner-up {group.label}", "runner-up MiB", "margin"], rows))
+                         f"runner-up {group.label}", "runner-up MiB", "margin", "verdict"], rows))
   return "\n\n".join(out)
 
 
@@ -373,7 +397,15 @@ _NO_GRIDS = ("No compress.jsonl was found in any workdir (run `tl-jax compress` 
 
 
 def _group_points(ctx: Context, runs: list[Run]) -> list[A.Compressed]:
-  return [p for r in runs for p in A.compressed_points(r, ctx.labels[r.workdir])]
+  """The runs' points, the seeds of a size as one model (their means, with spread)."""
+  seeds: dict[str, list[Run]] = {}
+  for run in runs:
+    seeds.setdefault(run.seed_group, []).append(run)
+  out = []
+  for group in seeds.values():
+    label = ctx.labels[group[0].workdir] if len(group) == 1 else ctx.sizes[group[0].shape]
+    out += A.seed_means([A.compressed_points(r, ctx.labels[r.workdir]) for r in group], label)
+  return out
 
 
 def quantization_pruning(ctx: Context) -> str:
