@@ -7,6 +7,7 @@ bit for bit (CPU), and with a training clock that never went backwards or counte
 The moments come from a seeded generator: TL_JAX_FAULT_SEED=N replays a schedule.
 """
 
+import json
 import os
 import pathlib
 import random
@@ -139,3 +140,37 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path, env, uninterrupted, r
               "final parameters, loss and eval loss bitwise equal to an uninterrupted run; every "
               "step logged once; train_seconds never decreases and each restart continues from "
               "its checkpoint's clock")
+
+
+def test_a_killed_compress_resumes_with_the_missing_points_only(copy_of_finished, env, reliability):
+  """SIGKILL to `tl-jax compress` mid-grid (here a masked LM's, by eval loss), then the same
+  command: the points measured before the kill are skipped and each point is in the file once."""
+  from tl_jax import config as config_lib
+  from tl_jax.compress import grid
+  workdir = copy_of_finished
+  results = workdir / grid.RESULTS
+  argv = tl_jax("compress", "--config=configs/compress.py:quick", f"--workdir={workdir}",
+                "--config.analysis=False")
+  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    wait_for(lambda: results.exists() and results.read_text().count("\n") >= 3, proc, 240,
+             "three measured points")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  kept = [json.loads(l)["point"] for l in results.read_text().splitlines(keepends=True)
+          if l.endswith("\n")]
+  again = run(argv, env)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert "taking over the lock" in again.stdout  # the killed job's lock.json, its pid gone
+  names = [p.name for p in grid.points(config_lib.load_preset("configs/compress.py:quick"))]
+  skipped = [n for n in names if f"{n}: measured already with these settings" in again.stdout]
+  assert skipped == kept[1:]  # all but the reference, which is always evaluated again
+  assert [json.loads(l)["point"] for l in results.read_text().splitlines()] == names
+  reliability("SIGKILL and restart", f"`tl-jax compress` (quick grid) killed after {len(kept)} of "
+              f"{len(names)} points, then the same command",
+              f"the re-run skips the {len(skipped)} points measured with the same settings, "
+              "measures the rest, and compress.jsonl holds each point once")

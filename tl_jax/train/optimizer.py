@@ -31,9 +31,8 @@ def horizon_learning_rate(train: TrainConfig, step, end):
   warmup = jnp.where((end > 0) & (fraction > 0), jnp.round(fraction * end), train.warmup_steps)
   warmup = jnp.maximum(warmup, 1.0)
   step = jnp.asarray(step, jnp.float32)
-  rising = (step + 0.0) / warmup
   falling = jnp.where(end > 0, (end - step) / jnp.maximum(end - warmup, 1.0), 1.0)
-  return train.learning_rate * jnp.clip(jnp.minimum(rising, falling), 0.0, 1.0)
+  return train.learning_rate * jnp.clip(jnp.minimum(step / warmup, falling), 0.0, 1.0)
 
 
 def _scale_by_horizon(train: TrainConfig) -> optax.GradientTransformation:
@@ -47,9 +46,12 @@ def _scale_by_horizon(train: TrainConfig) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+def _is_horizon(s) -> bool:
+  return isinstance(s, HorizonState)
+
+
 def _horizon(opt_state) -> HorizonState | None:
-  is_horizon = lambda s: isinstance(s, HorizonState)
-  return next((s for s in jax.tree.leaves(opt_state, is_leaf=is_horizon) if is_horizon(s)), None)
+  return next((s for s in jax.tree.leaves(opt_state, is_leaf=_is_horizon) if _is_horizon(s)), None)
 
 
 def horizon_end(opt_state) -> int | None:
@@ -60,12 +62,11 @@ def horizon_end(opt_state) -> int | None:
 
 def with_horizon(opt_state, end: int):
   """`opt_state` with the decay's end fixed at step `end` (placed as the old value was)."""
-  is_horizon = lambda s: isinstance(s, HorizonState)
   def fix(s):
-    if not is_horizon(s):
+    if not _is_horizon(s):
       return s
     return s._replace(end=jax.device_put(jnp.asarray(end, jnp.int32), s.end.sharding))
-  return jax.tree.map(fix, opt_state, is_leaf=is_horizon)
+  return jax.tree.map(fix, opt_state, is_leaf=_is_horizon)
 
 
 def applied_learning_rate(opt_state, scheduled):
