@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from collections import namedtuple
 
+import numpy as np
 import pytest
 
 from tl_jax.errors import UserError
@@ -496,3 +498,54 @@ def test_compressed_seeds_of_a_size_are_averaged_in_the_memory_advice(tmp_path):
   # 4 x 64 at 4 bits: 0.818 ± 0.017 against 2 x 64's float32, 0.811 ± 0.0014: within noise.
   assert rows["9"][2] == "4x64 (197K) (2 seeds): uniform4b" and rows["9"][3] == "0.8180 ± 0.0170"
   assert rows["9"][5] == "2x64 (98K) (2 seeds): float32" and rows["9"][9] == "tie within noise"
+
+
+# ---------------------------------------------------------------------------
+# The fitted scaling law.
+
+
+def test_the_fit_recovers_a_known_law_and_refuses_too_few_sizes():
+  from tl_jax.report import scaling
+  true = scaling.Law(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)  # Chinchilla's fit
+  sizes, tokens = (1e5, 4e5, 1.6e6, 6.4e6), np.geomspace(1e6, 1e9, 8)
+  points = [scaling.Point(f"n{n:g}", n, d, float(true.loss(n, d))) for n in sizes for d in tokens]
+  fit = scaling.fit(points, resamples=5)
+  for name in ("E", "A", "alpha", "B", "beta"):  # noise-free curves: within 0.1%
+    assert getattr(fit.law, name) == pytest.approx(getattr(true, name), rel=1e-3), name
+  assert fit.rmse < 1e-4 and not fit.at_bounds
+  # With 0.5% noise on every loss, the 90% intervals hold the true exponents.
+  rng = np.random.default_rng(0)
+  noisy = [dataclasses.replace(p, loss=p.loss * float(np.exp(rng.normal(0, 0.005)))) for p in points]
+  fit = scaling.fit(noisy, resamples=30)
+  for name in ("alpha", "beta"):
+    lo, hi = fit.intervals[name]
+    assert lo - 0.01 <= getattr(true, name) <= hi + 0.01, (name, lo, hi)
+  two = [p for p in points if p.params in sizes[:2]]
+  assert scaling.refusal(two) == ("A scaling law needs pretraining runs of at least 3 sizes; these "
+                                  "runs have 2, so none is fitted (add sizes to the sweep).")
+  assert scaling.refusal(points) is None
+  # Compute-optimal size: at C = 6ND, N_opt grows as C^(beta / (alpha + beta)).
+  assert true.optimal_params(1e21) / true.optimal_params(1e19) == pytest.approx(
+      100 ** (0.28 / 0.62), rel=1e-9)
+
+
+def test_the_report_fits_the_law_and_labels_predictions(tmp_path):
+  from tl_jax.report import regime, scaling
+  true = scaling.Law(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)
+  for layers, width in ((2, 64), (2, 128), (4, 128), (4, 256)):
+    config = {**_pretrain_config(layers, width, tokens=10_000_000), "train": {"batch_size": 8}}
+    config["model"].update(num_heads=2, d_ff=4 * width, max_len=32)
+    config["data"].update(seq_len=32, vocab_size=2000, mask_prob=0.15, max_predictions=0)
+    n = regime.mlm_params(config)[1]
+    evals = [(s, s / 100, float(true.loss(n, s * 8 * 32))) for s in (500, 1000, 2000, 4000, 8000)]
+    _write_workdir(tmp_path / "sweep" / f"d{layers}w{width}", config,
+                   _metrics(evals, [(8000, 80.0, evals[-1][2] + 0.05)]))
+  assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
+  text = (tmp_path / "report" / "report.md").read_text()
+  section = text.split("### A fitted scaling law (pretraining)")[1].split("## 2.")[0]
+  rows = {l.split("|")[1].strip(): l.split("|")[2].strip() for l in section.splitlines()
+          if l.startswith("| ") and l.count("|") == 4}
+  assert float(rows["alpha"]) == pytest.approx(0.34, rel=0.01)
+  assert float(rows["beta"]) == pytest.approx(0.28, rel=0.01)
+  assert "20 evals of 4 runs" in section and "**predictions** (not measurements)" in section
+  assert "predicted at 2x tokens" in section

@@ -66,6 +66,17 @@ def mlm_params(config: dict) -> tuple[int, int]:
   return m.num_layers * layer + embeddings + rest, m.num_layers * layer + rest
 
 
+def eval_points(run: Run) -> list[tuple[int, float, float]]:
+  """[(non-embedding parameters, tokens seen, eval loss)] at each eval after step 0 of a
+  pretraining run whose config says its batch shape; [] otherwise."""
+  r = of_run(run)
+  if r is None:
+    return []
+  per_step = r.tokens_seen / r.steps
+  return [(r.non_embedding, int(m["step"]) * per_step, float(m["eval_loss"]))
+          for m in run.eval_lines("eval_loss") if int(m.get("step") or 0) > 0]
+
+
 def of_run(run: Run) -> Regime | None:
   """The regime of a pretraining run with train lines; None for other runs."""
   if run.task != "pretrain":

@@ -13,10 +13,12 @@ import math
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 from tl_jax.report import analysis as A
 from tl_jax.report import figures as F
 from tl_jax.report import markdown as md
-from tl_jax.report import regime
+from tl_jax.report import regime, scaling
 from tl_jax.report.runs import Run, Shape, data_tokens, format_params, size_labels
 from tl_jax.tasks.metrics import TASK_METRICS
 
@@ -615,5 +617,55 @@ def _layer_error_comparison(ctx: Context, group: CompressGroup, by_size: dict) -
   return out
 
 
-SECTIONS = (overview, pretraining, budgets, quantization_pruning, memory_frontier, data_size,
-            compressibility)
+def scaling_law(ctx: Context) -> str:
+  """The Chinchilla-form law fitted to every pretraining eval (report/scaling.py)."""
+  runs = ctx.of_task("pretrain")
+  points = [scaling.Point(ctx.labels[r.workdir], n, d, loss)
+            for r in runs for n, d, loss in regime.eval_points(r)]
+  if not points:
+    return ""
+  out = ["### A fitted scaling law (pretraining)",
+         "L(N, D) = E + A / N^alpha + B / D^beta, fitted as Chinchilla's approach 3 (Huber loss on "
+         "log-loss, L-BFGS) to every eval after step 0: N = non-embedding parameters, D = tokens "
+         "seen at the eval. Intervals are the 5th-95th percentiles over fits to the evals "
+         "resampled with replacement. The law describes this sweep's data and recipe; where runs repeat "
+         "their data (the regime table) D overstates what they learned from."]
+  refused = scaling.refusal(points)
+  if refused:
+    return "\n\n".join(out + [refused])
+  fit = scaling.fit(points)
+  law = fit.law
+  out.append(md.table(["parameter", "fitted", "90% interval"],
+                      [[name, md.num(getattr(law, name), 4),
+                        f"{md.num(lo, 4)} to {md.num(hi, 4)}"]
+                       for name, (lo, hi) in fit.intervals.items()]))
+  out.append(f"{len(points)} evals of {len({p.run for p in points})} runs ({fit.resamples} "
+             f"resamples); root-mean-square residual {fit.rmse:.4f} in log-loss.")
+  if fit.at_bounds:
+    out.append(f"The fit put {' and '.join(fit.at_bounds)} at a bound of its range: these runs' "
+               "losses do not fall with model size and data as the law assumes (larger models "
+               "are not ahead here), so the compute-optimal sizes and predictions below are not "
+               "to be relied on.")
+  rows = []
+  for run in sorted(runs, key=lambda r: (r.shape.sort_key, r.name)):
+    r = regime.of_run(run)
+    mine = [i for i, p in enumerate(fit.points) if p.run == ctx.labels[run.workdir]]
+    if r is None or not mine:
+      continue
+    last = max(mine, key=lambda i: fit.points[i].tokens)
+    optimal = law.optimal_params(6 * r.non_embedding * fit.points[last].tokens)
+    predicted = [law.loss(r.non_embedding, k * fit.points[last].tokens) for k in (2, 4)]
+    rows.append([ctx.labels[run.workdir], format_params(r.non_embedding),
+                 md.num(fit.points[last].loss, 4), md.num(float(np.mean(fit.residuals[mine])), 3),
+                 md.num(optimal, 3), md.num(r.non_embedding / optimal, 3),
+                 md.num(float(predicted[0]), 4), md.num(float(predicted[1]), 4)])
+  out.append("Each run against the law: its last measured loss, its mean residual, the "
+             "compute-optimal size for the compute it used (C = 6ND), and **predictions** (not "
+             "measurements) of its loss with 2x and 4x its tokens.")
+  out.append(md.table(["run", "N", "last loss (measured)", "mean residual", "compute-optimal N",
+                       "N / optimal", "predicted at 2x tokens", "predicted at 4x tokens"], rows))
+  return "\n\n".join(out)
+
+
+SECTIONS = (overview, pretraining, scaling_law, budgets, quantization_pruning, memory_frontier,
+            data_size, compressibility)
