@@ -230,7 +230,7 @@ def test_bad_compression_input_is_one_sentence(pretrained, finetuned, tmp_path, 
 @pytest.mark.slow
 def test_a_rerun_grid_resumes_and_adds_nothing_measured_already(finetuned, tmp_path, capsys):
   """A grid killed midway (its last line torn) continues where it stopped; a finished one
-  re-run measures nothing again, unless `rerun` asks for it."""
+  re-run measures nothing again, unless its settings changed."""
   workdir = str(tmp_path / "resumed")
   shutil.copytree(finetuned, workdir)
   results = pathlib.Path(workdir) / grid.RESULTS
@@ -259,7 +259,7 @@ def test_a_rerun_grid_resumes_and_adds_nothing_measured_already(finetuned, tmp_p
   config.max_eval_examples = 100  # another evaluation: every point measured again
   assert compression.run(config, workdir) == 0
   assert len(results.read_text().splitlines()) == 2 * len(names)
-  config.max_eval_examples, config.rerun = 0, True
+  config.rerun = True  # and again, by request
   assert compression.run(config, workdir) == 0
   assert len(results.read_text().splitlines()) == 3 * len(names)
 

@@ -143,8 +143,9 @@ def wait_for_step(workdir, step, proc, timeout=240):
 HORIZON = ("--config.train.schedule_horizon=seconds", "--config.train.max_train_seconds=1000000")
 
 
-@pytest.mark.parametrize("mesh, extra", [((1, 1), ()), ((2, 4), ()), ((1, 1), HORIZON)],
-                         ids=["1x1", "2x4", "1x1-seconds-horizon"])
+# One device with the seconds horizon, eight without: each resume promise once, for CI's time.
+@pytest.mark.parametrize("mesh, extra", [((1, 1), HORIZON), ((2, 4), ())],
+                         ids=["1x1-seconds-horizon", "2x4"])
 def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path, mesh, extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu")  # bitwise equality is promised on CPU
   if mesh == (1, 1):

@@ -516,7 +516,7 @@ def test_the_fit_recovers_a_known_law_and_refuses_too_few_sizes():
   # With 0.5% noise on every loss, the 90% intervals hold the true exponents.
   rng = np.random.default_rng(0)
   noisy = [dataclasses.replace(p, loss=p.loss * float(np.exp(rng.normal(0, 0.005)))) for p in points]
-  fit = scaling.fit(noisy, resamples=30)
+  fit = scaling.fit(noisy, resamples=20)
   for name in ("alpha", "beta"):
     lo, hi = fit.intervals[name]
     assert lo - 0.01 <= getattr(true, name) <= hi + 0.01, (name, lo, hi)
