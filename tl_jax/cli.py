@@ -17,6 +17,7 @@ the user can fix end with one sentence on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import os
@@ -133,9 +134,10 @@ def _compress(args, overrides: dict, command: str) -> int:
   _quiet_libraries()
   from tl_jax import lock
   from tl_jax.tasks import compression
-  if not os.path.isdir(args.workdir):  # the lock would make it; Workdir.open says what is wrong
-    return compression.run(config, args.workdir)
-  with lock.hold(args.workdir, command):  # one job writes compress.jsonl and compressed/
+  # One job writes compress.jsonl and compressed/; a missing workdir is Workdir.open's to name
+  # (taking the lock would create it).
+  held = lock.hold(args.workdir, command) if os.path.isdir(args.workdir) else contextlib.nullcontext()
+  with held:
     return compression.run(config, args.workdir)
 
 

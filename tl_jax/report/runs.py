@@ -84,10 +84,6 @@ class Run:
     return max((float(m.get("train_seconds") or 0.0) for m in self.metrics), default=0.0)
 
   @property
-  def seed(self) -> int:
-    return int((self.config.get("train") or {}).get("seed") or 0)
-
-  @property
   def seed_group(self) -> str:
     """What runs that differ only by their seed share: the config without train.seed (and
     without --init's path, which is the seed's own pretraining run)."""
