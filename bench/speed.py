@@ -58,6 +58,8 @@ VARIANTS = {
     "xla-attention": (["model.attention=xla"], "", "device"),
     "no-triton-gemm": ([], "--xla_gpu_enable_triton_gemm=false", "device"),
     "latency-hiding": ([], "--xla_gpu_enable_latency_hiding_scheduler=true", "device"),
+    # cuBLASLt matmuls, whose epilogues can take bias adds, GELU and bias gradients
+    "cublaslt": ([], "--xla_gpu_enable_cublaslt=true", "device"),
 }
 MLM_ONLY = {"all-positions"}
 
