@@ -368,3 +368,40 @@ def test_decoding_stops_once_no_row_can_change():
   assert sorted(positions) == list(range(6))
   np.testing.assert_array_equal(seqs[:, 0, :6], targets)
 
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_translate_batch_withholds_eos_until_min_len(beam):
+  """A Translator whose every step puts nearly all mass on </s>: translate_batch stops at once,
+  unless min_len holds </s> back; then the best ordinary token fills the positions before it."""
+  import flax.linen as nn
+  from tl_jax.config import ModelConfig
+  from tl_jax.data.tokenizer import EOS_ID, PAD_ID
+  from tl_jax.models.encoder_decoder import Translator
+  from tl_jax.tasks.translation import translate_batch
+
+  vocab, max_len = 100, 6
+  model = Translator(ModelConfig(num_layers=1, decoder_layers=1, d_model=16, num_heads=2,
+                                 max_len=16, dropout=0.0, dtype="float32", positions="sinusoidal"), 128)
+  src = jnp.array([[7, 8, 9, EOS_ID], [11, 12, EOS_ID, PAD_ID]], jnp.int32)
+  segments = (src != PAD_ID).astype(jnp.int32)
+  params = model.init(jax.random.key(0), {"src": src, "src_segments": segments, "src_positions": src,
+                                          "tgt_in": src, "tgt_segments": segments, "tgt_positions": src})
+  params = jax.tree.map(np.array, nn.meta.unbox(params["params"]))  # writable copies
+  # The last norm outputs 5 * e_0 whatever its input, and </s>'s embedding is 5 * e_0: logits
+  # are 25 for </s> and 5 * E[j, 0] (about 0.1) for every other token j, at every step.
+  ln = params["decoder"]["layer_0"]["ln_mlp"]
+  ln["scale"][:] = 0.0
+  ln["bias"][:] = 0.0
+  ln["bias"][0] = 5.0
+  table = params["token_embed"]["embedding"]
+  table[EOS_ID] = 0.0
+  table[EOS_ID, 0] = 5.0
+  best = 5 + int(np.argmax(table[5:vocab, 0]))  # the ordinary token with the highest logit
+
+  search = jax.jit(functools.partial(translate_batch, model=model, vocab_size=vocab, beam_size=beam,
+                                     length_penalty=0.6, max_len=max_len))
+  decode = lambda min_len: np.asarray(search(params, src, min_len=min_len))  # one compile
+
+  np.testing.assert_array_equal(decode(0), [[EOS_ID] + [PAD_ID] * 5] * 2)
+  np.testing.assert_array_equal(decode(3), [[best] * 3 + [EOS_ID, PAD_ID, PAD_ID]] * 2)
+  np.testing.assert_array_equal(decode(max_len), [[best] * max_len] * 2)

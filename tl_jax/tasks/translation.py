@@ -64,8 +64,11 @@ def loss_metrics(sums: dict) -> dict:
 
 
 def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_size: int,
-                    length_penalty: float, max_len: int):
-  """Best target ids [B, max_len] for source rows `src` [B, S] (right-padded with PAD_ID)."""
+                    length_penalty: float, max_len: int, min_len: int = 0):
+  """Best target ids [B, max_len] for source rows `src` [B, S] (right-padded with PAD_ID).
+
+  </s> is never emitted before position `min_len` (Hugging Face's min_length); min_len =
+  max_len forces every output to its full length, as bench/decode.py times it."""
   TRACES["decode"] += 1
   segments = (src != PAD_ID).astype(jnp.int32)
   memory = model.apply({"params": params}, src, segments, method=Translator.encode)
@@ -82,7 +85,7 @@ def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_siz
                                   position, max_len, method=Translator.decode_step, mutable=["cache"])
     # Never emit the embedding table's padding rows or the special tokens other than </s>.
     ids = jnp.arange(logits.shape[-1])
-    banned = (ids >= vocab_size) | ((ids < 5) & (ids != EOS_ID))
+    banned = (ids >= vocab_size) | ((ids < 5) & ((ids != EOS_ID) | (position < min_len)))
     return jnp.where(banned, -1e9, logits), mutated["cache"]
 
   if beam_size == 1:
