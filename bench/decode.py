@@ -14,8 +14,9 @@ until the last position in both systems (tl_jax `min_len=max_len`, Hugging Face
 
 The peer is `MarianMTModel` (SDPA attention) with the same layers, width, heads, FFN and
 vocabulary, the same beam, length penalty and lengths, built as ../shared/bench/peer_mt.py
-builds it: float32 weights under bf16 autocast ('autocast'), and also with its weights cast to
-bfloat16 ('bf16 weights'), which is how one usually serves it. Sentences/s and target tokens/s
+builds it (random weights, SDPA; here also tl_jax's exact GELU and sqrt(d) embedding scale):
+float32 weights under bf16 autocast ('autocast'), and also with its weights cast to bfloat16
+('bf16 weights'), which is how one usually serves it. Sentences/s and target tokens/s
 (batch x L / seconds; beams not counted) are the median of --reps timed calls after one warm
 call. tl_jax runs in one process and the peer in another (each framework takes the GPU memory
 it wants), one after the other. Writes `decode.json` and `decode.md` under --out.
