@@ -60,8 +60,14 @@ VARIANTS = {
     "latency-hiding": ([], "--xla_gpu_enable_latency_hiding_scheduler=true", "device"),
     # cuBLASLt matmuls, whose epilogues can take bias adds, GELU and bias gradients
     "cublaslt": ([], "--xla_gpu_enable_cublaslt=true", "device"),
+    # The output layer and loss a chunk of target tokens at a time (tl_jax/train/xent.py); on
+    # big-128 (24,576 tokens) 8, 4 and 2 chunks.
+    "xent-3k": (["train.loss_chunk=3072"], "", "device"),
+    "xent-6k": (["train.loss_chunk=6144"], "", "device"),
+    "xent-12k": (["train.loss_chunk=12288"], "", "device"),
 }
 MLM_ONLY = {"all-positions"}
+TRANSLATE_ONLY = {"xent-3k", "xent-6k", "xent-12k"}
 
 
 # ---------------------------------------------------------------------------

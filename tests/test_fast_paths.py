@@ -1,10 +1,12 @@
 """The speed choices of bench/speed.py compute the same function as the plain ones.
 
 The LM head at the selected positions only, the one-hot gradient of the token embedding,
-the one-hot cross-entropy and bfloat16 Adam moments: each is checked against the
-straightforward version, and the benchmark itself runs end to end at a tiny size.
+the one-hot cross-entropy, the chunked output layer and loss of translation and bfloat16 Adam
+moments: each is checked against the straightforward version, and the benchmark itself runs
+end to end at a tiny size.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -24,11 +26,14 @@ from tl_jax.config import DataConfig, ModelConfig, TrainConfig
 from tl_jax.data.masking import mask_tokens, max_predictions, predicted_positions
 from tl_jax.errors import UserError
 from tl_jax.models.encoder import MaskedLM
+from tl_jax.models.encoder_decoder import Translator
 from tl_jax.models.layers import Embed, embedding_lookup
 from tl_jax.train.optimizer import optimizer, schedule
 from tl_jax.train.state import init_state
+from tl_jax.tasks import translation
 from tl_jax.tasks.masked_lm import train_step
 from tl_jax.train.step import cross_entropy
+from tl_jax.train.xent import chunked_cross_entropy, positions_per_chunk
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 100
@@ -113,6 +118,85 @@ def test_cross_entropy_matches_optax_and_fairseq_smoothing():
   np.testing.assert_allclose(grads, jax.nn.softmax(logits) - jax.nn.one_hot(labels, 50), atol=1e-6)
 
 
+def test_chunks_cover_the_length_with_less_padding_than_chunks():
+  assert positions_per_chunk(192, 128, 3072) == 16  # big-128: 8 chunks of 192 x 16 tokens
+  assert positions_per_chunk(192, 128, 4096) == 19  # 21 asked: 7 chunks of 19 pad to 133, not 147
+  assert positions_per_chunk(4, 10, 1) == 1 and positions_per_chunk(4, 10, 10**6) == 10
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_chunked_cross_entropy_equals_the_whole_logits_one(dtype, smoothing):
+  """Loss and both gradients as cross_entropy of hidden @ table.T, where chunks pad the length
+  (3 rows x 4 positions a chunk over 10 positions); zero-weight positions get no gradient."""
+  hidden = jax.random.normal(jax.random.key(0), (3, 10, 16)).astype(dtype)
+  table = jax.random.normal(jax.random.key(1), (VOCAB, 16))
+  labels = jax.random.randint(jax.random.key(2), (3, 10), 0, 90)
+  weights = jnp.ones((3, 10)).at[1, 6:].set(0.0).at[2, 0].set(0.0)
+  plain = lambda h, t: cross_entropy(jnp.einsum("btd,vd->btv", h, t.astype(dtype)), labels,
+                                     smoothing, 90)
+  chunked = lambda h, t: chunked_cross_entropy(h, t, labels, smoothing=smoothing, num_classes=90,
+                                               chunk_tokens=12)
+  np.testing.assert_allclose(jax.jit(chunked)(hidden, table), plain(hidden, table), rtol=1e-6)
+  grads = [jax.jit(jax.grad(lambda h, t: jnp.sum(f(h, t) * weights), argnums=(0, 1)))(hidden, table)
+           for f in (plain, chunked)]
+  for want, got in zip(*grads):
+    assert got.dtype == want.dtype
+    scale = float(jnp.max(jnp.abs(want.astype(jnp.float32))))
+    np.testing.assert_allclose(got.astype(jnp.float32), want.astype(jnp.float32),
+                               atol=(1e-6 if dtype == jnp.float32 else 1e-2) * scale)
+  hidden_grad = grads[1][0]
+  assert not jnp.any(hidden_grad[1, 6:]) and not jnp.any(hidden_grad[2, 0])
+  assert jnp.all(jnp.any(hidden_grad[0] != 0, axis=-1))
+
+
+def _translation_batch(rows=4, length=16):
+  """Two sentences a row and trailing target padding whose labels are not PAD_ID: only the
+  weights keep them out of the loss."""
+  ids = lambda k: jax.random.randint(jax.random.key(k), (rows, length), 5, VOCAB)
+  segments = jnp.where(jnp.arange(length) < 7, 1, 2) * (jnp.arange(length) < 13)
+  segments = jnp.broadcast_to(segments, (rows, length)).astype(jnp.int32)
+  positions = jnp.where(segments == 2, jnp.arange(length) - 7, jnp.arange(length)) * (segments > 0)
+  return {"src": ids(0), "src_segments": jnp.ones((rows, length), jnp.int32),
+          "src_positions": jnp.broadcast_to(jnp.arange(length), (rows, length)),
+          "tgt_in": ids(1), "tgt_out": ids(2), "tgt_segments": segments, "tgt_positions": positions}
+
+
+@pytest.mark.parametrize("dtype, grad_accum", [("float32", 2), ("bfloat16", 1)])
+def test_translation_step_with_chunked_loss_equals_the_plain_step(dtype, grad_accum):
+  """A training step of a tiny translator with dropout and label smoothing, by SGD at learning
+  rate 1 (so the update is the gradient, which Adam's first step would reduce to its signs):
+  same loss, token count and parameters with train.loss_chunk=24 (3 chunks of 6 positions over
+  the 16 of 4 rows, the last padded) as with the whole logits."""
+  model, tx, batch, state = _translator(dtype)
+  plain, chunked = (jax.jit(lambda s, b, chunk=chunk: translation.train_step(
+      s, b, model=model, tx=tx, schedule=lambda step: 1.0, vocab_size=VOCAB - 10, smoothing=0.1,
+      grad_accum=grad_accum, loss_chunk=chunk))(state, batch) for chunk in (0, 24))
+  tol = 1e-5 if dtype == "float32" else 2e-2
+  assert float(plain[1]["tokens"]) == float(chunked[1]["tokens"]) == 4 * 13
+  np.testing.assert_allclose(chunked[1]["loss"], plain[1]["loss"], rtol=tol / 10)
+  np.testing.assert_allclose(chunked[1]["grad_norm"], plain[1]["grad_norm"], rtol=tol)
+  updates = [jax.tree.map(jnp.subtract, s.params, state.params) for s in (plain[0], chunked[0])]
+  largest = max(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(updates[0]))
+  for want, got in zip(*map(jax.tree.leaves, updates)):
+    # Rounding errors scale with the summed terms, not the sum: the smallest gradients (the key
+    # bias, zero but for rounding; the key kernel) are judged on a hundredth of the largest.
+    scale = max(float(jnp.max(jnp.abs(want))), 1e-2 * largest)
+    np.testing.assert_allclose(got, want, atol=tol * scale)
+
+
+@functools.cache
+def _translator(dtype: str):
+  model = Translator(ModelConfig(num_layers=1, decoder_layers=1, d_model=32, num_heads=2, max_len=32,
+                                 dropout=0.1, dtype=dtype, positions="sinusoidal"), VOCAB)
+  batch, tx = _translation_batch(), optax.sgd(1.0)
+  if dtype == "float32":
+    state = jax.jit(lambda: nn.meta.unbox(init_state(model, tx, 0, batch)))()
+  else:  # the same float32 parameters: the dtype is the computation's only
+    state = _translator("float32")[3]
+  return model, tx, batch, state
+
+
 def test_bfloat16_first_moment_halves_its_bytes_and_trains():
   state, step, tokens = _state_and_step(-1, mu_dtype="bfloat16")
   adam = state.opt_state[1][0]
@@ -127,8 +211,10 @@ def test_bfloat16_first_moment_halves_its_bytes_and_trains():
 
 @pytest.mark.parametrize("field, value, fragment", [
     ("data.max_predictions", "-2", "data.max_predictions=-2"),
-    ("model.embed_grad", "gather", "model.embed_grad='gather' is not one of auto, onehot, scatter"),
+    ("model.embed_grad", "gather", "model.embed_grad='gather' is not one of auto, onehot, scatter, sorted"),
     ("train.mu_dtype", "float16", "train.mu_dtype='float16' is not one of float32, bfloat16"),
+    ("train.loss_chunk", "4096", "train.loss_chunk=4096 must be 0, or a positive number of target "
+     "tokens for translation"),
 ])
 def test_bad_speed_settings_are_one_sentence(field, value, fragment):
   config = config_lib.apply_overrides(config_lib.load_preset(str(REPO / "configs/mlm.py:tiny")),

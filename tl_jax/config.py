@@ -110,6 +110,9 @@ class TrainConfig:
   label_smoothing: float = 0.0  # translation uses 0.1
   peak_tflops: float = 0.0  # bf16 peak for MFU; 0 = from the device table
   mu_dtype: str = "float32"  # Adam's first moment: float32 | bfloat16 (saves 2 bytes a parameter)
+  # Translation: make the output layer's logits this many target tokens at a time inside the loss
+  # and again in its gradient (tl_jax/train/xent.py), never all at once; 0 = all at once.
+  loss_chunk: int = 0
   # A step with a non-finite loss or gradient: stop the run (keeping the last good checkpoint),
   # or skip it on device (no update; counted as skipped_steps; 10 in a row still stop the run).
   on_nonfinite: str = "stop"  # stop | skip
@@ -641,6 +644,9 @@ def validate(config) -> None:
                     "train.decay_steps (the budget sets where the decay ends).")
   if not 0.0 <= t.label_smoothing < 1.0:
     raise UserError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
+  if t.loss_chunk < 0 or (t.loss_chunk and config.task != "translate"):
+    raise UserError(f"train.loss_chunk={t.loss_chunk} must be 0, or a positive number of target "
+                    "tokens for translation (the only task whose loss is chunked).")
   if m.d_model % m.num_heads:
     raise UserError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
                     "choose heads that divide the width (the paper uses 64-dim heads).")

@@ -53,7 +53,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, memory, self_mask, cross_mask, positions, *, deterministic: bool,
-               decode_position=None, cache_len: int = 0):
+               decode_position=None, cache_len: int = 0, project: bool = True):
     cfg = self.config
     y = embed_tokens(cfg, self.token_embed, tokens, positions)
     y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
@@ -62,6 +62,8 @@ class Decoder(nn.Module):
           y, memory, self_mask, cross_mask, decode_position, cache_len)
     if cfg.pre_ln:
       y = layer_norm(cfg, "ln_final")(y)
+    if not project:
+      return y
     return self.token_embed.attend(y)  # compute dtype: the loss upcasts inside its fused reductions
 
 
@@ -80,11 +82,12 @@ class Translator(nn.Module):
                         mask=segment_mask(src_segments, src_segments))
 
   def decode(self, memory, src_segments, tgt, tgt_segments, tgt_positions=None, *,
-             deterministic: bool = True):
-    """Logits [B, T, V] for every target position at once (teacher forcing)."""
+             deterministic: bool = True, project: bool = True):
+    """Logits [B, T, V] for every target position at once (teacher forcing); with
+    `project=False`, the decoder's last hidden states [B, T, D] instead."""
     return self.decoder(tgt, memory, segment_mask(tgt_segments, tgt_segments, causal=True),
                         segment_mask(tgt_segments, src_segments), tgt_positions,
-                        deterministic=deterministic)
+                        deterministic=deterministic, project=project)
 
   def decode_step(self, memory, src_segments, last_tokens, position, cache_len: int):
     """Logits [N, V] for one new target position of unpacked rows; updates the `cache`."""
@@ -94,8 +97,11 @@ class Translator(nn.Module):
                           deterministic=True, decode_position=position, cache_len=cache_len)
     return logits[:, 0].astype(jnp.float32)
 
-  def __call__(self, batch: dict, *, deterministic: bool = True):
+  def __call__(self, batch: dict, *, deterministic: bool = True, project: bool = True):
+    """Logits [B, T, V]; with `project=False`, (the decoder's last hidden states [B, T, D], the
+    float32 table [V, D] whose `attend` makes the logits), for a loss that projects them itself."""
     memory = self.encode(batch["src"], batch["src_segments"], batch["src_positions"],
                          deterministic=deterministic)
-    return self.decode(memory, batch["src_segments"], batch["tgt_in"], batch["tgt_segments"],
-                       batch["tgt_positions"], deterministic=deterministic)
+    out = self.decode(memory, batch["src_segments"], batch["tgt_in"], batch["tgt_segments"],
+                      batch["tgt_positions"], deterministic=deterministic, project=project)
+    return out if project else (out, self.token_embed.embedding)

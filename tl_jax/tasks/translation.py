@@ -33,17 +33,25 @@ from tl_jax.tasks.scoring import TRACES, Scoring
 from tl_jax.tasks.workdir import DECODES, Workdir, trained_tokenizer
 from tl_jax.train.loop import Timer, log
 from tl_jax.train.step import accumulate_and_update, cross_entropy, split_micro, step_rng
+from tl_jax.train.xent import chunked_cross_entropy
 
 
 def train_step(state, batch: dict, *, model, tx, schedule, vocab_size: int, smoothing: float,
-               grad_accum: int):
+               grad_accum: int, loss_chunk: int = 0):
+  """One optimizer step; `loss_chunk` > 0 makes the output layer's logits that many target
+  tokens at a time inside the loss (tl_jax/train/xent.py), never all at once."""
   dropout_rng = step_rng(state)
 
   def loss_sums(params, i, micro):
-    logits = model.apply({"params": params}, micro, deterministic=False,
-                         rngs={"dropout": jax.random.fold_in(dropout_rng, i)})
+    out = model.apply({"params": params}, micro, deterministic=False, project=not loss_chunk,
+                      rngs={"dropout": jax.random.fold_in(dropout_rng, i)})
+    if loss_chunk:
+      losses = chunked_cross_entropy(*out, micro["tgt_out"], smoothing=smoothing,
+                                     num_classes=vocab_size, chunk_tokens=loss_chunk)
+    else:
+      losses = cross_entropy(out, micro["tgt_out"], smoothing, vocab_size)
     weights = (micro["tgt_segments"] > 0).astype(jnp.float32)
-    return jnp.sum(cross_entropy(logits, micro["tgt_out"], smoothing, vocab_size) * weights), jnp.sum(weights)
+    return jnp.sum(losses * weights), jnp.sum(weights)
 
   return accumulate_and_update(state, split_micro(batch, grad_accum), loss_sums, tx=tx,
                                schedule=schedule, grad_accum=grad_accum)
@@ -182,7 +190,8 @@ class TranslationTask(Task):
     return train_step(state, batch, model=model, tx=tx, schedule=schedule,
                       vocab_size=tokenizer.vocab_size,
                       smoothing=self.config.train.label_smoothing,
-                      grad_accum=self.config.train.grad_accum)
+                      grad_accum=self.config.train.grad_accum,
+                      loss_chunk=self.config.train.loss_chunk)
 
   def batch_shardings(self, mesh, rules):
     return {k: shd.batch_sharding(mesh, rules) for k in FIELDS}
