@@ -358,7 +358,8 @@ def main() -> None:
   results = []
   for case in wanted:
     for variant in variants:
-      if variant in MLM_ONLY and cases[case][0] != "mlm":
+      if (variant in MLM_ONLY and cases[case][0] != "mlm") or (
+          variant in TRANSLATE_ONLY and cases[case][0] != "translate"):
         continue
       flags = VARIANTS[variant][1]
       env = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()} if flags else {}
