@@ -113,6 +113,8 @@ class Evaluator:
         metrics["kl"] = 0.0 if first_call else totals["kl"] / max(totals["weight"], 1.0)
       suffix = "" if split == self.scoring.primary else f"_{split}"
       values.update({f"{k}{suffix}": v for k, v in metrics.items()})
+    # The report's binomial error of an accuracy needs n, the primary split's example count.
+    values["eval_examples"] = self.scoring.examples
     if first_call:
       self._reference = outputs
     if self.scoring.generate is not None:
