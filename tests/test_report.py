@@ -69,7 +69,8 @@ def _point(name: str, layers: int, width: int, acc: float, base: float, mem: flo
             "workdir": "/x", "split": "eval",
             "model": {"name": "synthetic", "num_layers": layers, "d_model": width,
                       "params": 12 * layers * width ** 2},
-            "eval_loss": 0.5, "accuracy": acc, "kl": 0.0, "examples": 1000,
+            "eval_loss": 0.5, "accuracy": acc, "kl": 0.0, "eval_examples": 1000,
+            "measured_as": {"examples": 1000},
             "accuracy_drop": base - acc, "memory_bytes": int(mem * 2 ** 20),
             "float32_bytes": int(8 * 2 ** 20), "memory_ratio": mem / 8}
   if prune:
@@ -474,30 +475,121 @@ def test_seeds_of_a_size_count_as_one_with_their_spread(tmp_path):
   assert rows["20"][10].strip() == "winner" and rows["10"][10].strip() == "tie within noise"
 
 
-def test_compressed_seeds_of_a_size_are_averaged_in_the_memory_advice(tmp_path):
+def _capture(monkeypatch, name: str) -> list[dict]:
+  """The arguments of every call of figures.`name` during a report (the figure's data), the
+  figure still drawn."""
+  from tl_jax.report import figures
+  calls, draw = [], getattr(figures, name)
+  def spy(*args, **kwargs):
+    calls.append({"args": args, **kwargs})
+    return draw(*args, **kwargs)
+  monkeypatch.setattr(figures, name, spy)
+  return calls
+
+
+def test_compressed_seeds_of_a_size_are_averaged_in_the_memory_advice(tmp_path, monkeypatch):
   """Each size's grid was run on two finetuned seeds: the memory table compares the sizes by
-  their means, with the spread, and calls a tie where the margin is within it."""
+  their means, with the spread, and calls a tie where the margin is within it; the RQ2, RQ3
+  and RQ5 figures draw the means with error bars over the seeds."""
   def finetuned(layers, width, seed, acc4, acc32):
     config = {"task": "finetune", "name": "synthetic", "train": {"seed": seed},
               "init": {"workdir": f"/pretrained/seed{seed}"},
               "model": {"num_layers": layers, "d_model": width, "decoder_layers": 0}}
+    kurtosis = 0.1 * layers + 0.01 * seed
     _write_workdir(tmp_path / "sweep" / f"d{layers}w{width}-seed{seed}", config, points=[
-        _point("float32", layers, width, acc32, acc32, 8.0 * layers / 2),
-        _point("uniform4b", layers, width, acc4, acc32, 1.0 * layers / 2, bits=4, quant="uniform")])
+        _point("float32", layers, width, acc32, acc32, 8.0 * layers / 2, kurtosis=kurtosis),
+        _point("uniform4b", layers, width, acc4, acc32, 1.0 * layers / 2, bits=4, quant="uniform",
+               kurtosis=kurtosis),
+        _point("uniform3b", layers, width, acc4 - 0.1 + 0.01 * seed, acc32, 0.8 * layers / 2, bits=3,
+               quant="uniform", kurtosis=kurtosis)])
   finetuned(2, 64, 0, 0.800, 0.810)
   finetuned(2, 64, 1, 0.804, 0.812)
   finetuned(4, 64, 0, 0.806, 0.820)
   finetuned(4, 64, 1, 0.830, 0.822)
+  sweeps, memory, weights = (_capture(monkeypatch, f) for f in
+                             ("compression_sweeps", "memory_frontier", "compressibility"))
   assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--budget-mib=1.5,9"]) == 0
   text = (tmp_path / "report" / "report.md").read_text()
   table = text.split("### Memory budgets")[1].split("##")[0]
   rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")] for l in table.splitlines()
           if l.startswith("| ")}
-  assert rows["1.5"][2] == "2x64 (98K) (2 seeds): uniform4b" and rows["1.5"][5] == "no other size fits"
+  assert rows["1.5"][2] == "2x64 (98K) (2 seeds): uniform4b" and rows["1.5"][6] == "no other size fits"
   assert rows["1.5"][3] == "0.8020 ± 0.0028"
   # 4 x 64 at 4 bits: 0.818 ± 0.017 against 2 x 64's float32, 0.811 ± 0.0014: within noise.
   assert rows["9"][2] == "4x64 (197K) (2 seeds): uniform4b" and rows["9"][3] == "0.8180 ± 0.0170"
-  assert rows["9"][5] == "2x64 (98K) (2 seeds): float32" and rows["9"][9] == "tie within noise"
+  assert rows["9"][6] == "2x64 (98K) (2 seeds): float32" and rows["9"][11] == "tie within noise"
+  # The 95% interval by hand: p ± 1.96 sqrt(s^2 / k + p (1 - p) / n), 2 seeds, 1000 examples.
+  p, s = 0.818, math.sqrt(((0.806 - 0.818) ** 2 + (0.830 - 0.818) ** 2) / 1)
+  half = 1.959964 * math.sqrt(s ** 2 / 2 + p * (1 - p) / 1000)
+  assert rows["9"][4] == f"{p - half:.4f} to {p + half:.4f}" == "0.7845 to 0.8515"
+  assert "p ± 1.96 √(s²/k + p(1−p)/n)" in table
+
+  # RQ2: one line per size (the seeds' mean), bars from the lowest seed to the highest.
+  from tl_jax.report import figures
+  quant = sweeps[0]["args"][0]
+  assert sorted(quant) == [("2x64 (98K) (2 seeds)", "uniform sym channel"),
+                           ("4x64 (197K) (2 seeds)", "uniform sym channel")]
+  four = {p.point: p for p in quant[("4x64 (197K) (2 seeds)", "uniform sym channel")]}["uniform4b"]
+  assert four.value == pytest.approx(0.818)
+  assert figures.seed_errors([four.value], [four.spread]) == [[pytest.approx(0.012)], [pytest.approx(0.012)]]
+  rq2 = text.split("## 3. RQ2")[1].split("## 4.")[0]
+  assert "| 4x64 (197K) (2 seeds) | uniform sym channel | uniform4b | 4 | 0.0% | 0.8180 ± 0.0170 | 0.7845 to 0.8515 |" in rq2
+  assert "error bars from the lowest seed to the highest" in rq2
+  # RQ3: every point is a mean with its spread.
+  points = memory[0]["args"][0]
+  assert {p.size for p in points} == {"2x64 (98K) (2 seeds)", "4x64 (197K) (2 seeds)"}
+  assert all(p.spread.n == 2 and p.spread.lo <= p.value <= p.spread.hi for p in points)
+  assert "0.8180 ± 0.0170 | 0.7845 to 0.8515 |" in text.split("## 4. RQ3")[1].split("## 5.")[0]
+  # RQ5: the drop at uniform 3 bits, mean and range over the seeds (drop = acc32 - acc3).
+  rows5 = {r["size"]: r for r in weights[0]["args"][0]}
+  drop = rows5["4x64 (197K) (2 seeds)"]["drop_spreads"]["uniform 3-bit"]
+  assert (drop.lo, drop.mean, drop.hi) == (pytest.approx(0.822 - 0.740), pytest.approx(0.098),
+                                          pytest.approx(0.820 - 0.706))
+  assert rows5["4x64 (197K) (2 seeds)"]["kurtosis"] == pytest.approx(0.405)
+  assert rows5["4x64 (197K) (2 seeds)"]["seeds"] == 2
+  rq5 = text.split("## 6. RQ5")[1]
+  assert "| 4x64 (197K) (2 seeds) | 2 | 0.4050 |" in rq5 and "mean over them" in rq5
+
+
+def test_single_seed_points_have_no_bars_and_a_binomial_interval():
+  one = analysis.Compressed("s", "r", "p", 32, 0.0, 0.9, 0.0, 1.0, None, None, examples=400)
+  from tl_jax.report import figures
+  assert figures.seed_errors([0.9], [one.spread]) is None
+  half = 1.959964 * math.sqrt(0.9 * 0.1 / 400)  # 0.0294
+  assert analysis.accuracy_interval(0.9, 400) == pytest.approx((0.9 - half, 0.9 + half))
+  assert analysis.accuracy_interval(0.999, 100)[1] == 1.0  # clipped
+  assert analysis.accuracy_interval(0.9, None) is None
+  seeds = analysis.Spread.of([0.88, 0.90, 0.92])  # s = 0.02, k = 3: the seeds' term alone
+  assert analysis.accuracy_interval(0.9, None, seeds) == pytest.approx(
+      (0.9 - 1.959964 * 0.02 / math.sqrt(3), 0.9 + 1.959964 * 0.02 / math.sqrt(3)))
+
+
+def test_seeds_of_a_size_are_one_curve_with_a_band(tmp_path, monkeypatch):
+  """Two seeds of 2x64 evaluated at the same steps: one mean curve with a min..max band; two
+  seeds of 4x128 with timed evals (different steps): aligned by seconds; 2x32 alone: a curve."""
+  def run(name, layers, width, seed, evals):
+    config = {**_pretrain_config(layers, width), "train": {"seed": seed}}
+    _write_workdir(tmp_path / "sweep" / name, config,
+                   _metrics([(0, 0.0, 8.0)] + evals, [(evals[-1][0], evals[-1][1], 5.0)]))
+  run("a/seed0", 2, 64, 0, [(100, 10.0, 6.0), (200, 20.0, 5.0)])
+  run("a/seed1", 2, 64, 1, [(100, 12.0, 6.4), (200, 22.0, 5.2)])
+  run("b/seed0", 4, 128, 0, [(40, 10.0, 6.0), (80, 20.0, 5.0)])
+  run("b/seed1", 4, 128, 1, [(50, 10.0, 5.0), (90, 15.0, 4.0), (130, 25.0, 3.0)])
+  run("c", 2, 32, 0, [(100, 10.0, 6.5)])
+  calls = _capture(monkeypatch, "training_curves")
+  assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
+  (call,) = calls
+  assert [c.label for c in call["args"][0]] == ["2x32"]  # the single seed as it is
+  bands = {b.label: b for b in call["bands"]}
+  a, b = bands["2x64 (2 seeds)"], bands["4x128 (2 seeds)"]
+  assert a.aligned == "step" and a.steps == (0, 100, 200) and a.seconds == (0.0, 11.0, 21.0)
+  assert a.values == pytest.approx((8.0, 6.2, 5.1)) and a.lo == (8.0, 6.0, 5.0) and a.hi == (8.0, 6.4, 5.2)
+  # Seed 1 interpolated at seed 0's 0, 10 and 20 s: 8.0, 5.0 and 3.5.
+  assert b.aligned == "seconds" and b.seconds == (0.0, 10.0, 20.0)
+  assert b.values == pytest.approx((8.0, 5.5, 4.25)) and b.lo == (8.0, 5.0, 3.5) and b.hi == (8.0, 6.0, 5.0)
+  text = (tmp_path / "report" / "report.md").read_text()
+  assert "| 2x64 (2 seeds) | step | 100 | 11.0 | 6.2000 | 6.0000 | 6.4000 |" in text
+  assert "min..max, not a standard deviation" in text
 
 
 # ---------------------------------------------------------------------------
@@ -529,19 +621,68 @@ def test_the_fit_recovers_a_known_law_and_refuses_too_few_sizes():
       100 ** (0.28 / 0.62), rel=1e-9)
 
 
-def test_the_report_fits_the_law_and_labels_predictions(tmp_path):
+def test_the_compute_optimal_frontier_of_a_known_law():
+  from tl_jax.report import scaling
+  law = scaling.Law(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)
+  flops = np.array([1e15, 1e18, 1e21])
+  n, d, loss = law.frontier(flops)
+  assert 6 * n * d == pytest.approx(flops, rel=1e-12)
+  # Chinchilla's eq. 4 by hand: N_opt = G (C/6)^(beta/(alpha+beta)), G = (alpha A / beta B)^(1/(alpha+beta)).
+  g = (0.34 * 406.4 / (0.28 * 410.7)) ** (1 / 0.62)
+  assert n == pytest.approx(g * (flops / 6) ** (0.28 / 0.62), rel=1e-12)
+  assert loss == pytest.approx(1.69 + 406.4 / n ** 0.34 + 410.7 / d ** 0.28, rel=1e-12)
+  # At the optimum the two terms' marginal gains balance (alpha A / N^alpha = beta B / D^beta),
+  # and any other split of the same compute does worse.
+  assert 0.34 * 406.4 / n ** 0.34 == pytest.approx(0.28 * 410.7 / d ** 0.28, rel=1e-9)
+  for k in (0.5, 2.0):
+    assert (law.loss(k * n, d / k) > loss).all()
+
+
+def test_the_report_fits_the_law_and_labels_predictions(tmp_path, monkeypatch):
+  """Four sizes on a known law, each at its own pace (seconds per step grow with size): the
+  fit's frontier on the RQ1 figure, and budget advice past the longest run as predictions."""
   from tl_jax.report import regime, scaling
   true = scaling.Law(E=1.69, A=406.4, alpha=0.34, B=410.7, beta=0.28)
+  params, paces = {}, {}
   for layers, width in ((2, 64), (2, 128), (4, 128), (4, 256)):
     config = {**_pretrain_config(layers, width, tokens=10_000_000), "train": {"batch_size": 8}}
     config["model"].update(num_heads=2, d_ff=4 * width, max_len=32)
     config["data"].update(seq_len=32, vocab_size=2000, mask_prob=0.15, max_predictions=0)
     n = regime.mlm_params(config)[1]
-    evals = [(s, s / 100, float(true.loss(n, s * 8 * 32))) for s in (500, 1000, 2000, 4000, 8000)]
+    per_step = layers * width / 12_800  # seconds a step: 0.01 to 0.08
+    evals = [(s, s * per_step, float(true.loss(n, s * 8 * 32))) for s in (500, 1000, 2000, 4000, 8000)]
     _write_workdir(tmp_path / "sweep" / f"d{layers}w{width}", config,
-                   _metrics(evals, [(8000, 80.0, evals[-1][2] + 0.05)]))
+                   _metrics(evals, [(8000, 8000 * per_step, evals[-1][2] + 0.05)]))
+    params[f"{layers}x{width}"], paces[f"{layers}x{width}"] = n, 8 * 32 / per_step
+  curves = _capture(monkeypatch, "training_curves")
   assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
   text = (tmp_path / "report" / "report.md").read_text()
+  # The frontier drawn on the RQ1 figure is the law's (the fit recovers it) at C = 6 N D.
+  compute = curves[0]["compute"]
+  flops, losses = compute["frontier"]
+  assert losses == pytest.approx(true.frontier(flops)[2], rel=1e-3)
+  assert flops[-1] == pytest.approx(4 * 6 * params["4x256"] * 8000 * 256)  # 4x the largest eval
+  label = next(k for k in compute["per_step"] if k.startswith("2x64"))
+  assert compute["per_step"][label] == pytest.approx(6 * params["2x64"] * 256)
+  assert "compute-optimal frontier (predictions of the fitted law)" in text
+  # Past the longest run (4x256, 640 s): 2x and 4x its seconds, every row a prediction, in a
+  # table of its own after the measured one.
+  budget = text.split("## 2.")[1].split("## 3.")[0]
+  measured, predicted = budget.split("#### Predictions past the longest run (not measurements)")
+  assert "prediction" not in measured.split("### Training budgets")[1]
+  rows = [[c.strip() for c in l.split("|")[1:-1]] for l in predicted.splitlines() if l.startswith("| ")]
+  rows = rows[1:]  # the header
+  assert len(rows) == 8 and all(r[0] == "prediction" for r in rows)
+  assert {r[1] for r in rows} == {"1280", "2560"}
+  for r in rows:
+    size = r[3].split()[0]
+    tokens = paces[size] * float(r[1])  # seconds -> tokens at the size's own pace
+    assert float(r[4]) == pytest.approx(paces[size], rel=1e-3) and float(r[5]) == pytest.approx(tokens, rel=1e-2)
+    assert float(r[6]) == pytest.approx(float(true.loss(params[size], tokens)), rel=1e-3)
+    lo, hi = (float(x) for x in r[7].split(" to "))
+    assert lo <= float(r[6]) * (1 + 1e-3) and hi >= float(r[6]) * (1 - 1e-3)
+  best = [r for r in rows if r[2] == "1"]
+  assert {r[3].split()[0] for r in best} == {"4x256"} and all(r[8] == "100%" for r in best)
   section = text.split("### A fitted scaling law (pretraining)")[1].split("## 2.")[0]
   rows = {l.split("|")[1].strip(): l.split("|")[2].strip() for l in section.splitlines()
           if l.startswith("| ") and l.count("|") == 4}

@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+import numpy as np
+
 from tl_jax.report.runs import Run, Shape
 
 T = TypeVar("T")
@@ -143,18 +145,21 @@ def best_at_budget(curves: Sequence[Curve], budget: float,
 
 @dataclasses.dataclass(frozen=True)
 class Spread:
-  """The mean of one quantity over the seeds of a group, and its sample standard deviation
-  (None with one seed: the spread is unknown, not zero)."""
+  """The mean of one quantity over the seeds of a group, its sample standard deviation (None
+  with one seed: the spread is unknown, not zero) and its range over the seeds (what the
+  figures' bands and error bars span)."""
   mean: float
   std: float | None
   n: int
+  lo: float | None = None  # the smallest seed's value (None where not known)
+  hi: float | None = None
 
   @classmethod
   def of(cls, values: Sequence[float]) -> "Spread":
     n = len(values)
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return cls(mean, std, n)
+    return cls(mean, std, n, min(values), max(values))
 
 
 def verdict(best: Spread, runner_up: Spread | None) -> str:
@@ -189,6 +194,58 @@ def groups_at_budget(answer: BudgetAnswer, curves: Sequence[Curve],
   out = [GroupReading(rs[0].size, rs[0].label, tuple(rs)) for rs in gathered.values()]
   sign = -1.0 if higher_is_better else 1.0
   return sorted(out, key=lambda g: (sign * g.spread.mean, g.label))
+
+
+@dataclasses.dataclass(frozen=True)
+class Band:
+  """The seeds of one size drawn as one curve: their mean at each eval, with the smallest and
+  largest seed's value (the band). `aligned` says how the seeds' evals were matched: "step"
+  where every seed evaluated at the same steps (their seconds are averaged), "seconds" where
+  they did not (timed evals): each seed's curve is then interpolated linearly at the first
+  seed's eval seconds, within the span every seed covers."""
+  label: str  # 'size (n seeds)'
+  size: str
+  seeds: int
+  seconds: tuple[float, ...]
+  steps: tuple[float, ...]
+  values: tuple[float, ...]  # the mean over the seeds
+  lo: tuple[float, ...]
+  hi: tuple[float, ...]
+  aligned: str
+  members: tuple[str, ...] = ()  # the seeds' curve labels
+
+
+def seed_bands(curves: Sequence[Curve]) -> tuple[list[Curve], list[Band]]:
+  """(the curves of single-seed runs as they are, a Band per group of several seeds), each in
+  the order of its first curve."""
+  groups: dict[str, list[Curve]] = {}
+  for c in curves:
+    groups.setdefault(c.group or c.label, []).append(c)
+  singles, bands = [], []
+  for members in groups.values():
+    if len(members) == 1 or any(not c.values for c in members):
+      singles += members
+      continue
+    first = members[0]
+    if all(c.steps == first.steps for c in members):
+      seconds = np.mean([c.seconds for c in members], axis=0)
+      steps, values, aligned = np.asarray(first.steps, float), np.array([c.values for c in members]), "step"
+    else:
+      start = max(c.seconds[0] for c in members)
+      stop = min(c.seconds[-1] for c in members)
+      seconds = np.array([s for s in first.seconds if start - _EPS <= s <= stop + _EPS])
+      if not len(seconds):
+        singles += members
+        continue
+      steps = np.mean([np.interp(seconds, c.seconds, c.steps) for c in members], axis=0)
+      values = np.array([np.interp(seconds, c.seconds, c.values) for c in members])
+      aligned = "seconds"
+    bands.append(Band(f"{first.size} ({len(members)} seeds)", first.size, len(members),
+                      tuple(map(float, seconds)), tuple(map(float, steps)),
+                      tuple(map(float, values.mean(axis=0))), tuple(map(float, values.min(axis=0))),
+                      tuple(map(float, values.max(axis=0))), aligned,
+                      tuple(c.label for c in members)))
+  return singles, bands
 
 
 def _round_sig(x: float, digits: int = 2, how: Callable[[float], float] = round) -> float:
@@ -253,6 +310,8 @@ class Compressed:
   higher_is_better: bool = True
   record: dict = dataclasses.field(compare=False, repr=False, hash=False, default_factory=dict)
   spread: "Spread | None" = dataclasses.field(compare=False, default=None)  # over seeds
+  drop_spread: "Spread | None" = dataclasses.field(compare=False, default=None)
+  examples: int | None = None  # the evaluation's examples, where the line records them
 
   @property
   def mib(self) -> float:
@@ -295,6 +354,16 @@ def prune_label(prune: dict | None) -> str | None:
   return f"{prune['method']} {prune.get('scope', 'global')}"
 
 
+def point_examples(record: dict) -> int | None:
+  """How many examples a compress.jsonl line's metric was computed over: `measured_as.examples`
+  (written by compress/grid.py since grids resume), else an `eval_examples` the evaluation
+  logged; None in older lines."""
+  for value in ((record.get("measured_as") or {}).get("examples"), record.get("eval_examples")):
+    if _number(value) and value > 0:
+      return int(value)
+  return None
+
+
 def compressed_points(run: Run, size: str) -> list[Compressed]:
   """The run's compress.jsonl points (newest line per point), in grid order."""
   out = []
@@ -307,18 +376,18 @@ def compressed_points(run: Run, size: str) -> list[Compressed]:
                           sparsity=float(sparsity), value=value, drop=point_drop(r),
                           memory_bytes=float(r["memory_bytes"]), quant=quant_label(r.get("quant")),
                           prune=prune_label(r.get("prune")), metric=str(r.get("metric", "accuracy")),
-                          higher_is_better=bool(r.get("higher_is_better", True)), record=r))
+                          higher_is_better=bool(r.get("higher_is_better", True)), record=r,
+                          examples=point_examples(r)))
   return out
 
 
-def seed_means(runs_points: Sequence[Sequence[Compressed]], size: str) -> list[Compressed]:
+def seed_means(runs_points: Sequence[Sequence[Compressed]], label: str) -> list[Compressed]:
   """The points of several seeds of one size as one model: each point measured in every seed,
-  with its mean value, drop and memory and the spread of its value, labelled `size` (n seeds).
+  with its mean value, drop and memory and the spread of its value and drop, labelled `label`.
   One seed: its points as they are."""
   if len(runs_points) == 1:
     return list(runs_points[0])
   by_name = [{p.point: p for p in points} for points in runs_points]
-  label = f"{size} ({len(runs_points)} seeds)"
   out = []
   for first in runs_points[0]:
     same = [points.get(first.point) for points in by_name]
@@ -326,11 +395,39 @@ def seed_means(runs_points: Sequence[Sequence[Compressed]], size: str) -> list[C
       continue
     mean = lambda xs: sum(xs) / len(xs)
     drops = [p.drop for p in same]
+    examples = [p.examples for p in same]
     out.append(dataclasses.replace(
         first, size=label, run=label, value=mean([p.value for p in same]),
         drop=None if None in drops else mean(drops), memory_bytes=mean([p.memory_bytes for p in same]),
-        spread=Spread.of([p.value for p in same])))
+        spread=Spread.of([p.value for p in same]),
+        drop_spread=None if None in drops else Spread.of(drops),
+        examples=None if None in examples else min(examples)))
   return out
+
+
+# A 95% interval from a normal approximation.
+Z95 = 1.959964
+
+
+def accuracy_interval(accuracy: float, examples: int | None,
+                      seeds: Spread | None = None) -> tuple[float, float] | None:
+  """A 95% interval for an accuracy (a mean over seeds, or one run's): p ± 1.96 sqrt(s^2/k +
+  p(1-p)/n), with s the seeds' standard deviation, k their number and n the eval examples.
+  The first term is the training noise of the seeds' mean, the second the eval set's binomial
+  error, which does not shrink with seeds: every seed is scored on the same examples. One
+  seed: the binomial term alone; without n: the seeds' term alone; neither: None. Clipped to
+  [0, 1]."""
+  variance, known = 0.0, False
+  if seeds is not None and seeds.std is not None:
+    variance += seeds.std ** 2 / seeds.n
+    known = True
+  if examples:
+    variance += accuracy * (1 - accuracy) / examples
+    known = True
+  if not known:
+    return None
+  half = Z95 * math.sqrt(variance)
+  return max(0.0, accuracy - half), min(1.0, accuracy + half)
 
 
 def pareto_frontier(points: Sequence[T], memory: Callable[[T], float] = lambda p: p.memory_bytes,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tl_jax.report.analysis import Compressed, Curve, LayerErrors
+from tl_jax.report.analysis import Band, Compressed, Curve, LayerErrors
 
 DPI = 150
 MAX_SIZES_PER_PLOT = 8  # more curves than this stop being readable; callers page them
@@ -68,24 +68,48 @@ def _styles(curves: Sequence[Curve], colors: dict) -> list[dict]:
 
 def training_curves(curves: Sequence[Curve], path: str, *, colors: dict, title: str, ylabel: str,
                     log_y: bool = False, perplexity_axis: bool = False,
-                    budgets: Sequence[float] = ()) -> str:
-  """Eval metric against training seconds (left) and steps (right), one curve per run.
+                    budgets: Sequence[float] = (), bands: Sequence[Band] = (),
+                    compute: dict | None = None) -> str:
+  """Eval metric against training seconds (left) and steps (middle), one curve per run, and
+  per group of seeds their mean with a shaded band from the lowest to the highest seed.
 
-  `perplexity_axis` adds exp(loss) on the right of both panels; `budgets` are drawn as
-  dotted verticals on the seconds panel.
+  `perplexity_axis` adds exp(loss) on the right of the panels; `budgets` are drawn as dotted
+  verticals on the seconds panel. `compute` ({"per_step": {curve or band label: training
+  FLOPs per step}, "frontier": (flops, losses)}) adds a third panel against training FLOPs with
+  the fitted law's compute-optimal frontier, dashed: a prediction.
   """
-  fig, (by_time, by_step) = _figure(2, title)
+  fig, axes = _figure(3 if compute else 2, title)
+  by_time, by_step = axes[0], axes[1]
+  per_step = (compute or {}).get("per_step", {})
   for curve, style in zip(curves, _styles(curves, colors)):
     kw = dict(style, marker="o", markersize=3, linewidth=1.6, label=curve.label)
     by_time.plot(curve.seconds, curve.values, **kw)
     by_step.plot(curve.steps, curve.values, **kw)
+    if curve.label in per_step:
+      axes[2].plot([per_step[curve.label] * s for s in curve.steps], curve.values, **kw)
+  for band in bands:
+    color = colors.get(band.size, "black")
+    label = f"{band.label}: mean, band min..max"
+    panels = [(by_time, band.seconds), (by_step, band.steps)]
+    if band.label in per_step:
+      panels.append((axes[2], [per_step[band.label] * s for s in band.steps]))
+    for ax, xs in panels:
+      ax.plot(xs, band.values, color=color, marker="o", markersize=3, linewidth=1.8, label=label)
+      ax.fill_between(xs, band.lo, band.hi, color=color, alpha=0.22, linewidth=0)
   for b in budgets:
     by_time.axvline(b, color="0.45", linestyle=_LEVEL, linewidth=1.0)
   if budgets:
     by_time.plot([], [], color="0.45", linestyle=_LEVEL, label="budgets (section 2)")
   by_time.set_xlabel("training seconds (s)")
   by_step.set_xlabel("optimizer steps")
-  for ax in (by_time, by_step):
+  if compute:
+    flops, losses = compute["frontier"]
+    axes[2].plot(flops, losses, color="black", linestyle="--", linewidth=1.4)
+    by_time.plot([], [], color="black", linestyle="--",
+                 label="compute-optimal frontier of the fitted law (prediction; third panel)")
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("training compute C = 6 N D (N non-embedding, FLOPs, log scale)")
+  for ax in axes:
     ax.set_ylabel(ylabel)
     if log_y:
       ax.set_yscale("log")
@@ -148,7 +172,9 @@ def compression_sweeps(quant: dict[tuple[str, str], list[Compressed]],
   for (size, method), pts in quant.items():
     by_bits.plot([p.bits for p in pts], [p.value for p in pts], color=colors[size],
                  markersize=5, linewidth=1.6, **qstyles[method])
+    _error_bars(by_bits, [p.bits for p in pts], pts, colors[size])
   for (size, method), pts in prune.items():
+    _error_bars(by_sparsity, [100 * p.sparsity for p in pts], pts, colors[size])
     if method in nm_marker:  # N:M is one sparsity: a marker, not a line
       by_sparsity.plot([100 * p.sparsity for p in pts], [p.value for p in pts], linestyle="none",
                        marker=nm_marker[method], markersize=9, color=colors[size],
@@ -172,13 +198,37 @@ def compression_sweeps(quant: dict[tuple[str, str], list[Compressed]],
       ax.invert_yaxis()
   by_bits.set_title("quantization only", fontsize=10)
   by_sparsity.set_title("pruning only", fontsize=10)
+  bars = _SEED_BARS if any(p.spread is not None and p.spread.n > 1 for pts in (*quant.values(),
+                                                                            *prune.values())
+                           for p in pts) else {}
   _size_and_style_legend(by_bits, colors, sizes,
-                         {**qstyles, "uncompressed": {"linestyle": _LEVEL}}, loc="lower right")
+                         {**qstyles, "uncompressed": {"linestyle": _LEVEL}, **bars}, loc="lower right")
   nm_styles = {m: {"linestyle": "none", "marker": mk, "markersize": 8} for m, mk in nm_marker.items()}
   _size_and_style_legend(by_sparsity, colors, sizes,
-                         {**pstyles, **nm_styles, "uncompressed": {"linestyle": _LEVEL}},
+                         {**pstyles, **nm_styles, "uncompressed": {"linestyle": _LEVEL}, **bars},
                          loc="lower left")
   return _save(fig, path)
+
+
+_SEED_BARS = {"error bars: min..max over seeds": {"linestyle": "none", "marker": "|", "markersize": 10}}
+
+
+def seed_errors(values: Sequence[float], spreads: Sequence) -> list[list[float]] | None:
+  """[[below], [above]] for matplotlib's yerr: from each value down to its lowest seed and up to
+  its highest (0 for single-seed points); None where no point has several seeds."""
+  if not any(s is not None and s.n > 1 for s in spreads):
+    return None
+  several = [s is not None and s.n > 1 for s in spreads]
+  return [[v - s.lo if ok else 0.0 for v, s, ok in zip(values, spreads, several)],
+          [s.hi - v if ok else 0.0 for v, s, ok in zip(values, spreads, several)]]
+
+
+def _error_bars(ax, xs: Sequence[float], points: Sequence[Compressed], color) -> None:
+  """Bars over the seeds' range (min..max) at points that average several seeds."""
+  err = seed_errors([p.value for p in points], [p.spread for p in points])
+  if err is not None:
+    ax.errorbar(xs, [p.value for p in points], yerr=err, fmt="none", ecolor=color, elinewidth=1.0,
+                capsize=3, zorder=2)
 
 
 def _method_styles(methods: Sequence[str]) -> dict[str, dict]:
@@ -212,6 +262,7 @@ def memory_frontier(points: Sequence[Compressed], frontier: Sequence[Compressed]
       if pts:
         ax.scatter([p.mib for p in pts], [p.value for p in pts], color=colors[size],
                    marker=marker, s=30, alpha=0.85, edgecolors="none")
+        _error_bars(ax, [p.mib for p in pts], pts, colors[size])
   if frontier:
     xs = [p.mib for p in frontier]
     ys = [p.value for p in frontier]
@@ -243,6 +294,9 @@ def memory_frontier(points: Sequence[Compressed], frontier: Sequence[Compressed]
               for k, m in _KIND_MARKERS.items() if any(_kind(p) == k for p in points)]
   handles.append(Line2D([], [], color="black", marker="o", markerfacecolor="none",
                         label="Pareto frontier"))
+  if any(p.spread is not None and p.spread.n > 1 for p in points):
+    (name, style), = _SEED_BARS.items()
+    handles.append(Line2D([], [], color="0.3", label=name, **style))
   if budgets_mib:
     handles.append(Line2D([], [], color="0.45", linestyle=":", label="memory budgets (section 2)"))
   # Beside the axes: points fill the plot's corners.
@@ -290,7 +344,9 @@ def compressibility(rows: Sequence[dict], path: str, *, colors: dict, title: str
                     drop_scale: float = 100.0) -> str:
   """The drop in the metric at fixed compressions (times `drop_scale`: 100 shows accuracy in
   percentage points) against the weights' mean kurtosis (left) and outlier fraction (right).
-  `rows`: {size, kurtosis, outliers, drops: {compression: drop}}."""
+  `rows`: {size, kurtosis, outliers, drops: {compression: drop}}, and for sizes of several seeds
+  `drop_spreads`: {compression: Spread}, drawn as bars from the lowest seed's drop to the
+  highest's."""
   from matplotlib.lines import Line2D
   fig, axes = _figure(2, title)
   refs = [r for r in dict.fromkeys(k for row in rows for k in row["drops"])]
@@ -306,6 +362,13 @@ def compressibility(rows: Sequence[dict], path: str, *, colors: dict, title: str
       for x, y, size in pts:
         ax.scatter([x], [y], color=colors[size], marker=markers[ref], s=60, zorder=2,
                    edgecolors="black", linewidths=0.5)
+      for row in rows:  # sizes of several seeds: their mean, with a bar over the seeds' range
+        spread = (row.get("drop_spreads") or {}).get(ref)
+        if spread is not None and spread.n > 1:
+          y = drop_scale * row["drops"][ref]
+          ax.errorbar([row[key] * scale], [y], yerr=[[y - drop_scale * spread.lo],
+                                                       [drop_scale * spread.hi - y]],
+                      fmt="none", ecolor=colors[row["size"]], capsize=3, zorder=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(drop_label)
     ax.axhline(0.0, color="0.3", linewidth=0.8)
@@ -320,6 +383,9 @@ def compressibility(rows: Sequence[dict], path: str, *, colors: dict, title: str
   handles = [Line2D([], [], color=colors[r["size"]], linewidth=3, label=r["size"]) for r in rows]
   handles += [Line2D([], [], color="0.3", marker=m, linestyle="none", label=r)
               for r, m in markers.items()]
+  if any(s.n > 1 for row in rows for s in (row.get("drop_spreads") or {}).values()):
+    (name, style), = _SEED_BARS.items()
+    handles.append(Line2D([], [], color="0.3", label=name, **style))
   # Below the panels: points sit anywhere, so a legend inside would hide some.
   fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=min(len(handles), 7))
   return _save(fig, path)

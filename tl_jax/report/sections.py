@@ -67,6 +67,13 @@ class CompressGroup:
                                                      else f"{value:.4f}")
 
 
+@dataclasses.dataclass(frozen=True)
+class LawFit:
+  points: list  # scaling.Point of every pretraining eval after step 0
+  fit: "scaling.Fit | None"  # None: no points, or refused
+  refused: str | None  # the sentence saying why no law was fitted
+
+
 @dataclasses.dataclass
 class Context:
   runs: list[Run]
@@ -77,6 +84,17 @@ class Context:
   labels: dict[str, str] = dataclasses.field(default_factory=dict)  # workdir -> series label
   colors: dict[str, tuple] = dataclasses.field(default_factory=dict)  # series label -> colour
   figures: list[str] = dataclasses.field(default_factory=list)
+  _law: "LawFit | None" = dataclasses.field(default=None, repr=False)
+
+  def law(self) -> "LawFit":
+    """The scaling law of the pretraining evals, fitted once for the sections that use it."""
+    if self._law is None:
+      points = [scaling.Point(self.labels[r.workdir], n, d, loss)
+                for r in self.of_task("pretrain") for n, d, loss in regime.eval_points(r)]
+      refused = scaling.refusal(points) if points else None
+      fit = scaling.fit(points) if points and refused is None else None
+      self._law = LawFit(points, fit, refused)
+    return self._law
 
   def of_task(self, task: str) -> list[Run]:
     return A.by_size([r for r in self.runs if r.task == task])
@@ -118,6 +136,9 @@ def make_context(runs: list[Run], out: str, budget_seconds: Sequence[float] = ()
     if label != size and label not in variants:
       variants.append(label)
       ctx.colors[label] = F.shade(base[size], len(variants) - 1)
+  for group in groups:  # the seeds of a size, drawn as one: the size's own colour
+    for label, members in seed_groups(ctx, group):
+      ctx.colors.setdefault(label, base[ctx.sizes[members[0].shape]])
   return ctx
 
 
@@ -164,6 +185,8 @@ def overview(ctx: Context) -> str:
         run.best.get(run.best.get("metric", "")), (int, float)):
       metric = run.best["metric"]
       final = f"best {metric} {run.best[metric]:.4f} (step {run.best.get('step', '?')})"
+      if metric == "accuracy":
+        final += _binomial(run.best[metric], run)
     # Every line carries eval_seconds (a timer); eval lines are those with a metric.
     evals = len([m for m in run.metrics if any(k in m for k in ("eval_loss", "bleu", "accuracy"))])
     rows.append([run.name, run.task, run.preset or "—", ctx.sizes[run.shape], evals,
@@ -172,9 +195,27 @@ def overview(ctx: Context) -> str:
       "## Runs", f"{len(ctx.runs)} workdirs were read. Training seconds are `train_seconds` of "
       "metrics.jsonl: time spent training, without compilation, evaluation or checkpointing. "
       "Sizes are layers x width (encoder+decoder layers x width for translation), with the "
-      "parameter count: a masked LM's own, else where a compression grid recorded it.",
+      "parameter count: a masked LM's own, else where a compression grid recorded it. A best "
+      "accuracy's 95% interval is the eval set's binomial error, p ± 1.96 √(p(1−p)/n), n = "
+      "`eval_examples` of its eval lines.",
       md.table(["workdir", "task", "preset", "size", "evals", "train s", "final",
                 "compressed points"], rows)] + regime_table(ctx))
+
+
+def eval_examples(run: Run) -> int | None:
+  """The eval examples of a run's primary split, as its evaluations logged them (eval_examples,
+  written since the report's accuracy intervals); None in older files."""
+  return next((int(m["eval_examples"]) for m in run.metrics
+               if isinstance(m.get("eval_examples"), (int, float)) and m["eval_examples"] > 0), None)
+
+
+def _binomial(accuracy: float, run: Run) -> str:
+  """', 95% interval a to b (n = N)' for one run's accuracy, or a note that n is not known."""
+  n = eval_examples(run)
+  interval = A.accuracy_interval(accuracy, n)
+  if interval is None:
+    return ", no interval (eval examples not logged)"
+  return f", 95% interval {interval[0]:.4f} to {interval[1]:.4f} (n = {n:,})"
 
 
 def _group_name(group: A.GroupReading) -> str:
@@ -259,13 +300,16 @@ def pretraining(ctx: Context) -> str:
          "line up by wall-clock training time. The right axis reads the loss as perplexity."]
   runs = ctx.of_task("pretrain")
   perplexity = lambda m: md.num(m.get("eval_perplexity") or math.exp(min(m["eval_loss"], 700.0)), 5)
+  compute, frontier_text = _compute_panel(ctx, runs)
   block = _rq1_curves(ctx, runs, "eval_loss", "rq1_pretrain_loss", "validation loss",
                       "Masked-LM pretraining: validation loss by model size",
                       "validation loss (nats per masked token, log scale)", "pretraining",
                       ["eval loss", "perplexity"], lambda m: [f"{m['eval_loss']:.4f}", perplexity(m)],
-                      log_y=True, perplexity_axis=True)
+                      compute=compute, log_y=True, perplexity_axis=True)
   out += block or ["No pretraining workdir with eval lines (`eval_loss` in metrics.jsonl) was found, "
                    "so there are no pretraining curves."]
+  if block:
+    out += frontier_text
   skipped = [r.name for r in runs if not r.eval_lines("eval_loss")]
   if skipped:
     out.append(f"Pretraining workdirs without evals (left out): {', '.join(skipped)}.")
@@ -281,18 +325,73 @@ def pretraining(ctx: Context) -> str:
   return "\n\n".join(out)
 
 
+FRONTIER_POINTS = 60
+FRONTIER_PAST = 4.0  # the frontier runs on to this many times the largest compute measured
+
+
+def _compute_panel(ctx: Context, runs: list[Run]) -> tuple[dict | None, list[str]]:
+  """The RQ1 figure's panel against training compute, with the fitted law's compute-optimal
+  frontier (figures.training_curves' `compute`), and the text and table behind it; (None, [a
+  sentence]) where no usable law was fitted."""
+  law_fit = ctx.law()
+  fit = law_fit.fit
+  if fit is None:
+    return None, ([f"No compute-optimal frontier is drawn: {law_fit.refused[0].lower()}"
+                   f"{law_fit.refused[1:]}"] if law_fit.refused else [])
+  if fit.at_bounds:
+    return None, [f"No compute-optimal frontier is drawn: the fitted law put "
+                  f"{' and '.join(fit.at_bounds)} at a bound of its range (see the scaling law below)."]
+  per_step = {}
+  for run in runs:
+    r = regime.of_run(run)
+    if r is not None:
+      per_step[ctx.labels[run.workdir]] = 6 * r.non_embedding * r.tokens_seen / r.steps
+  flops = [6 * p.params * p.tokens for p in fit.points]
+  grid = np.geomspace(min(flops), FRONTIER_PAST * max(flops), FRONTIER_POINTS)
+  params, tokens, losses = fit.law.frontier(grid)
+  shown = np.unique(np.round(np.linspace(0, FRONTIER_POINTS - 1, 6)).astype(int))
+  rows = [[f"{grid[i]:.3g}", md.num(float(params[i]), 3), md.num(float(tokens[i]), 3),
+           f"prediction {md.num(float(losses[i]), 4)}"] for i in shown]
+  text = [f"The third panel places the same evals at their training compute C = 6 N D (N = "
+          f"non-embedding parameters, D = tokens seen), the scaling law's units. The dashed line is "
+          f"the fitted law's loss at the compute-optimal size for each C (N_opt from Chinchilla's "
+          f"eq. 4, D_opt = C / 6 N_opt), from the smallest compute of an eval to {FRONTIER_PAST:g}x "
+          f"the largest: a **prediction** of the law, not a measurement. Runs whose evals lie above "
+          f"it were not at their compute-optimal size.",
+          md.details("The compute-optimal frontier (predictions of the fitted law)",
+                     md.table(["C = 6ND (FLOPs)", "N_opt (non-embedding)", "D_opt (tokens)",
+                               "predicted loss"], rows))]
+  return {"per_step": per_step, "frontier": (grid, losses)}, text
+
+
 def _rq1_curves(ctx: Context, runs: list[Run], key: str, base: str, what: str, title: str,
-                ylabel: str, kind: str, columns: list[str], cells, **figure) -> list[str]:
-  """The figures of `key` against training seconds and steps, and the table of their points
-  (`cells(line)` gives the `columns`); [] where no run logged `key`."""
+                ylabel: str, kind: str, columns: list[str], cells, compute: dict | None = None,
+                **figure) -> list[str]:
+  """The figures of `key` against training seconds and steps (the seeds of a size as their mean
+  with a min..max band; with `compute`, a panel against training FLOPs as well), the table of
+  the bands and the table of every eval (`cells(line)` gives the `columns`); [] where no run
+  logged `key`."""
   curves = _curves(ctx, runs, key)
   if not curves:
     return []
   budgets = seconds_budgets(ctx, curves)
+  singles, bands = A.seed_bands(curves)
+  if compute:  # a band is drawn at its seeds' (equal) compute per step
+    per_step = compute["per_step"]
+    per_step.update({b.label: per_step[b.members[0]] for b in bands if b.members[0] in per_step})
   out = _figures(ctx, [c.size for c in curves], base, f"{what} against training seconds and steps",
                  lambda page, path: F.training_curves(
-                     [c for c in curves if c.size in page], path, colors=ctx.colors, title=title,
-                     ylabel=ylabel, budgets=budgets, **figure))
+                     [c for c in singles if c.size in page], path, colors=ctx.colors, title=title,
+                     ylabel=ylabel, budgets=budgets, bands=[b for b in bands if b.size in page],
+                     compute=compute, **figure))
+  if bands:
+    out.append("Sizes trained with several seeds are drawn as the mean of their seeds, shaded from "
+               "the lowest seed's value to the highest (min..max, not a standard deviation).")
+    rows = [[b.label, b.aligned, md.num(step, 6), md.seconds(sec), f"{v:.4f}", f"{lo:.4f}", f"{hi:.4f}"]
+            for b in bands for step, sec, v, lo, hi in zip(b.steps, b.seconds, b.values, b.lo, b.hi)]
+    out.append(md.details(f"Seed means and ranges behind the bands ({len(rows)} rows)",
+                          md.table(["size", "seeds aligned by", "step", "train s", f"mean {what}",
+                                    "min", "max"], rows)))
   rows = [[ctx.sizes[run.shape], run.name, m.get("step", 0),
            md.seconds(float(m.get("train_seconds") or 0.0))] + cells(m)
           for run in runs for m in _by_time(run.eval_lines(key))]
@@ -354,6 +453,7 @@ def budgets(ctx: Context) -> str:
                          "verdict"], rows))
     if task == "pretrain":
       out.extend(_regime_note(ctx))
+      out.extend(budget_predictions(ctx, curves))
   if not any_training:
     out.append("No pretraining or translation run with evals was found, so there is no "
                "training-budget advice.")
@@ -370,24 +470,88 @@ def budgets(ctx: Context) -> str:
     out.append(f"Budgets {origin}; {group.direction}. The runner-up is the best point of another "
                "size within the same budget.")
     rows = []
+    accuracy = group.metric == "accuracy"
     for b in budgets_mib:
       ans = A.best_within_memory(points, b)
       best, runner = ans.best, ans.runner_up
       spread = lambda p: p.spread or A.Spread(p.value, None, 1)
-      value = lambda p: group.fmt(p.value) + (f" ± {group.fmt(p.spread.std)}"
-                                             if p.spread and p.spread.std is not None else "")
+      blank = ["—"] * len(_value_columns(group))
       rows.append([md.num(b, 4),
                    f"{best.size}: {best.point}" if best else "nothing fits",
-                   value(best) if best else "—", md.num(best.mib, 4) if best else "—",
+                   *(_value_cells(group, best) if best else blank), md.num(best.mib, 4) if best else "—",
                    f"{runner.size}: {runner.point}" if runner else
                    ("no other size fits" if best else "—"),
-                   value(runner) if runner else "—",
+                   *(_value_cells(group, runner) if runner else blank),
                    md.num(runner.mib, 4) if runner else "—",
                    group.fmt(ans.margin) if ans.margin is not None else "—",
                    A.verdict(spread(best), spread(runner) if runner else None) if best else "—"])
-    out.append(md.table(["budget (MiB)", "best point", group.label, "MiB", "runner-up (other size)",
-                         f"runner-up {group.label}", "runner-up MiB", "margin", "verdict"], rows))
+    out.append(md.table(["budget (MiB)", "best point", *_value_columns(group), "MiB",
+                         "runner-up (other size)", f"runner-up {group.label}",
+                         *(["runner-up 95% interval"] if accuracy else []), "runner-up MiB", "margin",
+                         "verdict"], rows))
+    if accuracy:
+      out.append(_INTERVAL_NOTE)
   return "\n\n".join(out)
+
+
+PREDICT_PAST = (2.0, 4.0)  # default prediction budgets: these multiples of the longest run
+
+
+def prediction_budgets(ctx: Context, curves: Sequence[A.Curve]) -> list[float]:
+  """Training-seconds budgets past the longest run: those asked for (--budget-seconds), else
+  PREDICT_PAST times the longest run's training seconds."""
+  longest = max(c.reached_seconds for c in curves)
+  asked = [b for b in ctx.budget_seconds if b > longest + max(c.step_seconds for c in curves)]
+  return asked if ctx.budget_seconds else [k * longest for k in PREDICT_PAST]
+
+
+def budget_predictions(ctx: Context, curves: Sequence[A.Curve]) -> list[str]:
+  """The training-budget advice past the longest run: the fitted law's loss for each size, in a
+  table of its own, every row a prediction with its 90% bootstrap interval."""
+  fit = ctx.law().fit
+  budgets_s = prediction_budgets(ctx, curves)
+  if not budgets_s:
+    return []
+  heading = "#### Predictions past the longest run (not measurements)"
+  if fit is None:
+    return [heading, "No predictions: no scaling law was fitted (see the scaling law section)."]
+  sizes, left_out = [], []
+  for label, group in seed_groups(ctx, ctx.of_task("pretrain")):
+    found = [(regime.of_run(r), r.max_train_seconds) for r in group]
+    paces = [reg.tokens_seen / seconds for reg, seconds in found if reg is not None and seconds > 0]
+    if len(paces) < len(group):
+      left_out.append(label)
+      continue
+    sizes.append(scaling.Size(label, found[0][0].non_embedding, sum(paces) / len(paces)))
+  if not sizes:
+    return [heading, "No predictions: no pretraining run records its batch shape and pace."]
+  rows = []
+  for predictions in scaling.predict_budgets(fit, sizes, budgets_s):
+    for rank, p in enumerate(predictions, 1):
+      pace = next(s.tokens_per_second for s in sizes if s.label == p.size)
+      rows.append(["prediction", md.num(p.seconds, 4), rank, p.size, md.num(pace, 4),
+                   f"{p.tokens:.3g}", md.num(p.loss, 4),
+                   f"{md.num(p.interval[0], 4)} to {md.num(p.interval[1], 4)}", md.percent(p.wins, 0)])
+  origin = ("as asked, --budget-seconds" if ctx.budget_seconds else
+            " and ".join(f"{k:g}x" for k in PREDICT_PAST) + " its training seconds")
+  out = [heading,
+         f"The fitted scaling law's validation loss for each size at budgets past the longest run "
+         f"({origin}). "
+         "Seconds become tokens at each size's own pace, tokens seen / training seconds over its "
+         "whole run (the mean over its seeds), assumed to hold past its last step; the law assumes "
+         "data that does not repeat and a schedule laid out for the longer budget, neither of which "
+         "these runs measured. The interval is the 5th-95th percentile over the bootstrap fits; "
+         "*lowest in* is the share of them under which the size has the lowest loss at that budget "
+         "(the sizes' predictions share each fit, so this, not overlapping intervals, says how sure "
+         "the ranking is).",
+         md.table(["kind", "budget (train s)", "rank", "size", "tokens/s (measured)",
+                   "tokens at budget", "predicted loss", "90% interval", "lowest in"], rows)]
+  if fit.at_bounds:
+    out.append(f"The fit put {' and '.join(fit.at_bounds)} at a bound of its range: do not rely on "
+               "these predictions.")
+  if left_out:
+    out.append(f"Left out (no batch shape or pace in their files): {', '.join(left_out)}.")
+  return out
 
 
 _NO_GRIDS = ("No compress.jsonl was found in any workdir (run `tl-jax compress` on a finetuned, "
@@ -398,16 +562,69 @@ _NO_GRIDS = ("No compress.jsonl was found in any workdir (run `tl-jax compress` 
 # 3. RQ2: the metric against bits and sparsity.
 
 
-def _group_points(ctx: Context, runs: list[Run]) -> list[A.Compressed]:
-  """The runs' points, the seeds of a size as one model (their means, with spread)."""
+def seed_groups(ctx: Context, runs: Sequence[Run]) -> list[tuple[str, list[Run]]]:
+  """[(label, runs)]: runs that differ only by their seed as one, labelled by their size (the
+  run's own label for a single seed), in the order of their first run."""
   seeds: dict[str, list[Run]] = {}
   for run in runs:
     seeds.setdefault(run.seed_group, []).append(run)
+  return [(ctx.labels[group[0].workdir] if len(group) == 1
+           else f"{ctx.sizes[group[0].shape]} ({len(group)} seeds)", group) for group in seeds.values()]
+
+
+def _group_points(ctx: Context, runs: list[Run]) -> list[A.Compressed]:
+  """The runs' points, the seeds of a size as one model (their means, with spread)."""
   out = []
-  for group in seeds.values():
-    label = ctx.labels[group[0].workdir] if len(group) == 1 else ctx.sizes[group[0].shape]
+  for label, group in seed_groups(ctx, runs):
     out += A.seed_means([A.compressed_points(r, ctx.labels[r.workdir]) for r in group], label)
   return out
+
+
+def _sized_labels(ctx: Context, runs: list[Run]) -> list[str]:
+  """The labels the grouped points carry (a size for several seeds), for paging figures."""
+  return [label for label, _ in seed_groups(ctx, runs)]
+
+
+_INTERVAL_NOTE = ("95% interval of an accuracy p: p ± 1.96 √(s²/k + p(1−p)/n), with s the standard "
+                  "deviation over k seeds (training noise of their mean) and n the eval examples "
+                  "(`measured_as.examples` of compress.jsonl; the eval set's binomial error, the same "
+                  "for every seed, so it does not shrink with k); one seed: the binomial term alone. "
+                  "Sizes scored on the same eval set share that binomial error, so their difference "
+                  "is known better than two overlapping intervals suggest.")
+
+
+def _seed_notes(group: "CompressGroup", points: Sequence[A.Compressed]) -> list[str]:
+  """What the ± and the error bars of a grid's points mean, where some average several seeds;
+  the interval's formula for accuracies."""
+  out = []
+  if any(p.spread is not None and p.spread.n > 1 for p in points):
+    out.append("Points of sizes trained with several seeds are their mean (the table: ± the "
+               "standard deviation over the seeds; the figure: error bars from the lowest seed to "
+               "the highest).")
+  if group.metric == "accuracy":
+    out.append(_INTERVAL_NOTE)
+  return out
+
+
+def _with_spread(group: "CompressGroup", p: A.Compressed) -> str:
+  """The value, with ± the seeds' standard deviation where it averages several."""
+  if p.spread is not None and p.spread.std is not None:
+    return f"{group.fmt(p.value)} ± {group.fmt(p.spread.std)}"
+  return group.fmt(p.value)
+
+
+def _interval(p: A.Compressed) -> str:
+  interval = A.accuracy_interval(p.value, p.examples, p.spread)
+  return "—" if interval is None else f"{interval[0]:.4f} to {interval[1]:.4f}"
+
+
+def _value_columns(group: "CompressGroup") -> list[str]:
+  """The value's column headers: with a 95% interval for accuracies."""
+  return [group.label] + (["95% interval"] if group.metric == "accuracy" else [])
+
+
+def _value_cells(group: "CompressGroup", p: A.Compressed) -> list[str]:
+  return [_with_spread(group, p)] + ([_interval(p)] if group.metric == "accuracy" else [])
 
 
 def quantization_pruning(ctx: Context) -> str:
@@ -416,7 +633,7 @@ def quantization_pruning(ctx: Context) -> str:
     quant, prune = A.series(points, "quant"), A.series(points, "prune")
     if not quant and not prune:
       return ["The grids hold no quantization-only or pruning-only points."]
-    labels = [ctx.labels[r.workdir] for r in group.runs]
+    labels = _sized_labels(ctx, group.runs)
     out = _figures(ctx, labels, f"rq2_{group.slug}",
                    f"{group.label} against bits and sparsity",
                    lambda page, path: F.compression_sweeps(
@@ -431,12 +648,13 @@ def quantization_pruning(ctx: Context) -> str:
     for (size, method), pts in list(quant.items()) + list(prune.items()):
       for p in pts:
         rows.append([size, method, p.point, p.bits if p.bits < 32 else "32 (float)",
-                     md.percent(p.sparsity), group.fmt(p.value), group.fmt(p.drop),
+                     md.percent(p.sparsity), *_value_cells(group, p), group.fmt(p.drop),
                      md.num(p.mib, 4)])
-    base_rows = [[s, "uncompressed", b.point, 32, "0.0%", group.fmt(b.value), group.fmt(0.0),
+    base_rows = [[s, "uncompressed", b.point, 32, "0.0%", *_value_cells(group, b), group.fmt(0.0),
                   md.num(b.mib, 4)] for s in labels if (b := A.baseline(points, s))]
-    out.append(md.table(["size", "method", "point", "bits", "sparsity", group.label,
+    out.append(md.table(["size", "method", "point", "bits", "sparsity", *_value_columns(group),
                          "drop (+ = worse)", "MiB"], base_rows + rows))
+    out += _seed_notes(group, points)
     return out
 
   return _per_group(ctx, "## 3. RQ2: the metric against bits and sparsity",
@@ -466,7 +684,7 @@ def memory_frontier(ctx: Context) -> str:
   def body(group: CompressGroup) -> list[str]:
     points = _group_points(ctx, group.runs)
     frontier = A.pareto_frontier(points)
-    labels = [ctx.labels[r.workdir] for r in group.runs]
+    labels = _sized_labels(ctx, group.runs)
     mib_budgets = ctx.budget_mib or A.default_memory_budgets([p.mib for p in points])
     out = _figures(ctx, labels, f"rq3_{group.slug}",
                    f"{group.label} against memory with the Pareto frontier",
@@ -478,16 +696,18 @@ def memory_frontier(ctx: Context) -> str:
     if len(out) > len(_pages(labels)):
       out[-1] += " Each figure draws the frontier of all sizes."
     out.append(f"Pareto frontier ({len(frontier)} of {len(points)} points):")
-    out.append(md.table(["size", "point", "bits", "sparsity", "MiB", "of float32", group.label],
+    out.append(md.table(["size", "point", "bits", "sparsity", "MiB", "of float32",
+                         *_value_columns(group)],
                         [[p.size, p.point, p.bits, md.percent(p.sparsity), md.num(p.mib, 4),
-                          md.percent(p.record.get("memory_ratio")), group.fmt(p.value)]
+                          md.percent(p.record.get("memory_ratio")), *_value_cells(group, p)]
                          for p in frontier]))
     all_rows = [[p.size, p.point, p.bits, md.percent(p.sparsity), md.num(p.mib, 4),
-                 md.percent(p.record.get("memory_ratio")), group.fmt(p.value),
+                 md.percent(p.record.get("memory_ratio")), *_value_cells(group, p),
                  "yes" if p in frontier else ""] for p in sorted(points, key=lambda p: p.memory_bytes)]
     out.append(md.details(f"All {len(points)} points",
                           md.table(["size", "point", "bits", "sparsity", "MiB", "of float32",
-                                    group.label, "on frontier"], all_rows)))
+                                    *_value_columns(group), "on frontier"], all_rows)))
+    out += _seed_notes(group, points)
     return out
 
   return _per_group(ctx, "## 4. RQ3: the metric against memory",
@@ -549,16 +769,11 @@ def data_size(ctx: Context) -> str:
 def compressibility(ctx: Context) -> str:
   def body(group: CompressGroup) -> list[str]:
     out = []
-    by_size = {ctx.labels[r.workdir]: A.compressed_points(r, ctx.labels[r.workdir])
-               for r in group.runs}
+    seeds = {label: [A.compressed_points(r, ctx.labels[r.workdir]) for r in members]
+             for label, members in seed_groups(ctx, group.runs)}
     # Accuracy drops read best in percentage points; BLEU and losses in their own units.
     scale, unit = (100.0, "percentage points") if group.metric == "accuracy" else (1.0, group.label)
-    rows = []
-    for size, points in by_size.items():
-      summary = A.weight_summary(points)
-      if summary is not None:
-        rows.append({"size": size, **summary,
-                     "drops": {k: p.drop for k, p in A.reference_drops(points).items()}})
+    rows = [row for size, per_seed in seeds.items() if (row := _weights_row(size, per_seed))]
     if not rows:
       out.append("The grids carry no weight statistics (run `tl-jax compress` with analysis=true).")
     else:
@@ -574,13 +789,19 @@ def compressibility(ctx: Context) -> str:
       else:
         out.append("None of the fixed compressions (" + ", ".join(t for t, _ in A.REFERENCE_COMPRESSIONS)
                    + ") is in the grids, so only the statistics are listed.")
-      out.append(md.table(["size", "mean kurtosis", "outliers (>3σ)"] +
+      digits = 2 if scale == 100 else 4
+      drop = lambda r, k: (md.fixed(scale * r["drops"][k], digits) + (
+          f" ± {md.fixed(scale * r['drop_spreads'][k].std, digits)}"
+          if r["drop_spreads"][k].std is not None else "")) if k in r["drops"] else "—"
+      out.append(md.table(["size", "seeds", "mean kurtosis", "outliers (>3σ)"] +
                           [f"drop at {r} ({'pp' if scale == 100 else group.label})" for r in refs],
-                          [[r["size"], f"{r['kurtosis']:.4f}", md.percent(r["outliers"], 3)] +
-                           [md.fixed(scale * r["drops"][k], 2 if scale == 100 else 4)
-                            if k in r["drops"] else "—" for k in refs]
-                           for r in rows]))
-    return out + _layer_error_comparison(ctx, group, by_size)
+                          [[r["size"], r["seeds"], f"{r['kurtosis']:.4f}", md.percent(r["outliers"], 3)] +
+                           [drop(r, k) for k in refs] for r in rows]))
+      if any(r["seeds"] > 1 for r in rows):
+        out.append("Sizes trained with several seeds: the means of their seeds' statistics and "
+                   "drops (the table: ± the standard deviation over the seeds; the figure: error "
+                   "bars from the lowest seed's drop to the highest).")
+    return out + _layer_error_comparison(ctx, group, seeds)
 
   return _per_group(ctx, "## 6. RQ5: why larger models compress better",
                     "Weight statistics of each uncompressed model (means over its matrices: excess "
@@ -589,16 +810,37 @@ def compressibility(ctx: Context) -> str:
                     "weight error of one compression point, layer by layer.", body)
 
 
-def _layer_error_comparison(ctx: Context, group: CompressGroup, by_size: dict) -> list[str]:
-  point = A.layer_error_point(by_size)
+def _weights_row(size: str, per_seed: list[list[A.Compressed]]) -> dict | None:
+  """RQ5's row of one size: weight statistics and drops at the fixed compressions, as means over
+  its seeds, with the drops' spread; None where a seed's grid has no weight statistics."""
+  summaries = [A.weight_summary(points) for points in per_seed]
+  if any(s is None for s in summaries):
+    return None
+  drops = [{k: p.drop for k, p in A.reference_drops(points).items()} for points in per_seed]
+  spreads = {k: A.Spread.of([d[k] for d in drops]) for k in drops[0] if all(k in d for d in drops)}
+  mean = lambda key: sum(s[key] for s in summaries) / len(summaries)
+  return {"size": size, "seeds": len(per_seed), "kurtosis": mean("kurtosis"),
+          "outliers": mean("outliers"), "drops": {k: s.mean for k, s in spreads.items()},
+          "drop_spreads": spreads}
+
+
+def _layer_error_comparison(ctx: Context, group: CompressGroup,
+                            seeds: dict[str, list[list[A.Compressed]]]) -> list[str]:
+  """Per-layer errors at one point for every size, the mean over a size's seeds."""
+  point = A.layer_error_point({size: [p for pts in per_seed for p in pts]
+                               for size, per_seed in seeds.items()})
   if point is None:
     return ["The grids carry no per-layer errors, so there is no per-layer comparison."]
   errors = {}
-  for size, points in by_size.items():
-    match = next((p for p in points if p.point == point), None)
-    if match and match.record.get("layer_error"):
-      errors[size] = A.layer_errors(match.record["layer_error"])
-  out = [f"Relative weight error ||W - W_c|| / ||W|| at `{point}` ({', '.join(errors)}):"]
+  for size, per_seed in seeds.items():
+    matches = [next((p for p in points if p.point == point), None) for points in per_seed]
+    if all(m is not None and m.record.get("layer_error") for m in matches):
+      values = [m.record["layer_error"] for m in matches]
+      names = [n for n in values[0] if all(isinstance(v.get(n), (int, float)) for v in values)]
+      errors[size] = A.layer_errors({n: sum(v[n] for v in values) / len(values) for n in names})
+  out = [f"Relative weight error ||W - W_c|| / ||W|| at `{point}` ({', '.join(errors)}"
+         + ("; sizes of several seeds: the mean over them" if any(len(v) > 1 for v in seeds.values())
+            else "") + "):"]
   out += _figures(ctx, list(errors), f"rq5_{group.slug}_layers",
                   "relative weight error per layer",
                   lambda page, path: F.layer_error_plot(
@@ -617,11 +859,18 @@ def _layer_error_comparison(ctx: Context, group: CompressGroup, by_size: dict) -
   return out
 
 
+def _predicted(fit: scaling.Fit, params: float, tokens: float) -> str:
+  """'prediction 3.123 (3.101 to 3.150)': the law's loss with its 90% bootstrap interval."""
+  lo, hi = fit.interval(params, tokens)
+  return (f"prediction {md.num(float(fit.law.loss(params, tokens)), 4)} "
+          f"({md.num(lo, 4)} to {md.num(hi, 4)})")
+
+
 def scaling_law(ctx: Context) -> str:
   """The Chinchilla-form law fitted to every pretraining eval (report/scaling.py)."""
   runs = ctx.of_task("pretrain")
-  points = [scaling.Point(ctx.labels[r.workdir], n, d, loss)
-            for r in runs for n, d, loss in regime.eval_points(r)]
+  law_fit = ctx.law()
+  points = law_fit.points
   if not points:
     return ""
   out = ["### A fitted scaling law (pretraining)",
@@ -630,10 +879,9 @@ def scaling_law(ctx: Context) -> str:
          "seen at the eval. Intervals are the 5th-95th percentiles over fits to the evals "
          "resampled with replacement. The law describes this sweep's data and recipe; where runs repeat "
          "their data (the regime table) D overstates what they learned from."]
-  refused = scaling.refusal(points)
-  if refused:
-    return "\n\n".join(out + [refused])
-  fit = scaling.fit(points)
+  if law_fit.refused:
+    return "\n\n".join(out + [law_fit.refused])
+  fit = law_fit.fit
   law = fit.law
   out.append(md.table(["parameter", "fitted", "90% interval"],
                       [[name, md.num(getattr(law, name), 4),
@@ -654,14 +902,14 @@ def scaling_law(ctx: Context) -> str:
       continue
     last = max(mine, key=lambda i: fit.points[i].tokens)
     optimal = law.optimal_params(6 * r.non_embedding * fit.points[last].tokens)
-    predicted = [law.loss(r.non_embedding, k * fit.points[last].tokens) for k in (2, 4)]
+    predicted = [_predicted(fit, r.non_embedding, k * fit.points[last].tokens) for k in (2, 4)]
     rows.append([ctx.labels[run.workdir], format_params(r.non_embedding),
                  md.num(fit.points[last].loss, 4), md.num(float(np.mean(fit.residuals[mine])), 3),
-                 md.num(optimal, 3), md.num(r.non_embedding / optimal, 3),
-                 md.num(float(predicted[0]), 4), md.num(float(predicted[1]), 4)])
+                 md.num(optimal, 3), md.num(r.non_embedding / optimal, 3)] + predicted)
   out.append("Each run against the law: its last measured loss, its mean residual, the "
              "compute-optimal size for the compute it used (C = 6ND), and **predictions** (not "
-             "measurements) of its loss with 2x and 4x its tokens.")
+             "measurements) of its loss with 2x and 4x its tokens, with their 90% bootstrap "
+             "interval.")
   out.append(md.table(["run", "N", "last loss (measured)", "mean residual", "compute-optimal N",
                        "N / optimal", "predicted at 2x tokens", "predicted at 4x tokens"], rows))
   return "\n\n".join(out)
