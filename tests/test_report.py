@@ -265,9 +265,10 @@ def _sweep(root) -> None:
         root / f"d{layers}-w{width}" / "finetune",
         {"task": "finetune", "name": "synthetic", "init": {"workdir": "../pretrain"},
          "model": {"num_layers": layers, "d_model": width, "decoder_layers": 0}},
-        [{"step": 0, "train_seconds": 0.0, "elapsed_seconds": 1.0, "eval_loss": 0.69, "accuracy": 0.5},
+        [{"step": 0, "train_seconds": 0.0, "elapsed_seconds": 1.0, "eval_loss": 0.69, "accuracy": 0.5,
+          "eval_examples": 872},
          {"step": 50, "train_seconds": 5.0, "elapsed_seconds": 7.0, "eval_loss": 0.4,
-          "accuracy": 0.8 + 0.01 * layers}],
+          "accuracy": 0.8 + 0.01 * layers, "eval_examples": 872}],
         _grid(layers, width, 0.8 + 0.01 * layers, width / 64, kurtosis=0.4 / layers),
         {"step": 50, "metric": "accuracy", "accuracy": 0.8 + 0.01 * layers})
   _write_workdir(root / "mt", {"task": "translate", "name": "synthetic",
@@ -292,6 +293,10 @@ def test_report_end_to_end(tmp_path):
   for heading in ("RQ1", "budget", "RQ2", "RQ3", "RQ4", "RQ5", "Pareto frontier"):
     assert heading in text
   assert "| hf |" not in text
+  # One run's best accuracy: the eval set's binomial error alone, 0.84 ± 1.96 sqrt(0.84 x 0.16 / 872).
+  half = 1.959964 * math.sqrt(0.84 * 0.16 / 872)
+  assert f"best accuracy 0.8400 (step 50), 95% interval {0.84 - half:.4f} to {0.84 + half:.4f} (n = 872)" in text
+  assert "0.8157 to 0.8643" in text
   # Budget 15 s: the 2x64 runs evaluated at step 100 (10 s), the 4x128 runs only at step 0,
   # which is no reading (their step 100 comes at 25 s). Budget 30 s: the 2x64 runs stopped at
   # 20 s.
