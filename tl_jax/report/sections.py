@@ -501,6 +501,8 @@ def prediction_budgets(ctx: Context, curves: Sequence[A.Curve]) -> list[float]:
   """Training-seconds budgets past the longest run: those asked for (--budget-seconds), else
   PREDICT_PAST times the longest run's training seconds."""
   longest = max(c.reached_seconds for c in curves)
+  if longest <= 0:  # no run logged its training seconds: nothing to extrapolate from
+    return []
   asked = [b for b in ctx.budget_seconds if b > longest + max(c.step_seconds for c in curves)]
   return asked if ctx.budget_seconds else [k * longest for k in PREDICT_PAST]
 
