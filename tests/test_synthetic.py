@@ -5,6 +5,7 @@ import copy
 import itertools
 import re
 import time
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -821,3 +822,117 @@ def test_agreement_examples_flip_only_the_main_verb():
       assert grammatical[differing[0]] == verb.word
   evals = {text for text, _ in itertools.islice(lang.agreement_examples("eval"), 100)}
   assert not evals & {text for text, _ in examples}
+
+
+# -- versions: 3 frozen, 4 with entities ----------------------------------------
+
+
+def test_version_3_is_frozen():
+  # Workdirs and caches keyed by version 3 must keep meaning the same text: this checksum is
+  # of documents made by the generator before versions existed (commit e9145d5).
+  lang = SyntheticLanguage(seed=0, num_words=700)
+  text = " ".join(lang.document(i, s) for i in range(20) for s in ("train", "eval"))
+  assert zlib.crc32(text.encode()) == 3263119388
+
+
+@pytest.fixture(scope="module")
+def lang4() -> SyntheticLanguage:
+  return SyntheticLanguage(seed=0, num_words=700, version=4)
+
+
+def test_version_4_keeps_lexicon_and_tasks(lang4: SyntheticLanguage):
+  lang3 = SyntheticLanguage(seed=0, num_words=700)
+  assert lang4.lexicon == lang3.lexicon and lang3.entities is None
+  for i in range(30):
+    assert lang4.pair(i, "eval") == lang3.pair(i, "eval")
+    assert lang4.sentiment_example(i) == lang3.sentiment_example(i)
+    assert lang4.agreement_example(i) == lang3.agreement_example(i)
+  assert set(lang3.vocabulary) < set(lang4.vocabulary)
+  with pytest.raises(ValueError, match="version"):
+    SyntheticLanguage(seed=0, num_words=700, version=5)
+
+
+def test_version_4_entity_documents(lang4: SyntheticLanguage):
+  ent = lang4.entities
+  assert len(ent.names) == synthetic.ENTITIES_PER_WORD * 700
+  vocab = set(lang4.vocabulary)
+  words = ent.names + ent.relations
+  # Names and relation words are new, distinct words: each one names one thing.
+  lexicon_forms = set(SyntheticLanguage(seed=0, num_words=700).vocabulary)
+  assert len(set(words)) == len(words) and not lexicon_forms.intersection(words)
+  entity_docs, facts, nouns, favourite_nouns = 0, 0, 0, 0
+  seen = collections.Counter()
+  for i in range(400):
+    doc = lang4.document_trees(i)
+    assert " ".join(w for t in doc for w in lang4.render(t)) == lang4.document(i)
+    assert all(w in vocab for t in doc for w in lang4.render(t))
+    if not doc[0].features.get("fact"):
+      assert not any(t.features.get("fact") for t in doc)
+      continue
+    entity_docs += 1
+    name, relation, np_node, _ = doc[0].children
+    e = name.features["entity"]
+    seen[e] += 1
+    assert all(t.features["topic"] == ent.topics[e] for t in doc)
+    for tree in doc:
+      if tree.features.get("fact"):
+        facts += 1
+        name, relation, np_node, _ = tree.children
+        assert name.features["entity"] == e and name.word == ent.names[e]
+        r = relation.features["lex"]
+        value = np_node.children[1].features["lex"]
+        # The value is a function of (entity, relation): what a model must memorise.
+        assert value == ent.values[e][r]
+        assert np_node.features["semclass"] == ent.relation_classes[r] % synthetic.NUM_CLASSES
+      else:
+        for leaf in tree.leaves():
+          if leaf.label == "N":
+            nouns += 1
+            favourite_nouns += leaf.features["lex"] in ent.favourites[e]
+  assert 0.5 < entity_docs / 400 < 0.7  # _P_ENTITY_DOC = 0.6
+  assert facts > entity_docs  # a first fact, and more
+  # _P_FAVOURITE of the nouns, plus favourites drawn by chance.
+  assert 0.25 < favourite_nouns / nouns < 0.45
+  # Zipfian entities: the most frequent recur, most appear rarely or never.
+  assert seen.most_common(1)[0][1] >= 4 and len(seen) > 100
+
+
+def test_token_batches_match_tokenizing_documents(tmp_path):
+  from tl_jax.config import DataConfig
+  from tl_jax.data import cache as token_cache
+  from tl_jax.data.sources import SHARD_DOCS, SyntheticSource
+  from tl_jax.data.tokenizer import EOS_ID, cached_tokenizer
+
+  data = DataConfig(vocab_size=800, tokenizer_train_chars=200_000)
+  source = SyntheticSource(seed=0, num_words=700, version=4, workers=1)
+  tokenizer = cached_tokenizer(source, data, str(tmp_path))
+  docs = list(itertools.islice(source.documents("train"), 2 * SHARD_DOCS))
+  expected = np.concatenate([np.asarray(ids + [EOS_ID]) for ids in tokenizer.encode(docs)])
+  # The same stream in-process and from two spawned workers.
+  for workers in (1, 2):
+    batches = SyntheticSource(seed=0, num_words=700, version=4,
+                              workers=workers).token_batches("train", tokenizer, EOS_ID)
+    got = np.concatenate(list(itertools.islice(batches, 2)))
+    batches.close()
+    np.testing.assert_array_equal(got, expected)
+  # The cache takes it, cut at its budget.
+  cache = token_cache.prepare(source, "train", tokenizer, 1000, str(tmp_path))
+  np.testing.assert_array_equal(cache.tokens, expected[:1000])
+
+
+def test_version_selects_cache_and_is_validated():
+  from tl_jax import config as config_lib
+  from tl_jax.data.sources import SyntheticSource, make_source
+  from tl_jax.errors import UserError
+
+  old = SyntheticSource(seed=0, num_words=3000).fingerprint()
+  # Version 3's fingerprint (so its caches' keys) is the one from before versions existed.
+  assert old == {"kind": "synthetic", "version": 3, "seed": 0, "num_words": 3000}
+  data = config_lib.DataConfig(synthetic_version=4)
+  assert make_source(data).fingerprint() == dict(old, version=4)
+  assert config_lib.SYNTHETIC_VERSIONS == synthetic.VERSIONS
+  assert config_lib.DataConfig().synthetic_version == synthetic.DEFAULT_VERSION == 3
+  c = config_lib.Config()
+  c.data.synthetic_version = 5
+  with pytest.raises(UserError, match="data.synthetic_version=5"):
+    config_lib.validate(c)

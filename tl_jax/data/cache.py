@@ -29,6 +29,22 @@ def _dtype_for(vocab_size: int):
 def _write(source, split: str, tokenizer: Tokenizer, max_tokens: int, out_dir: str) -> int:
   dtype = _dtype_for(tokenizer.vocab_size)
   count = 0
+  # A source that tokenizes itself (the synthetic one, in worker processes) gives the same
+  # stream as the loop below, faster; it is unbounded, so a budget is required.
+  token_batches = getattr(source, "token_batches", None)
+  if token_batches is not None and max_tokens:
+    with open(os.path.join(out_dir, "tokens.bin"), "wb") as f:
+      batches = token_batches(split, tokenizer, EOS_ID, max_tokens)
+      try:
+        for flat in batches:
+          flat = flat[: max_tokens - count].astype(dtype)
+          f.write(flat.tobytes())
+          count += flat.size
+          if count >= max_tokens:
+            break
+      finally:
+        batches.close()  # stops the source's workers now, not at garbage collection
+    return count
   with open(os.path.join(out_dir, "tokens.bin"), "wb") as f:
     batch = []
     def flush():

@@ -8,10 +8,14 @@ check itself cheaply before anything is tokenized or compiled.
 from __future__ import annotations
 
 import codecs
+import collections
 import glob
+import multiprocessing
 import os
 import typing
 from typing import Iterator
+
+import numpy as np
 
 from tl_jax.data import tfds_builders
 from tl_jax.errors import UserError
@@ -21,8 +25,15 @@ if typing.TYPE_CHECKING:
 
 SPLITS = ("train", "eval")
 
-# Bump when the synthetic generator's output for a given (seed, num_words) changes.
+# The synthetic language's version when none is given (synthetic.DEFAULT_VERSION, kept here so
+# that text runs never import the generator). Versions are frozen languages: a change of what
+# one generates for a (seed, num_words) needs a new version, since caches are keyed by it.
 SYNTHETIC_VERSION = 3
+# Synthetic documents a worker generates and tokenizes at a time; shard k holds documents
+# [k * SHARD_DOCS, (k + 1) * SHARD_DOCS), so the token stream is the same for any worker count.
+SHARD_DOCS = 256
+# Budgets below this many tokens are generated in-process: starting workers costs more.
+PARALLEL_MIN_TOKENS = 1_000_000
 # Bump when the rule turning lines into documents changes.
 TEXT_VERSION = 1
 # Bytes decoded at a time by the UTF-8 check; small enough to bound memory on huge files.
@@ -58,29 +69,119 @@ def _check_split(split: str) -> None:
 # Synthetic language.
 
 
-class SyntheticSource:
-  """Unbounded documents of the project's synthetic language (tl_jax/data/synthetic.py)."""
+def _language(seed: int, num_words: int, version: int):
+  # Imported here so that text and TFDS runs never load the generator.
+  from tl_jax.data.synthetic import SyntheticLanguage
+  return SyntheticLanguage(seed=seed, num_words=num_words, version=version)
 
-  def __init__(self, seed: int = 0, num_words: int = 3000):
+
+def _encode_shard(language, tokenizer, split: str, shard: int, eos_id: int) -> np.ndarray:
+  """Documents of `shard`, tokenized, each followed by `eos_id`, as one int32 array."""
+  start = shard * SHARD_DOCS
+  docs = [language.document(i, split) for i in range(start, start + SHARD_DOCS)]
+  ids = tokenizer.encode(docs)
+  lengths = np.fromiter((len(x) + 1 for x in ids), np.int64, len(ids))
+  flat = np.full(int(lengths.sum()), eos_id, np.int32)
+  ends = np.cumsum(lengths) - 1
+  for x, end in zip(ids, ends):
+    flat[end - len(x):end] = x
+  return flat
+
+
+# A worker process's language and tokenizer, set once by _init_worker.
+_worker_state: tuple = ()
+
+
+def _init_worker(seed: int, num_words: int, version: int, tokenizer) -> None:
+  global _worker_state
+  _worker_state = (_language(seed, num_words, version), tokenizer)
+
+
+def _worker_shard(split: str, shard: int, eos_id: int) -> np.ndarray:
+  language, tokenizer = _worker_state
+  return _encode_shard(language, tokenizer, split, shard, eos_id)
+
+
+def _default_workers() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+class SyntheticSource:
+  """Unbounded documents of the project's synthetic language (tl_jax/data/synthetic.py).
+
+  `workers` processes generate and tokenize shards of documents for `token_batches`
+  (0: one a core, in-process below PARALLEL_MIN_TOKENS); the tokens do not depend on it.
+  """
+
+  def __init__(self, seed: int = 0, num_words: int = 3000, version: int = SYNTHETIC_VERSION,
+               workers: int = 0):
     self.seed = seed
     self.num_words = num_words
+    self.version = version
+    self.workers = workers
 
   def _language(self):
-    # Imported here so that text and TFDS runs never load the generator.
-    from tl_jax.data.synthetic import SyntheticLanguage
-    return SyntheticLanguage(seed=self.seed, num_words=self.num_words)
+    return _language(self.seed, self.num_words, self.version)
 
   def documents(self, split: str) -> Iterator[str]:
     _check_split(split)
     return self._language().documents(split)
 
+  def token_batches(self, split: str, tokenizer, eos_id: int,
+                    max_tokens: int = 0) -> Iterator[np.ndarray]:
+    """`documents(split)` tokenized by `tokenizer`, each followed by `eos_id`, in order, as
+    int32 arrays of SHARD_DOCS documents each: what tokenizing `documents` gives, made in
+    worker processes. Unbounded; `max_tokens` (0: unknown) only picks the in-process path
+    for small budgets."""
+    _check_split(split)
+    workers = self.workers or _default_workers()
+    # Workers are spawned, so they import the __main__ module: a script that runs pretraining
+    # must do so under `if __name__ == "__main__":`. Inside a worker (an unguarded script) no
+    # pool is started again.
+    if (workers <= 1 or (self.workers == 0 and 0 < max_tokens < PARALLEL_MIN_TOKENS)
+        or multiprocessing.parent_process() is not None):
+      return self._serial_batches(split, tokenizer, eos_id)
+    return self._parallel_batches(split, tokenizer, eos_id, workers)
+
+  def _serial_batches(self, split: str, tokenizer, eos_id: int) -> Iterator[np.ndarray]:
+    language = self._language()
+    shard = 0
+    while True:
+      yield _encode_shard(language, tokenizer, split, shard, eos_id)
+      shard += 1
+
+  def _parallel_batches(self, split: str, tokenizer, eos_id: int,
+                        workers: int) -> Iterator[np.ndarray]:
+    # spawn, not fork: the parent may run JAX's threads, which a fork would copy mid-lock.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, _init_worker,
+                      (self.seed, self.num_words, self.version, tokenizer)) as pool:
+      # A bounded window of shards in flight, taken in shard order: the consumer stops
+      # whenever its budget is full, and the pool is terminated on leaving the block.
+      pending = collections.deque()
+      shard = 0
+      while True:
+        while len(pending) < 2 * workers:
+          pending.append(pool.apply_async(_worker_shard, (split, shard, eos_id)))
+          shard += 1
+        yield pending.popleft().get()
+
   def fingerprint(self) -> dict:
-    return {"kind": "synthetic", "version": SYNTHETIC_VERSION, "seed": self.seed,
+    # Version 3's fingerprint is the one it had before versions were selectable, so its
+    # caches stay valid.
+    return {"kind": "synthetic", "version": self.version, "seed": self.seed,
             "num_words": self.num_words}
 
   def check(self) -> None:
     if self.num_words <= 0:
       raise UserError(f"data.synthetic_words={self.num_words} must be positive.")
+    from tl_jax.data.synthetic import VERSIONS
+    if self.version not in VERSIONS:
+      raise UserError(f"data.synthetic_version={self.version} is not one of "
+                      f"{', '.join(map(str, VERSIONS))}; pick one (3 is the original language).")
 
 
 # ---------------------------------------------------------------------------
@@ -276,7 +377,8 @@ class TfdsSource:
 def make_source(data: DataConfig) -> Source:
   """The source that `data.source` names, built from the DataConfig fields."""
   if data.source == "synthetic":
-    return SyntheticSource(seed=data.synthetic_seed, num_words=data.synthetic_words)
+    return SyntheticSource(seed=data.synthetic_seed, num_words=data.synthetic_words,
+                           version=data.synthetic_version)
   if data.source == "text":
     return TextFilesSource(train_files=data.train_files, eval_files=data.eval_files)
   if data.source == "tfds":

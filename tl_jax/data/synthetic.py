@@ -26,6 +26,24 @@ entropy:
     where "great" and "wonderful" co-occur, masked-LM pretraining can thus
     learn each adjective's polarity, and how negation turns it, from
     co-occurrence alone, which the sentiment task below then rewards.
+Version 4 (`version=4`; version 3, the default, is the language above and
+stays as it was) adds what only memory and long context predict, so that a
+bigger model keeps gaining where a small one stalls:
+  - entities: ENTITIES_PER_WORD * num_words named entities (coined two-
+    syllable names), each with a topic, FAVOURITES nouns of that topic, and a
+    value for each of NUM_RELATIONS relations (a noun of the relation's
+    class, uniform within it: no prior guesses it). Entities are drawn Zipfian (_ENTITY_ZIPF), so
+    a few are common and most are rare: memorising them pays gradually.
+  - entity documents (_P_ENTITY_DOC of documents): one entity, its topic,
+    and as first sentence a fact "NAME RELATION Det VALUE ."; each later
+    sentence is another fact (_P_FACT) or a grammar sentence whose nouns are,
+    with _P_FAVOURITE, one of the entity's favourites. A fact's value is
+    determined by the name and relation (learnable only by memorising the
+    table), and favourite nouns recur across the document (long-range).
+Other documents follow version 3's rules (their draws differ: the entity
+coin is drawn first). The task streams (pairs, sentiment, agreement) and the
+lexicon are the same in both versions, so the tasks do not depend on it.
+
 The lexicon records topics and preferences (Category.features "topics",
 "semclass", "subject_classes", "object_classes", "noun_classes"); the trees
 record the document topic and tone (S) and each noun's class (N and NP).
@@ -94,6 +112,19 @@ MAX_NESTING = 4  # most NPs stacked on one root-to-leaf path
 STOP = "."
 NUM_TOPICS = 24
 NUM_CLASSES = 10
+# Versions of the document language; each is frozen (a change of what a
+# version generates needs a new version, as token caches are keyed by it).
+VERSIONS = (3, 4)
+DEFAULT_VERSION = 3
+# Version 4: entities and their facts.
+ENTITIES_PER_WORD = 8
+NUM_RELATIONS = 8
+FAVOURITES = 6
+_ENTITY_ZIPF = 0.8  # flatter than words: the tail is seen, rarely
+_P_ENTITY_DOC = 0.6
+_P_FACT = 0.5
+_P_FAVOURITE = 0.3
+_ENTITY_TAG = 0xE7717
 
 # Distinct SeedSequence tags, so lexicon and splits never share a stream.
 _STREAM_TAG = {"train": 1, "eval": 2}
@@ -261,6 +292,8 @@ class _Tables:
   # Tables for the object of a negated VP: the opposite tone, so that the
   # polarity a tone favours is the one that counts after negation.
   negated: _Tables | None = None
+  # Version 4: an entity document's favourite nouns, drawn with _P_FAVOURITE.
+  favourites: tuple[int, ...] = ()
 
 
 def _zipf_weights(n: int) -> np.ndarray:
@@ -451,6 +484,67 @@ def _by_class(weights: np.ndarray, prefs: tuple[tuple[int, ...], ...],
   return tables
 
 
+@dataclasses.dataclass(frozen=True)
+class Entities:
+  """Version 4's named entities; entity e is the e-th most frequent.
+
+  `relations` are the relation words; `values[e][r]` is the noun lexeme
+  (of class `relation_classes[r]`) that relation r gives entity e.
+  """
+  names: tuple[str, ...]
+  topics: tuple[int, ...]
+  favourites: tuple[tuple[int, ...], ...]  # noun lexemes of the entity's topic
+  relations: tuple[str, ...]
+  relation_classes: tuple[int, ...]
+  values: tuple[tuple[int, ...], ...]
+
+
+def _coin_names(rng: np.random.Generator, count: int,
+                taken: frozenset[str]) -> tuple[str, ...]:
+  """`count` distinct two-syllable words, none in `taken`, drawn in bulk
+  (a _Coiner call per name would take seconds for tens of thousands)."""
+  parts = [np.array(a) for a in (_ONSETS, _VOWELS, _INNER_CODAS, _ONSETS, _VOWELS,
+                                 _FINAL_CODAS)]
+  names: list[str] = []
+  seen = set(taken)
+  while len(names) < count:
+    k = count - len(names) + 64
+    drawn = [a[rng.integers(len(a), size=k)] for a in parts]
+    for name in map("".join, zip(*drawn)):
+      if name not in seen:
+        seen.add(name)
+        names.append(name)
+        if len(names) == count:
+          break
+  return tuple(names)
+
+
+def _build_entities(seed: int, count: int, lex: dict[str, Category],
+                    taken: frozenset[str]) -> Entities:
+  """`count` entities and NUM_RELATIONS relations, from a stream of their own."""
+  rng = np.random.default_rng(np.random.SeedSequence([seed, _ENTITY_TAG]))
+  words = _coin_names(rng, NUM_RELATIONS + count, taken)
+  nouns = lex["N"].features
+  topics = rng.integers(NUM_TOPICS, size=count)
+  favourites = np.zeros((count, FAVOURITES), np.int64)
+  for t in range(NUM_TOPICS):
+    members = np.array([n for n, ts in enumerate(nouns["topics"]) if t in ts], np.int64)
+    mine = np.flatnonzero(topics == t)
+    favourites[mine] = members[rng.integers(len(members), size=(len(mine), FAVOURITES))]
+  # Values are uniform within the relation's class, so that only memory
+  # predicts them (log of the class size, ~4.8 nats at 3000 words, a fact).
+  semclass = np.asarray(nouns["semclass"])
+  classes = tuple(r % NUM_CLASSES for r in range(NUM_RELATIONS))
+  values = np.zeros((count, NUM_RELATIONS), np.int64)
+  for r, c in enumerate(classes):
+    ids = np.flatnonzero(semclass == c)
+    values[:, r] = ids[rng.integers(len(ids), size=count)]
+  return Entities(names=words[NUM_RELATIONS:], topics=tuple(topics.tolist()),
+                  favourites=tuple(map(tuple, favourites.tolist())),
+                  relations=words[:NUM_RELATIONS], relation_classes=classes,
+                  values=tuple(map(tuple, values.tolist())))
+
+
 class SyntheticLanguage:
   """A seeded synthetic language with a Zipfian lexicon and a nested grammar.
 
@@ -467,7 +561,10 @@ class SyntheticLanguage:
   noun it modifies; an NP draws its noun before that noun's adjectives.
   """
 
-  def __init__(self, seed: int = 0, num_words: int = 3000):
+  def __init__(self, seed: int = 0, num_words: int = 3000,
+               version: int = DEFAULT_VERSION):
+    if isinstance(version, bool) or version not in VERSIONS:
+      raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     if isinstance(num_words, bool) or not isinstance(num_words, (int, np.integer)):
       raise ValueError(f"num_words must be an int, got {num_words!r}")
     if num_words < MIN_WORDS:
@@ -478,6 +575,7 @@ class SyntheticLanguage:
       raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     self.seed = int(seed)
     self.num_words = int(num_words)
+    self.version = int(version)
     lex, weights = self._build_lexicon()
     self.lexicon: dict[str, Category] = lex
 
@@ -519,6 +617,13 @@ class SyntheticLanguage:
     self._sentiment_tables = sentiment
 
     vocab = [w for cat in lex.values() for forms in cat.forms.values() for w in forms]
+    self.entities: Entities | None = None
+    if self.version >= 4:
+      self.entities = _build_entities(self.seed, ENTITIES_PER_WORD * self.num_words, lex,
+                                      frozenset(vocab))
+      vocab += self.entities.relations + self.entities.names
+      ranks = np.arange(1, len(self.entities.names) + 1, dtype=np.float64)
+      self._entity_cdf = _table(ranks ** -_ENTITY_ZIPF, np.arange(len(ranks)))[0]
     self._vocabulary = tuple(vocab) + (STOP,)
 
     target = self._build_target_lexicon()
@@ -984,7 +1089,8 @@ class SyntheticLanguage:
 
   def document_trees(self, index: int, split: str = "train") -> list[Node]:
     """The sentence trees of `document(index, split)`; each S records the
-    document's topic and tone."""
+    document's topic and tone, and a version 4 fact S has "fact" True (its
+    leaves: Name with "entity", Relation with "lex", then Det N, Stop)."""
     tag = _check_split(split)
     index = _check_index("index", index)
     rng = np.random.default_rng(np.random.SeedSequence([self.seed, tag, index]))
@@ -994,10 +1100,43 @@ class SyntheticLanguage:
     r = u()
     tone = 1 if r < _P_POSITIVE_TONE else -1 if r < _P_POSITIVE_TONE + _P_NEGATIVE_TONE else 0
     tab = self._tables[tone][topic]
-    return [self._sentence(u, tab) for _ in range(count)]
+    if self.entities is None or u() >= _P_ENTITY_DOC:
+      return [self._sentence(u, tab) for _ in range(count)]
+    e = bisect.bisect_right(self._entity_cdf, u())
+    tab = self._entity_tables(e, tone)
+    trees = [self._fact(u, e, tab)]
+    for _ in range(count - 1):
+      trees.append(self._fact(u, e, tab) if u() < _P_FACT else self._sentence(u, tab))
+    return trees
+
+  def _entity_tables(self, e: int, tone: int) -> _Tables:
+    """The tables of entity `e`'s topic under `tone`, with its favourite nouns
+    (in a negated VP's object too)."""
+    base = self._tables[tone][self.entities.topics[e]]
+    favourites = self.entities.favourites[e]
+    tab = dataclasses.replace(base, favourites=favourites)
+    tab.negated = dataclasses.replace(base.negated, favourites=favourites, negated=tab)
+    return tab
+
+  def _fact(self, u: Callable[[], float], e: int, tab: _Tables) -> Node:
+    """A fact about entity `e`: "NAME RELATION Det VALUE ." for a drawn relation."""
+    ent = self.entities
+    r = int(u() * NUM_RELATIONS)
+    v = ent.values[e][r]
+    gender, semclass = self._gender[v], self._semclass[v]
+    np_node = Node("NP", [Node("Det", [], self._det["sg"][0], {"lex": 0, "number": "sg"}),
+                          Node("N", [], self._noun["sg"][v],
+                               {"lex": v, "number": "sg", "gender": gender,
+                                "semclass": semclass})],
+                   None, {"number": "sg", "gender": gender, "semclass": semclass})
+    return Node("S", [Node("Name", [], ent.names[e], {"entity": e}),
+                      Node("Relation", [], ent.relations[r], {"lex": r}), np_node,
+                      Node("Stop", [], STOP, {})],
+                None, {"topic": tab.topic, "tone": tab.tone, "fact": True})
 
   def document(self, index: int, split: str = "train") -> str:
-    """Document `index` of `split`: 2-10 sentences on one topic and tone."""
+    """Document `index` of `split`: 2-10 sentences on one topic and tone
+    (version 4: some are about one entity, see the module docstring)."""
     words: list[str] = []
     for tree in self.document_trees(index, split):
       words.extend(self.render(tree))
@@ -1039,11 +1178,16 @@ class SyntheticLanguage:
     number = "pl" if u() < _P_PLURAL else "sg"
     d = bisect.bisect_right(self._cdf_det, u())
     det = Node("Det", [], self._det[number][d], {"lex": d, "number": number})
-    if prefs and u() < _P_PREFER:
-      cdf, ids = tab.noun_by_class[prefs[int(u() * len(prefs))]]
+    # Without favourites (version 3, or no entity) no uniform is drawn here,
+    # so those streams are unchanged.
+    if tab.favourites and u() < _P_FAVOURITE:
+      n = tab.favourites[int(u() * len(tab.favourites))]
     else:
-      cdf, ids = tab.noun
-    n = ids[bisect.bisect_right(cdf, u())]
+      if prefs and u() < _P_PREFER:
+        cdf, ids = tab.noun_by_class[prefs[int(u() * len(prefs))]]
+      else:
+        cdf, ids = tab.noun
+      n = ids[bisect.bisect_right(cdf, u())]
     gender, semclass = self._gender[n], self._semclass[n]
     noun = Node("N", [], self._noun[number][n],
                 {"lex": n, "number": number, "gender": gender, "semclass": semclass})
