@@ -59,6 +59,9 @@ class DataConfig:
   # synthetic: the project's own language (tl_jax/data/synthetic.py)
   synthetic_seed: int = 0
   synthetic_words: int = 3000
+  # 3: the original language; 4 adds entity documents (facts to memorise, favourite nouns
+  # recurring through a document), so bigger models keep gaining. Old workdirs mean 3.
+  synthetic_version: int = 3
   # text: comma-separated files or globs of UTF-8 text, one document (paragraph) a line
   train_files: str = ""
   eval_files: str = ""
@@ -701,6 +704,10 @@ def _validate_pretraining(config: Config) -> None:
     raise UserError("data.mask_token_frac + data.random_token_frac must be within [0, 1].")
   if d.source == "synthetic" and d.max_train_tokens <= 0:
     raise UserError("data.max_train_tokens must be positive for the unbounded synthetic source.")
+  if d.synthetic_version not in SYNTHETIC_VERSIONS:
+    raise UserError(f"data.synthetic_version={d.synthetic_version!r} is not one of "
+                    f"{', '.join(map(str, SYNTHETIC_VERSIONS))}; use 3 (the original language) or "
+                    "4 (with entity facts).")
   if d.source == "text" and not (d.train_files and d.eval_files):
     raise UserError("data.source=text needs data.train_files and data.eval_files (comma-separated "
                     "files or globs).")
@@ -708,6 +715,7 @@ def _validate_pretraining(config: Config) -> None:
     raise UserError("data.source=tfds needs data.tfds_name (e.g. wikipedia/20230601.en).")
 
 
+SYNTHETIC_VERSIONS = (3, 4)  # data.synthetic_version; tl_jax/data/synthetic.py VERSIONS
 # Finetuning may change these model fields; every other one must match the init workdir's.
 FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad")
 
