@@ -34,13 +34,12 @@ python3 - "$root" "$version" "$@" <<'PY'
 import json, sys
 root, version, shapes = sys.argv[1], sys.argv[2], sys.argv[3:]
 print(f"synthetic language v{version}: eval loss (nats) at each eval, then the last")
-print(f"{'shape':<8} {'steps':>7} {'train_s':>8} {'tokens_seen':>12} {'eval_loss':>9}  curve")
+print(f"{'shape':<8} {'steps':>7} {'train_s':>8} {'eval_loss':>9}  curve")
 for shape in shapes:
   lines = [json.loads(l) for l in open(f"{root}/v{version}-{shape}/metrics.jsonl")]
   evals = [l for l in lines if "eval_loss" in l and l["step"] > 0]
   last = evals[-1]
-  seen = last.get("tokens_seen", last.get("tokens", 0))
   curve = " ".join(f"{l['eval_loss']:.3f}" for l in evals)
-  print(f"{shape:<8} {last['step']:>7} {last.get('train_seconds', 0):>8.1f} {seen:>12,} "
+  print(f"{shape:<8} {last['step']:>7} {last.get('train_seconds', 0):>8.1f} "
         f"{last['eval_loss']:>9.4f}  {curve}")
 PY
