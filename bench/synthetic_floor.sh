@@ -6,12 +6,13 @@
 # GPU (one H200, ~5 min):  bench/synthetic_floor.sh runs/floor 4 50 3x256 6x512 12x768
 # CPU proxy (2 cores):     BASE=tiny STEPS=400 TOKENS=2000000 bench/synthetic_floor.sh /tmp/floor 4 0 2x64 4x128
 # Env: BASE preset of configs/mlm.py (d3-w256: bf16, batch 256, seq 128), TOKENS in the train
-# cache (200M), VOCAB (4096 on GPU; tiny keeps its 2000 when BASE=tiny), STEPS (0: by SECONDS).
+# cache (200M), VOCAB (4096; 2000 when BASE=tiny), WARMUP (300; 50), STEPS (0: by SECONDS).
 # Every shape is pre-LN with the base preset's learning rate and warmup, fixed before any run.
 set -euo pipefail
 root=$1 version=$2 seconds=$3; shift 3
 base=${BASE:-d3-w256} tokens=${TOKENS:-200000000} steps=${STEPS:-0}
 vocab=${VOCAB:-$([ "$base" = tiny ] && echo 2000 || echo 4096)}
+warmup=${WARMUP:-$([ "$base" = tiny ] && echo 50 || echo 300)}
 if [ "$steps" -gt 0 ]; then
   budget=(--config.train.max_steps="$steps" --config.eval.every_steps=$((steps / 4)))
 else
@@ -25,6 +26,7 @@ for shape in "$@"; do
   tl-jax pretrain --config=configs/mlm.py:"$base" --workdir="$root/v$version-$shape" \
     --config.data.synthetic_version="$version" --config.data.vocab_size="$vocab" \
     --config.data.max_train_tokens="$tokens" --config.model.pre_ln=True \
+    --config.train.warmup_steps="$warmup" \
     --config.model.num_layers="$layers" --config.model.d_model="$width" \
     --config.model.num_heads="$heads" --config.model.d_ff=$((4 * width)) \
     --config.train.log_every=50 --config.checkpoint.every_steps=100000000 "${budget[@]}" \
