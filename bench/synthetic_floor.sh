@@ -7,7 +7,7 @@
 # CPU proxy (2 cores):     BASE=tiny STEPS=400 TOKENS=2000000 bench/synthetic_floor.sh /tmp/floor 4 0 2x64 4x128
 # Env: BASE preset of configs/mlm.py (d3-w256: bf16, batch 256, seq 128), TOKENS in the train
 # cache (200M), VOCAB (4096; 2000 when BASE=tiny), WARMUP (300; 50), STEPS (0: by SECONDS).
-# Every shape is pre-LN with the base preset's learning rate and warmup, fixed before any run.
+# Every shape is pre-LN with the base preset's learning rate and WARMUP steps, fixed before any run.
 set -euo pipefail
 root=$1 version=$2 seconds=$3; shift 3
 base=${BASE:-d3-w256} tokens=${TOKENS:-200000000} steps=${STEPS:-0}
