@@ -91,7 +91,9 @@ def test_module_entry_point_prints_the_shipped_sweeps(tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["demo.py:30", "gpu_reduced.py:300", "paper_mlm.py:6h",
-                                  "paper_translate.py:1h", "rq4_data.py:gpu", "rq4_data.py:cpu-30"])
+                                  "paper_translate.py:1h", "rq4_data.py:gpu", "rq4_data.py:cpu-30",
+                                  "h200_study.py:rq1-90", "h200_study.py:sst2",
+                                  "h200_study.py:translate-compress"])
 def test_shipped_sweeps_and_variants_load(spec, in_repo):
   sweep = sweep_lib.load_sweep(f"configs/sweeps/{spec}")
   for stage in sweep.stages:
@@ -231,6 +233,26 @@ def test_sigterm_to_the_sweep_checkpoints_the_stage_and_exits_143(tmp_path, in_r
   assert not (root / ".sweep" / "long.done").exists()
 
 
+
+
+def test_study_parts_share_the_stages_they_start_from(in_repo, tmp_path):
+  """A later part of the H200 study names its source part's runs exactly, so one root holds
+  both and the later part skips them; a different budget would be refused by the root."""
+  load = lambda part: {s.name: s for s in sweep_lib.load_sweep(f"configs/sweeps/h200_study.py:{part}").stages}
+  for later, source in (("finetune", "rq1"), ("sst2", "rq4"), ("translate-compress", "translate"),
+                        ("finetune-90", "rq1-90")):
+    later_stages, source_stages = load(later), load(source)
+    shared = [n for n in later_stages if n in source_stages]
+    assert shared and all(later_stages[n] == source_stages[n] for n in shared)
+    for stage in later_stages.values():  # every dependency is a stage of the source or its own
+      assert stage.depends_on is None or stage.depends_on in later_stages
+  rq1 = load("rq1")
+  assert len({s.overrides["train.seed"] for s in rq1.values()}) == 2 and len(rq1) == 8
+  assert {s.overrides["train.max_train_seconds"] for s in rq1.values()} == {"60"}
+  sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1"), str(tmp_path))
+  sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetune"), str(tmp_path))
+  with pytest.raises(UserError, match="already ran stage"):
+    sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetune-90"), str(tmp_path))
 
 
 def test_seeded_stages_get_a_workdir_and_a_train_seed_each():

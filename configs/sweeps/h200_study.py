@@ -1,0 +1,174 @@
+"""The study on one GPU, in parts that each fit a lease of about 25 minutes (issue 20).
+
+Every part shares one root, so the report reads them together and later parts start from
+earlier ones (a stage defined identically in two parts is the same stage: its marker skips it).
+
+Parts (`configs/sweeps/h200_study.py:PART[-SECONDS]`, rq1 when none is named; SECONDS is the training budget of each run,
+and a part that starts from another's runs takes that part's budget):
+
+  rq1[-SECONDS]     RQ1, compute-bound: d3-w256, d6-w512, d6-w768 and d12-w768 pretrained on the
+                    synthetic language v4 (entity facts; data.synthetic_version=4) for the same
+                    training seconds (default 60), seeds 0 and 1, evaluated on a common grid of
+                    training seconds (eval.every_seconds = budget / 6). The corpus holds
+                    TOKENS (400M) tokens so that no size repeats it within the budget: the
+                    fastest, d3-w256, read 580M tokens in 90 s on an H200 (issue 20's table), so
+                    at 60 s it stays below one pass; the report's regime columns say so per run.
+  rq4[-SECONDS]     RQ4, data-bound: the same sizes on nested prefixes of real English
+                    (WikiText-2 valid + Multi30k English: 0.1M, 0.3M tokens and all of it,
+                    about 0.72M), one seed, evaluated on WikiText-2 test; the report's RQ4
+                    section draws the train/validation gap against data size.
+  finetune          RQ2/RQ3/RQ5 for the masked LMs: d3-w256, d6-w512 and d12-w768 of rq1 (both
+                    seeds) finetuned on the language's own sentiment task (configs/glue.py
+                    :synthetic, 20,000 examples: SST-2 would meet a tokenizer trained on the
+                    synthetic language), each compressed with the `paper` grid (GPTQ included).
+  sst2              the same on SST-2, from rq4's all-data runs: English pretraining, data-bound.
+  translate[-SECONDS]  RQ1 for translation: Multi30k En->Fr at 3+3 x 512, deeper 12+12 x 512 and
+                    wider 3+3 x 1024 (four times the non-embedding parameters each), seeds 0 and
+                    1, the same training seconds (default 120), BLEU on the first 500 test
+                    sentences at budget / 4 intervals.
+  translate-compress  RQ2/RQ3 for translation: seed 0 of the 3+3 x 512 and 3+3 x 1024 translators
+                    compressed with the `paper` grid, scored by BLEU.
+
+The recipe, fixed before any run and the same for every size: pre-LN (issue 20 measured post-LN
+d12-w768 never leaving the loss plateau at this budget while pre-LN trained), the grid presets'
+learning rate (5e-4 for masked LMs, the multi30k preset's 1e-3 for translation), 300 warmup
+steps (masked LM; translation keeps its preset's inverse-sqrt warmup), and a linear decay laid
+over the seconds budget (train.schedule_horizon=seconds) for masked LMs, so each size ends its
+schedule at the budget. Nothing is tuned per size.
+
+Data: $TL_JAX_DATA, else ../shared/data (wikitext2/, multi30k/, sst2/). Each call to the GPU is
+limited to 10 minutes: run a part under `timeout` and repeat the same command until it prints
+`sweep h200_study... finished` (SIGTERM checkpoints the running stage; the sweep resumes it):
+
+  timeout 590 tl-jax sweep --config=configs/sweeps/h200_study.py:rq1 --root=runs/h200_study
+  tl-jax report runs/h200_study --out=runs/h200_study/report
+"""
+
+import dataclasses
+import os
+import re
+
+from tl_jax.errors import UserError
+from tl_jax.sweep import Sweep, parse_seconds, seeded, size_stages, translate_stages
+
+MLM_SIZES = ("d3-w256", "d6-w512", "d6-w768", "d12-w768")
+FINETUNE_SIZES = ("d3-w256", "d6-w512", "d12-w768")
+SEEDS = (0, 1)
+TOKENS = 400_000_000
+TEXT_TOKENS = (100_000, 300_000, 0)  # nested prefixes; 0 = all of it
+TRANSLATE_SHAPES = {
+    "e3-d3-w512": {"model.num_layers": 3, "model.decoder_layers": 3},
+    "e12-d12-w512": {"model.num_layers": 12, "model.decoder_layers": 12},
+    "e3-d3-w1024": {"model.num_layers": 3, "model.decoder_layers": 3, "model.d_model": 1024,
+                    "model.num_heads": 16, "model.d_ff": 4096},
+}
+DEFAULT_SECONDS = {"rq1": 60, "rq4": 60, "translate": 120}
+PARTS = ("rq1", "rq4", "finetune", "sst2", "translate", "translate-compress")
+
+RECIPE = {"model.pre_ln": True, "train.warmup_steps": 300, "train.max_steps": 100_000_000,
+          "train.schedule_horizon": "seconds", "train.log_every": 100, "eval.every_steps": 0,
+          "checkpoint.every_steps": 100_000_000}  # SIGTERM and checkpoint.every_seconds still save
+
+
+def _data() -> str:
+  return os.environ.get("TL_JAX_DATA", "../shared/data").rstrip("/")
+
+
+def _timed(seconds: float) -> dict:
+  return {"train.max_train_seconds": seconds, "eval.every_seconds": max(seconds / 6, 1)}
+
+
+def _tokens(n: int) -> str:
+  return "all" if n == 0 else f"{n / 1e6:g}M"
+
+
+def rq1_stages(seconds: float, finetune: bool = False) -> list:
+  pretrain = {**RECIPE, **_timed(seconds), "data.synthetic_version": 4, "data.vocab_size": 4096,
+              "data.max_train_tokens": TOKENS}
+  finetune_args = {}
+  if finetune:
+    finetune_args = dict(
+        finetune_config="configs/glue.py:synthetic", compress_config="configs/compress.py:paper",
+        finetune_overrides={"data.max_train_examples": 20_000, "eval.every_steps": 500,
+                            "train.log_every": 100, "checkpoint.every_steps": 100_000_000})
+  stages = []
+  for size in MLM_SIZES:
+    if finetune and size not in FINETUNE_SIZES:
+      continue
+    stages += seeded(size_stages, size, SEEDS, label=f"rq1/{size}", mlm_overrides=pretrain,
+                     **finetune_args)
+  return stages
+
+
+def rq4_stages(seconds: float, sst2: bool = False) -> list:
+  data = _data()
+  pretrain = {**RECIPE, **_timed(seconds), "data.source": "text",
+              "data.train_files": f"{data}/wikitext2/valid.txt,{data}/multi30k/train.en",
+              "data.eval_files": f"{data}/wikitext2/test.txt"}
+  stages = []
+  for size in MLM_SIZES:
+    for tokens in TEXT_TOKENS:
+      label = f"rq4/{size}/tokens-{_tokens(tokens)}"
+      if not sst2:
+        stages += size_stages(size, {**pretrain, "data.max_train_tokens": tokens}, label=label)
+      elif tokens == 0 and size in FINETUNE_SIZES:
+        # Two finetuning seeds from the one all-data pretraining run.
+        base = size_stages(size, {**pretrain, "data.max_train_tokens": tokens}, label=label)
+        stages += base
+        for seed in SEEDS:
+          tail = size_stages(size, {**pretrain, "data.max_train_tokens": tokens},
+                             "configs/glue.py:sst2",
+                             {"data.train_files": f"{data}/sst2/train.tsv", "train.seed": seed,
+                              "train.log_every": 500, "eval.every_steps": 500,
+                              "checkpoint.every_steps": 100_000_000},
+                             "configs/compress.py:paper", label=label)[1:]
+          stages += [_renamed(st, f"{label}/", f"{label}/sst2-seed{seed}/") for st in tail]
+  return stages
+
+
+def _renamed(stage, old: str, new: str):
+  # The finetuning seeds share one pretraining stage (init keeps its name); each compresses its own.
+  target = stage.target.replace(old, new, 1) if stage.target else None
+  return dataclasses.replace(stage, name=stage.name.replace(old, new, 1), target=target)
+
+
+def translate_study(seconds: float, compress: bool = False) -> list:
+  data = _data()
+  common = {"data.train_prefix": f"{data}/multi30k/train",
+            "data.eval_prefix": f"{data}/multi30k/test_2016_flickr",
+            "data.test_prefix": f"{data}/multi30k/test_2016_flickr",
+            "model.pre_ln": True, "train.max_steps": 100_000_000,
+            "train.max_train_seconds": seconds, "eval.every_steps": 0,
+            "eval.every_seconds": seconds / 4,
+            "eval.bleu_pairs": 500}
+  stages = []
+  for label, shape in TRANSLATE_SHAPES.items():
+    kept = compress and label != "e12-d12-w512"
+    for seed in SEEDS:
+      if compress and (seed != 0 or not kept):
+        continue
+      stages += translate_stages(
+          "multi30k", {**common, **shape, "train.seed": seed},
+          "configs/compress.py:paper" if compress else None,
+          {"max_eval_examples": 500}, label=f"translate/{label}/seed{seed}")
+  return stages
+
+
+def get_sweep(variant: str | None) -> Sweep:
+  m = re.fullmatch(r"(?P<part>[a-z0-9-]+?)(?:-(?P<budget>\d+(?:\.\d+)?[smh]?))?", variant or "rq1")
+  if not m or m["part"] not in PARTS:
+    raise UserError(f"h200_study needs a part: one of {', '.join(PARTS)}, optionally with the "
+                    f"training budget in seconds of its runs, e.g. rq1-90; got {variant!r}.")
+  part = m["part"]
+  # finetune/sst2/translate-compress start from rq1/rq4/translate stages: the same budget names
+  # the same stages, which the root then already holds.
+  source = {"finetune": "rq1", "sst2": "rq4", "translate-compress": "translate"}.get(part, part)
+  seconds = parse_seconds(m["budget"], "budget") if m["budget"] else DEFAULT_SECONDS[source]
+  if part in ("rq1", "finetune"):
+    stages = rq1_stages(seconds, finetune=part == "finetune")
+  elif part in ("rq4", "sst2"):
+    stages = rq4_stages(seconds, sst2=part == "sst2")
+  else:
+    stages = translate_study(seconds, compress=part == "translate-compress")
+  return Sweep(f"h200_study:{variant}", f"issue 20's study on one GPU, part {part} "
+               f"({seconds:g} training seconds a run)", stages)
