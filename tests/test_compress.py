@@ -90,8 +90,9 @@ def test_grid_compiles_once_and_exports_evaluate_exactly(finetuned):
   lines = {line["point"]: line for line in read_lines(finetuned)}
   points = grid.points(config)
   assert list(lines) == [p.name for p in points]
-  # One evaluation for the whole grid; one transform per quantizer/pruner combination.
-  assert lines["float32"]["compiles"]["evaluate"] == 1 == scoring.TRACES["evaluate"]
+  # One evaluation per eval batch length (finetune_config's two length buckets) for the whole
+  # grid; one transform per quantizer/pruner combination.
+  assert lines["float32"]["compiles"]["evaluate"] == 2 == scoring.TRACES["evaluate"]
   assert grid.COMPILES["compress"] == len({p.static_key() for p in points})
 
   base = lines["float32"]

@@ -16,7 +16,9 @@ from test_cli_errors import assert_one_sentence, snapshot
 from tl_jax import config as config_lib
 from tl_jax import tasks
 from tl_jax.tasks import classification, compression
-from tl_jax.tasks.workdir import read_jsonl
+from tl_jax.parallel.mesh import make_mesh
+from tl_jax.parallel.rules import rules_for
+from tl_jax.tasks.workdir import Workdir, read_jsonl
 from tl_jax.train import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,6 +39,7 @@ def finetune_config(init: str, **train) -> config_lib.FinetuneConfig:
   c.init.workdir = init
   c = config_lib.inherit_init_model(c, {})
   c.parallel.data = 1
+  c.data.length_buckets = 2  # two compiled lengths rather than eight: CI's time
   for key, value in train.items():
     setattr(c.train, key, value)
   return c
@@ -187,6 +190,15 @@ def test_steps_and_learning_rate_follow_the_recipe():
   assert classification.default_learning_rate(1024) == pytest.approx(1.5e-5)
 
 
+@pytest.mark.parametrize("count", [-1, 33])
+def test_length_buckets_out_of_range_is_one_sentence(count):
+  c = config_lib.FinetuneConfig()
+  c.init.workdir = "init"
+  c.data.length_buckets = count
+  with pytest.raises(config_lib.UserError, match=f"data.length_buckets={count} is outside 0..32"):
+    config_lib.validate(c)
+
+
 def test_eval_batches_cover_every_row_once():
   n, seq = 70, 8
   rows = {"tokens": np.ones((n, seq), np.int32), "types": np.zeros((n, seq), np.int32),
@@ -199,17 +211,87 @@ def test_eval_batches_cover_every_row_once():
   np.testing.assert_array_equal(labels, rows["label"])
 
 
+def _rows_of_lengths(lengths, seq_len, pad_id=1):
+  tokens = np.full((len(lengths), seq_len), pad_id, np.int32)
+  for i, length in enumerate(lengths):
+    tokens[i, :length] = 5 + (np.arange(length) * 7 + i) % 90
+  return {"tokens": tokens, "types": np.zeros_like(tokens),
+          "label": np.arange(len(lengths), dtype=np.int32) % 2}
+
+
+def test_bucketed_eval_batches_cover_every_row_once_in_a_few_lengths():
+  lengths = np.random.default_rng(0).integers(2, 40, 203)
+  rows = _rows_of_lengths(lengths, 48)
+  filler = np.full(48, 1, np.int32)
+  filler[:2] = 0, 2
+  batches = classification.eval_batches(rows, 16, filler, length_buckets=3, pad_id=1)
+  widths = [b["tokens"].shape[1] for b in batches]
+  assert len(batches) == 13 and len(set(widths)) <= 3 and widths == sorted(widths)
+  assert sum(b["tokens"].size for b in batches) < 0.7 * 13 * 16 * 48
+  real = [b["tokens"][b["weight"] > 0] for b in batches]
+  assert sum(len(r) for r in real) == 203
+  # Every row exactly once, whole (padding only cut), in length order.
+  order = classification.length_order(rows["tokens"], 1)
+  np.testing.assert_array_equal(np.concatenate([b["label"][b["weight"] > 0] for b in batches]),
+                                rows["label"][order])
+  for r, expected in zip(real, np.split(rows["tokens"][order], range(16, 203, 16))):
+    np.testing.assert_array_equal(r, expected[:, :r.shape[1]])
+    assert (expected[:, r.shape[1]:] == 1).all()
+  assert (batches[-1]["tokens"][batches[-1]["weight"] == 0][:, :2] == [0, 2]).all()
+
+
+def test_bucketed_and_padded_rows_give_the_same_logits():
+  """Padding is masked (attention lengths, first or masked-mean pooling), so cutting it off
+  changes the logits by float rounding only (float32 here; bfloat16 rounds more)."""
+  from tl_jax.config import ModelConfig
+  from tl_jax.models.classifier import Classifier
+  cfg = ModelConfig(num_layers=1, d_model=32, num_heads=2, d_ff=64, max_len=64, dropout=0.0,
+                    dtype="float32")
+  lengths = np.random.default_rng(1).integers(2, 30, 24)
+  rows = _rows_of_lengths(lengths, 32)
+  batches = classification.eval_batches(rows, 12, np.full(32, 1, np.int32), length_buckets=2, pad_id=1)
+  assert [b["tokens"].shape[1] for b in batches] == [16, 28]
+  order = classification.length_order(rows["tokens"], 1)
+  for pooling in ("first", "mean"):
+    model = Classifier(cfg, 128, 2, pooling)
+    params = model.init(jax.random.key(0), rows["tokens"][:1])["params"]
+    run = jax.jit(lambda p, b: classification.logits(model, p, b, 1))
+    padded = np.asarray(run(params, rows))[order]
+    bucketed = np.concatenate([np.asarray(run(params, b)) for b in batches])
+    np.testing.assert_allclose(bucketed, padded, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(bucketed.argmax(-1), padded.argmax(-1))
+
+
 @pytest.mark.slow
-def test_finetuning_on_a_2x2x2_mesh_matches_one_device(pretrained, tmp_path):
-  """The head's `classes` and the pretrained encoder restore onto data x fsdp x tensor."""
-  results = {}
+def test_finetuning_on_a_2x2x2_mesh_matches_one_device_and_resumes_bitwise(pretrained, tmp_path,
+                                                                          capsys):
+  """The head's `classes` and the pretrained encoder restore onto data x fsdp x tensor, with
+  length-bucketed batches split over data x fsdp; a run that lost its last checkpoint resumes
+  from the one before (the loader's position is the step) to the same bits."""
+  results, configs = {}, {}
   for name, devices, shape in (("one", jax.devices()[:1], (1, 1, 1)), ("mesh", jax.devices(), (2, 2, 2))):
     c = finetune_config(pretrained)
     c.parallel.data, c.parallel.fsdp, c.parallel.tensor = shape
     c.train.epochs, c.train.max_steps = 0, 20
     c.data.max_train_examples, c.data.max_eval_examples = 640, 256
     c.eval.every_steps = 20
+    c.checkpoint.every_steps = 10
+    os.makedirs(tmp_path / name)
+    config_lib.save(c, str(tmp_path / name / "config.json"))  # as the CLI does
     assert tasks.run(c, str(tmp_path / name), devices) == 0
     results[name] = [l for l in metrics.read(str(tmp_path / name)) if "accuracy" in l][-1]
+    configs[name] = c
+  assert "length buckets: training batches cut to" in capsys.readouterr().out
   assert results["mesh"]["eval_loss"] == pytest.approx(results["one"]["eval_loss"], rel=2e-4)
   assert results["mesh"]["accuracy"] == pytest.approx(results["one"]["accuracy"], abs=0.01)
+
+  one = str(tmp_path / "one")
+  mesh, rules = make_mesh(configs["one"], jax.devices()[:1]), rules_for("default")
+  params = lambda: jax.tree.leaves(Workdir.open(one).restore_params("latest", mesh, rules)[0])
+  finished = params()
+  shutil.rmtree(os.path.join(one, "checkpoints", "20"))
+  assert tasks.run(configs["one"], one, jax.devices()[:1]) == 0
+  assert "resumed from step 10" in capsys.readouterr().out
+  for a, b in zip(finished, params()):
+    np.testing.assert_array_equal(a, b)
+  assert [l for l in metrics.read(one) if "accuracy" in l][-1]["eval_loss"] == results["one"]["eval_loss"]

@@ -271,6 +271,9 @@ class ClassifyDataConfig:
   # tokenized inputs: <s> A </s></s> B </s> (RoBERTa), or [CLS] A [SEP] B [SEP] with token types
   seq_len: int = 128
   truncation: str = "longest_first"  # longest_first | only_first | only_second
+  # Batches hold rows of similar length cut to at most this many lengths (each a compiled shape),
+  # chosen per split to waste the fewest positions; 0 pads every row to seq_len.
+  length_buckets: int = 8
   prefetch: int = 2
 
 
@@ -716,6 +719,7 @@ def _validate_pretraining(config: Config) -> None:
 
 
 SYNTHETIC_VERSIONS = (3, 4)  # data.synthetic_version; tl_jax/data/synthetic.py VERSIONS
+MAX_LENGTH_BUCKETS = 32  # data.length_buckets: each bucket is one more compiled step
 # Finetuning may change these model fields; every other one must match the init workdir's.
 FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad")
 
@@ -730,6 +734,9 @@ def _validate_finetuning(config: FinetuneConfig) -> None:
     raise UserError(f"train.epochs={t.epochs} must be >= 0 (0 lets train.max_steps decide).")
   if not 0.0 <= t.warmup_fraction < 1.0:
     raise UserError(f"train.warmup_fraction={t.warmup_fraction} must be in [0, 1).")
+  if not 0 <= d.length_buckets <= MAX_LENGTH_BUCKETS:
+    raise UserError(f"data.length_buckets={d.length_buckets} is outside 0..{MAX_LENGTH_BUCKETS}; set "
+                    "it to a few lengths (each compiles once), or 0 to pad every row to data.seq_len.")
   if d.source == "synthetic" and (d.max_train_examples <= 0 or d.max_eval_examples <= 0):
     raise UserError("data.max_train_examples and data.max_eval_examples must be positive for the "
                     "unbounded synthetic source.")

@@ -6,7 +6,9 @@ A classification source yields `Example`s (text, optional second text, label ind
 check itself before anything is tokenized or compiled. `encode` turns examples into
 fixed-length rows: `<s> A </s>` for single sentences, `<s> A </s></s> B </s>` for pairs
 (RoBERTa), or `[CLS] A [SEP] B [SEP]` with token types 0/1 (BERT), the specials being the
-tokenizer's own ids. `EncodedExamples` gives the TrainLoader random access to the rows.
+tokenizer's own ids. `EncodedExamples` gives the TrainLoader random access to the rows;
+`BucketedLoader` batches rows of similar length, each batch cut to one of a few bucket lengths
+(`bucket_lengths`) so that little of what the model computes is padding.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -23,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from tl_jax.data import sources, tfds_builders
+from tl_jax.data.loader import TrainLoader
 from tl_jax.data.sources import SYNTHETIC_VERSION
 from tl_jax.errors import UserError
 
@@ -681,3 +685,95 @@ class EncodedExamples:
   def get(self, indices) -> dict[str, np.ndarray]:
     indices = np.asarray(indices)
     return {k: v[indices] for k, v in self.arrays.items()}
+
+
+# ---------------------------------------------------------------------------
+# Length buckets: batches of rows of similar length, cut to a few fixed lengths.
+
+
+def row_lengths(tokens: np.ndarray, pad_id: int) -> np.ndarray:
+  """Real (non-padding) positions of each right-padded row [N, S] -> [N]."""
+  return np.sum(tokens != pad_id, axis=1)
+
+
+def bucket_lengths(lengths, count: int) -> tuple[int, ...]:
+  """At most `count` row lengths, ascending, the last being max(lengths), that minimise the
+  positions computed when each length is padded to the shortest of them that holds it.
+
+  An exact dynamic program over the distinct lengths (O(count * distinct^2), vectorised).
+  """
+  values, counts = np.unique(np.asarray(lengths, np.int64), return_counts=True)
+  n = len(values)
+  # before[j]: rows of length <= values[j]. cost[j]: the least positions for the rows up to
+  # values[j] with buckets ending at values[j]; one bucket to begin with.
+  before = np.cumsum(counts)
+  cost = values * before
+  later = np.arange(n)[:, None] < np.arange(n)[None, :]
+  previous = []  # per added bucket: the bucket before values[j], or -1 where adding none is best
+  for _ in range(min(count, n) - 1):
+    # total[i, j]: the best up to values[i], then one bucket at values[j] for the rows between.
+    total = np.where(later, cost[:, None] + values[None, :] * (before[None, :] - before[:, None]),
+                     np.iinfo(np.int64).max)
+    best = total.min(axis=0)
+    previous.append(np.where(best < cost, np.argmin(total, axis=0), -1))
+    cost = np.minimum(cost, best)
+  picked, j = [n - 1], n - 1
+  for choice in reversed(previous):
+    if choice[j] >= 0:
+      j = int(choice[j])
+      picked.append(j)
+  return tuple(int(values[i]) for i in sorted(picked))
+
+
+class BucketedLoader(TrainLoader):
+  """Training batches of `global_batch` rows of similar length, each cut to a bucket length.
+
+  Epoch e takes the rows in the order of a permutation seeded by (seed, e) and groups them by
+  the shortest bucket that holds them; each group is cut into whole batches and its remainder
+  (fewer than a batch) joins the next longer group, the longest group's remainder sitting this
+  epoch out (another permutation leaves out others). An epoch is therefore exactly
+  N // global_batch steps whatever the seed (the learning-rate schedule counts steps), and its
+  batches are shuffled by the same generator so that lengths mix over the epoch. Batch `step`
+  is a pure function of (seed, step, rows, buckets): resuming needs only the step.
+  """
+
+  def __init__(self, examples: EncodedExamples, lengths: np.ndarray, buckets: Sequence[int],
+               global_batch: int, seed: int, process_index: int = 0, process_count: int = 1):
+    super().__init__(examples, global_batch, seed, process_index, process_count)
+    self.buckets = tuple(int(b) for b in buckets)
+    self.lengths = np.asarray(lengths)
+    if np.max(lengths) > self.buckets[-1]:
+      raise ValueError(f"a row of {np.max(lengths)} tokens is longer than every bucket {self.buckets}")
+    self.bucket_of = np.searchsorted(self.buckets, lengths)
+    self.steps_per_epoch = len(examples) // global_batch
+
+  @functools.lru_cache(maxsize=2)
+  def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [steps_per_epoch, global_batch], bucket length [steps_per_epoch]) of an epoch."""
+    rng = np.random.default_rng([self.seed, epoch])
+    order = rng.permutation(len(self.bucket_of))
+    rows, lengths, carried = [], [], order[:0]
+    for b, length in enumerate(self.buckets):
+      group = np.concatenate([carried, order[self.bucket_of[order] == b]])
+      whole = len(group) // self.global_batch * self.global_batch
+      rows.append(group[:whole].reshape(-1, self.global_batch))
+      lengths += [length] * (whole // self.global_batch)
+      carried = group[whole:]
+    shuffle = rng.permutation(self.steps_per_epoch)
+    return np.concatenate(rows)[shuffle], np.asarray(lengths)[shuffle]
+
+  def positions(self, epoch: int = 0) -> tuple[int, int]:
+    """(real, computed) positions of an epoch's batches, all hosts together."""
+    rows, lengths = self._plan(epoch)
+    return int(self.lengths[rows].sum()), int(lengths.sum()) * self.global_batch
+
+  def indices(self, step: int) -> np.ndarray:
+    rows, _ = self._plan(step // self.steps_per_epoch)
+    return rows[step % self.steps_per_epoch][self.rows]
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This host's rows of global batch `step`, tokens and types cut to its bucket length."""
+    _, lengths = self._plan(step // self.steps_per_epoch)
+    length = lengths[step % self.steps_per_epoch]
+    out = self.sequences.get(self.indices(step))
+    return {k: v[:, :length] if v.ndim == 2 else v for k, v in out.items()}

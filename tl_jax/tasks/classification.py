@@ -5,13 +5,21 @@ run or a `tl-jax import-hf` import); the classification head starts fresh. Score
 example of each eval split (accuracy and eval loss); the most accurate parameters on the
 first split are kept in `best/`. Pruning on a schedule and quantization-aware training
 (compress/training.py) run inside the step when the config asks.
+
+Rows of similar length are batched together and cut to one of at most `data.length_buckets`
+lengths (training: data/classification.py's BucketedLoader; evaluation: rows in order of
+length), so little of what is computed is padding; the step and the evaluation compile once
+per length, before training. Padding is masked (attention lengths, first or masked-mean
+pooling), so a row's logits do not depend on its batch's length beyond float rounding.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
+import types
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +30,8 @@ from tl_jax.compress import apply as compress_apply
 from tl_jax.compress import layout as compress_layout
 from tl_jax.compress import training as compress_training
 from tl_jax.config import FinetuneConfig
-from tl_jax.data.classification import EncodedExamples, encode, make_classification_source
+from tl_jax.data.classification import (BucketedLoader, EncodedExamples, bucket_lengths, encode,
+                                        make_classification_source, row_lengths)
 from tl_jax.data.loader import TrainLoader
 from tl_jax.errors import UserError
 from tl_jax.models.classifier import ENCODER_PARAMS, Classifier
@@ -88,12 +97,31 @@ def accuracy_metrics(sums: dict) -> dict:
   return {"eval_loss": sums["loss"] / n, "accuracy": sums["correct"] / n}
 
 
-def eval_batches(rows: dict, batch_size: int, filler: np.ndarray) -> list[dict]:
-  """All rows in batches of `batch_size`; the last is topped up with `filler` rows of weight 0
-  (a short real sequence, so no row has zero length)."""
+def length_order(tokens: np.ndarray, pad_id: int) -> np.ndarray:
+  """Row indices from the shortest row to the longest, ties in row order."""
+  return np.argsort(row_lengths(tokens, pad_id), kind="stable")
+
+
+def eval_batches(rows: dict, batch_size: int, filler: np.ndarray, length_buckets: int = 0,
+                 pad_id: int = 0) -> list[dict]:
+  """All rows in batches of `batch_size`, each once with weight 1; the last is topped up with
+  `filler` rows of weight 0 (a short real sequence, so no row has zero length).
+
+  With `length_buckets`, the rows go in `length_order` and each batch is cut to the shortest of
+  at most that many lengths (chosen for these batches by `bucket_lengths`) that holds its rows.
+  """
   n = len(rows["label"])
+  starts = range(0, n, batch_size)
+  cut = [filler.shape[0]] * len(starts)
+  if length_buckets:
+    rows = {k: v[length_order(rows["tokens"], pad_id)] for k, v in rows.items()}
+    lengths = row_lengths(rows["tokens"], pad_id)
+    floor = row_lengths(filler[None], pad_id)[0]
+    longest = [max(int(lengths[start:start + batch_size].max()), floor) for start in starts]
+    buckets = np.asarray(bucket_lengths(longest, length_buckets))
+    cut = buckets[np.searchsorted(buckets, longest)].tolist()
   batches = []
-  for start in range(0, n, batch_size):
+  for start, length in zip(starts, cut):
     chunk = {k: v[start:start + batch_size] for k, v in rows.items()}
     short = batch_size - len(chunk["label"])
     weight = np.concatenate([np.ones(len(chunk["label"]), np.float32), np.zeros(short, np.float32)])
@@ -101,8 +129,31 @@ def eval_batches(rows: dict, batch_size: int, filler: np.ndarray) -> list[dict]:
       chunk = {"tokens": np.concatenate([chunk["tokens"], np.repeat(filler[None], short, 0)]),
                "types": np.concatenate([chunk["types"], np.zeros((short,) + filler.shape, np.int32)]),
                "label": np.concatenate([chunk["label"], np.zeros(short, np.int32)])}
+    chunk = {k: v[:, :length] if v.ndim == 2 else v for k, v in chunk.items()}
     batches.append({**chunk, "weight": weight})
   return batches
+
+
+class PerLengthStep:
+  """A jitted train step for batches cut to any of `lengths` tokens: `lower(state, example)
+  .compile()`, which the loop calls once before training, compiles it for every length (so the
+  compile seconds are counted as such), and what it returns runs each batch with its length's."""
+
+  def __init__(self, jitted, lengths):
+    self.jitted, self.lengths = jitted, tuple(lengths)
+
+  def __call__(self, state, batch):
+    return self.jitted(state, batch)
+
+  def lower(self, state, example):
+    def at(length):
+      return {k: jax.ShapeDtypeStruct(v.shape[:1] + (length,), v.dtype, sharding=v.sharding)
+              if len(v.shape) == 2 else v for k, v in example.items()}
+
+    def compile():
+      compiled = {n: self.jitted.lower(state, at(n)).compile() for n in self.lengths}
+      return lambda state, batch: compiled[batch["tokens"].shape[1]](state, batch)
+    return types.SimpleNamespace(compile=compile)
 
 
 def filler_row(tokenizer, seq_len: int) -> np.ndarray:
@@ -192,6 +243,8 @@ class ClassificationTask(Task):
     super().__init__(config)
     self._labels = None
     self._compression = None  # set once the run's steps are known (prepare)
+    self._buckets = None  # the training batches' lengths, once the loader is built
+    self._mean_length = None  # real tokens per training row, likewise
 
   @property
   def console_keys(self) -> tuple[str, ...]:
@@ -234,6 +287,19 @@ class ClassificationTask(Task):
   def flops_per_token(self, model) -> float:
     return flops.encoder_flops_per_token(self.config.model, self.config.data.seq_len)
 
+  def tokens_per_step(self) -> int:
+    """The real (non-padding) tokens of a batch on average, once the data is read: tokens/s and
+    MFU count text, not padding, with or without length buckets."""
+    if self._mean_length is None:
+      return super().tokens_per_step()
+    return round(self.config.train.batch_size * self._mean_length)
+
+  def program(self, tokenizer, mesh, rules):
+    program = super().program(tokenizer, mesh, rules)
+    if not self._buckets:
+      return program
+    return dataclasses.replace(program, train_fn=PerLengthStep(program.train_fn, self._buckets))
+
   def best_from_step(self) -> int:
     # While sparsity still rises, the model is not yet the pruned one asked for.
     compression = self._compression
@@ -254,7 +320,21 @@ class ClassificationTask(Task):
 
   def loader(self, tokenizer) -> TrainLoader:
     rows, _ = self._encoded("train", tokenizer)
-    return self.train_loader(EncodedExamples(rows, self.config.data.seq_len))
+    return self._train_loader(rows, tokenizer)
+
+  def _train_loader(self, rows: dict, tokenizer) -> TrainLoader:
+    """Batches of the encoded training rows: by length (BucketedLoader) unless
+    data.length_buckets=0, which pads every row to data.seq_len."""
+    data, train = self.config.data, self.config.train
+    examples = EncodedExamples(rows, data.seq_len)
+    lengths = row_lengths(rows["tokens"], tokenizer.pad_id)
+    self._mean_length = float(np.mean(lengths))
+    if not data.length_buckets:
+      self._buckets = None
+      return self.train_loader(examples)
+    self._buckets = bucket_lengths(lengths, data.length_buckets)
+    return BucketedLoader(examples, lengths, self._buckets, train.batch_size, train.seed,
+                          jax.process_index(), jax.process_count())
 
   def init_workdir(self) -> Workdir:
     return Workdir.open(self.config.init.workdir, role="--init", commands=("pretrain",))
@@ -293,7 +373,13 @@ class ClassificationTask(Task):
     if self._compression is not None:
       describe_compression(self.config, self._compression)
       scoring = self.scoring(tokenizer, model, mesh, rules)  # evaluates the compressed model
-    return TaskData(tokenizer, self.train_loader(EncodedExamples(train_rows, data.seq_len)), scoring)
+    loader = self._train_loader(train_rows, tokenizer)
+    if self._buckets:
+      real, computed = loader.positions(0)
+      log(f"length buckets: training batches cut to {', '.join(map(str, self._buckets))} tokens, "
+          f"{real / computed:.0%} of the positions computed real (padded to {data.seq_len}: "
+          f"{self._mean_length / data.seq_len:.0%})")
+    return TaskData(tokenizer, loader, scoring)
 
   def scoring(self, tokenizer, model, mesh, rules, *, compression: bool = False,
               max_examples: int = 0, batch_size: int = 0) -> Scoring:
@@ -308,7 +394,8 @@ class ClassificationTask(Task):
       rows, _ = self._encoded(split, tokenizer)
       if max_examples:
         rows = {k: v[:max_examples] for k, v in rows.items()}
-      batches[split] = eval_batches(rows, size, filler)
+      batches[split] = eval_batches(rows, size, filler, self.config.data.length_buckets,
+                                    tokenizer.pad_id)
     sums = functools.partial(eval_sums, model=model, pad_id=tokenizer.pad_id,
                              compression=None if compression else self.compression(model))
     sharding = {**self.batch_shardings(mesh, rules), "weight": shd.batch_sharding(mesh, rules, 1)}
@@ -319,7 +406,7 @@ class ClassificationTask(Task):
     return logits(model, params, batch, tokenizer.pad_id)
 
   def real_positions(self, batch, tokenizer):
-    return batch["tokens"] != tokenizer.pad_id  # rows are padded to data.seq_len
+    return batch["tokens"] != tokenizer.pad_id  # rows are padded to their batch's length
 
   # -- restoring ------------------------------------------------------------------------
 

@@ -4,10 +4,11 @@ A `Scoring` is data plus pure functions: the eval batches of each split (every p
 them whole), `sums(params, batch, index) -> (sums, log_probs, weights)` for one batch (scalar
 sums such as the loss and the count, and the model's output distribution with a weight per
 row of it), `metrics(sums) -> {name: value}`, and optionally a `generate` step for metrics
-that are not batch sums (BLEU). The `Evaluator` compiles it once on a mesh and evaluates any
-parameters of the model's shape with it: the loop's periodic evals, and every point of a
-compression grid, which also asks for the KL divergence of each point's output distribution
-from the uncompressed model's (the first parameters evaluated).
+that are not batch sums (BLEU). The `Evaluator` compiles it once per batch shape on a mesh (one
+shape, or a few where a task buckets its rows by length) and evaluates any parameters of the
+model's shape with it: the loop's periodic evals, and every point of a compression grid, which
+also asks for the KL divergence of each point's output distribution from the uncompressed
+model's (the first parameters evaluated).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from tl_jax.parallel import sharding as shd
 
 # How often each evaluation function was traced (= compiled): a compression grid's promise is
-# one of each, whatever the number of points.
+# one of each per batch shape, whatever the number of points.
 TRACES: collections.Counter = collections.Counter()
 
 
@@ -39,6 +40,11 @@ class Scoring:
   @property
   def primary(self) -> str:
     return next(iter(self.splits))
+
+
+def shape_key(batch) -> tuple:
+  """What a compiled evaluation is specialised to: the shapes of a batch's arrays."""
+  return tuple(np.shape(x) for x in jax.tree.leaves(batch))
 
 
 def kl_sum(reference, log_probs, weights):
@@ -73,18 +79,24 @@ class Evaluator:
     self._jitted = jax.jit(score, in_shardings=(params_sharding, scoring.batch_sharding,
                                                 self._replicated, None),
                            out_shardings=self._replicated if not kl else None)
-    self._compiled = None
-    self._reference_shape = None
+    self._compiled = None  # shape_key(batch) -> the compiled score
+    self._reference_shapes = {}  # shape_key(batch) -> the shape of its log-probabilities
 
   def compile(self, params) -> None:
-    """Compiles for parameters shaped like `params` (arrays or ShapeDtypeStructs)."""
-    example = next(b for batches in self.scoring.splits.values() for b in batches)
-    batch = shd.abstract_batch(shd.host_rows(example), self.scoring.batch_sharding)
-    reference = None
-    if self.kl:  # the shape of one batch's log-probabilities
-      reference = jax.eval_shape(lambda p, b: self.scoring.sums(p, b, np.int32(0))[1], params, batch)
-      self._reference_shape = reference.shape
-    self._compiled = self._jitted.lower(params, batch, np.int32(0), reference).compile()
+    """Compiles for parameters shaped like `params` (arrays or ShapeDtypeStructs), once for each
+    distinct batch shape of the scoring."""
+    examples = {}
+    for batches in self.scoring.splits.values():
+      for b in batches:
+        examples.setdefault(shape_key(b), b)
+    self._compiled = {}
+    for key, example in examples.items():
+      batch = shd.abstract_batch(shd.host_rows(example), self.scoring.batch_sharding)
+      reference = None
+      if self.kl:  # the shape of one batch's log-probabilities
+        reference = jax.eval_shape(lambda p, b: self.scoring.sums(p, b, np.int32(0))[1], params, batch)
+        self._reference_shapes[key] = reference.shape
+      self._compiled[key] = self._jitted.lower(params, batch, np.int32(0), reference).compile()
     if self.scoring.generate is not None:
       self.scoring.generate.compile(params)
 
@@ -97,15 +109,17 @@ class Evaluator:
     for split, batches in self.scoring.splits.items():
       totals = collections.defaultdict(float)
       for i, batch in enumerate(batches):
+        key = shape_key(batch)
+        compiled = self._compiled[key]
         batch = shd.global_batch(shd.host_rows(batch), self.scoring.batch_sharding)
         if self.kl:
-          reference = (jnp.zeros(self._reference_shape, jnp.float32)
+          reference = (jnp.zeros(self._reference_shapes[key], jnp.float32)
                        if first_call or split != self.scoring.primary else self._reference[i])
-          sums, log_probs = self._compiled(params, batch, np.int32(i), reference)
+          sums, log_probs = compiled(params, batch, np.int32(i), reference)
           if split == self.scoring.primary:
             outputs.append(log_probs)
         else:
-          sums = self._compiled(params, batch, np.int32(i), None)
+          sums = compiled(params, batch, np.int32(i), None)
         for name, value in jax.device_get(sums).items():
           totals[name] += float(value)
       metrics = self.scoring.metrics(dict(totals))
