@@ -52,6 +52,7 @@ VARIANTS = {
     "all-positions": (["data.max_predictions=0"], "", "device"),  # LM head at every position
     "scatter-embed": (["model.embed_grad=scatter"], "", "device"),  # XLA's scatter-add gradient
     "onehot-embed": (["model.embed_grad=onehot"], "", "device"),
+    "sorted-embed": (["model.embed_grad=sorted"], "", "device"),  # sorted runs, one write a row
     "no-dropout": (["model.dropout=0"], "", "device"),
     "scan": (["model.scan_layers=true"], "", "device"),
     "bf16-mu": (["train.mu_dtype=bfloat16"], "", "device"),

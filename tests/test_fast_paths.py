@@ -267,3 +267,88 @@ def test_decode_benchmark_runs_at_tiny_size(tmp_path):
   summary = (tmp_path / "decode.md").read_text()
   assert "| multi30k | 4    | 8 |" in summary
   assert bool(re.search(r"\| \d+\.\d\dx +\|", summary)) == peer  # tl_jax's ratio to the peer
+
+
+# ---------------------------------------------------------------------------
+# The sorted embedding gradient (model.embed_grad=sorted) against the scatter and the one-hot.
+
+def _ids(kind: str, shape, vocab: int = VOCAB):
+  """Ids that repeat as bench/embedding_grad.py's do, and the extreme: one id everywhere."""
+  rng, n = np.random.default_rng(0), int(np.prod(shape))
+  if kind == "uniform":
+    ids = rng.integers(0, vocab, n)
+  elif kind == "zipf":  # rank r has probability ~ 1/r, as words in text
+    p = 1.0 / np.arange(1, vocab + 1)
+    ids = rng.choice(vocab, n, p=p / p.sum())
+  elif kind == "mlm":  # 12% <mask>
+    ids = rng.integers(5, vocab, n)
+    ids[rng.random(n) < 0.12] = 4
+  else:
+    ids = np.full(n, vocab - 1)
+  return jnp.asarray(ids.reshape(shape), jnp.int32)
+
+
+def _table_grad(method, dtype, ids, upstream, table):
+  """The float32 table's gradient through a lookup in `dtype`, as Embed computes it, jitted."""
+  return _jitted_table_grad(method, dtype)(table, ids, upstream)
+
+
+@functools.cache
+def _jitted_table_grad(method, dtype):
+  loss = lambda t, i, u: jnp.vdot(embedding_lookup(t.astype(dtype), i, method),
+                                  u.astype(dtype)).astype(jnp.float32)
+  return jax.jit(jax.grad(loss))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "zipf", "mlm", "one id"])
+def test_sorted_embedding_gradient_equals_the_scatter_and_the_one_hot(kind):
+  ids = _ids(kind, (8, 64))
+  upstream = jax.random.normal(jax.random.key(0), (8, 64, 16))
+  table = jax.random.normal(jax.random.key(1), (VOCAB, 16))
+  np.testing.assert_array_equal(embedding_lookup(table, ids, "sorted"), jnp.take(table, ids, axis=0))
+  scatter, sorted_ = (_table_grad(m, jnp.float32, ids, upstream, table) for m in ("scatter", "sorted"))
+  np.testing.assert_allclose(sorted_, scatter, atol=1e-6 * float(jnp.max(jnp.abs(scatter))))
+  assert not jnp.any(sorted_[np.setdiff1d(np.arange(VOCAB), np.asarray(ids))])  # unseen ids: 0
+  # bfloat16 upstream: both sum in float32 and round once to bfloat16, so each entry is within
+  # half a bfloat16 step (2^-8 relative) of the exact sum (float64 here) of the upstream values.
+  exact = np.zeros((VOCAB, 16))
+  np.add.at(exact, np.asarray(ids).reshape(-1),
+            np.asarray(upstream.astype(jnp.bfloat16), np.float64).reshape(-1, 16))
+  for method in ("onehot", "sorted"):
+    got = _table_grad(method, jnp.bfloat16, ids, upstream, table)
+    assert got.dtype == jnp.float32
+    assert np.all(np.abs(np.asarray(got, np.float64) - exact) <= 2.0**-8 * np.abs(exact) + 1e-6)
+
+
+def test_sorted_embedding_gradient_with_ids_sharded_over_eight_devices():
+  """Ids and upstream split over the batch on 8 devices: the same gradient as on one."""
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  by_row = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  ids = _ids("mlm", (16, 32))
+  upstream = jax.random.normal(jax.random.key(0), (16, 32, 16))
+  table = jax.random.normal(jax.random.key(1), (VOCAB, 16))
+  sharded = _table_grad("sorted", jnp.float32, jax.device_put(ids, by_row),
+                        jax.device_put(upstream, by_row), table)
+  assert len(sharded.sharding.device_set) == 8
+  want = _table_grad("scatter", jnp.float32, ids, upstream, table)
+  np.testing.assert_allclose(sharded, want, atol=1e-6 * float(jnp.max(jnp.abs(want))))
+
+
+def test_embed_grad_setting_reaches_the_tied_embedding():
+  """model.embed_grad=sorted makes the token embedding's lookup use it; the table's gradient
+  through the lookup and the tied output layer (`attend`) together equals nn.Embed's."""
+  from tl_jax.models.encoder import token_embedding
+  from tl_jax.models.layers import embed_grad_method
+  assert embed_grad_method("auto") == "scatter" and jax.default_backend() == "cpu"
+  ours = token_embedding(ModelConfig(embed_grad="sorted", d_model=16, dtype="float32"), VOCAB)
+  assert ours.grad == "sorted"
+  ids, hidden = _ids("mlm", (4, 32)), jax.random.normal(jax.random.key(0), (4, 32, 16))
+  params = nn.Embed(VOCAB, 16).init(jax.random.key(1), ids)
+
+  def loss(params, module):
+    x = module.apply(params, ids)
+    return jnp.sum(module.apply(params, x + hidden, method="attend") ** 2)
+
+  grads = [jax.jit(jax.grad(loss), static_argnums=1)(params, m) for m in (ours, nn.Embed(VOCAB, 16))]
+  np.testing.assert_allclose(grads[0]["params"]["embedding"], grads[1]["params"]["embedding"],
+                             rtol=1e-5, atol=1e-5)

@@ -43,7 +43,8 @@ class ModelConfig:
   remat: str = "none"  # none | full | dots (save matmul outputs, recompute the rest)
   # The token embedding's gradient: onehot (a matrix product; on GPU far faster than the
   # scatter where ids repeat, e.g. <mask>) | scatter (XLA's scatter-add; far faster on CPU) |
-  # auto (onehot on GPU and TPU, scatter on CPU)
+  # sorted (ids sorted, each run of one id summed, each row written once) |
+  # auto (onehot on GPU and TPU, scatter on CPU: tl_jax/models/layers.py embed_grad_method)
   embed_grad: str = "auto"
   ln_eps: float = 1e-5
   # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:
@@ -560,7 +561,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.attention": ("auto", "xla", "cudnn"),
     "model.remat": ("none", "full", "dots"),
-    "model.embed_grad": ("auto", "onehot", "scatter"),
+    "model.embed_grad": ("auto", "onehot", "scatter", "sorted"),
     "model.positions": ("learned", "sinusoidal"),
     "train.schedule": ("linear", "inverse_sqrt"),
     "train.schedule_horizon": ("steps", "seconds"),

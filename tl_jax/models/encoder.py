@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig, d_ff
 from tl_jax.models.layers import (REMAT_POLICIES, Embed, EncoderLayer, ScannedLayer, INIT, dense,
-                                  dtype_of, layer_norm)
+                                  dtype_of, embed_grad_method, layer_norm)
 
 
 def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
@@ -21,9 +21,8 @@ def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
 
 
 def token_embedding(config: ModelConfig, vocab_size: int, name: str | None = None) -> nn.Embed:
-  one_hot = config.embed_grad == "onehot" or (config.embed_grad == "auto" and jax.default_backend() != "cpu")
-  return Embed(vocab_size, config.d_model, one_hot_grad=one_hot, dtype=dtype_of(config.dtype),
-               param_dtype=jnp.float32,
+  return Embed(vocab_size, config.d_model, grad=embed_grad_method(config.embed_grad),
+               dtype=dtype_of(config.dtype), param_dtype=jnp.float32,
                embedding_init=nn.with_logical_partitioning(INIT, ("vocab", "embed")), name=name)
 
 

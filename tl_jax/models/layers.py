@@ -7,6 +7,8 @@ about meshes.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -36,41 +38,97 @@ def layer_norm(config: ModelConfig, name: str | None = None) -> nn.LayerNorm:
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
-@jax.custom_vjp
-def embedding_lookup(table, ids):
-  """table[ids]; its gradient is the product one_hot(ids)^T @ grad instead of a scatter-add.
+def embed_grad_method(setting: str) -> str:
+  """The method `model.embed_grad=setting` uses on this backend.
 
-  XLA runs the scatter-add on GPU with atomics, which serialise on repeated ids: with 12% of
-  a masked-LM batch being <mask>, the scatter took half of a RoBERTa-base step on an H100.
-  The product costs 2 x tokens x vocab x width FLOPs on the matrix units, whatever the ids.
+  `auto` picks the one-hot product off the CPU (bench/embedding_grad.py prices the three
+  methods per id distribution) and the scatter on the CPU, where the product is ~100x slower.
   """
+  if setting != "auto":
+    return setting
+  return "scatter" if jax.default_backend() == "cpu" else "onehot"
+
+
+def embedding_lookup(table, ids, grad: str = "onehot"):
+  """table[ids], whose gradient with respect to `table` is computed by `grad`:
+
+  - scatter: XLA's scatter-add (the gradient of `jnp.take`). On GPU it runs with atomics,
+    which serialise on repeated ids: with 12% of a masked-LM batch being <mask>, it took half
+    of a RoBERTa-base step on an H100.
+  - onehot: the product one_hot(ids)^T @ grad, 2 x tokens x vocab x width FLOPs on the
+    matrix units whatever the ids (`one_hot_table_grad`).
+  - sorted: the ids sorted, each run of equal ids summed, each distinct id's row written once
+    (`sorted_table_grad`), as PyTorch's embedding backward does.
+
+  onehot and sorted accumulate in float32 and round once to the table's dtype.
+  """
+  if grad == "scatter":
+    return jnp.take(table, ids, axis=0)
+  return _lookup(grad, table, ids)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _lookup(grad, table, ids):
+  del grad
   return jnp.take(table, ids, axis=0)
 
 
-def _lookup_forward(table, ids):
-  return embedding_lookup(table, ids), (table, ids)
+def _lookup_forward(grad, table, ids):
+  return _lookup(grad, table, ids), (table, ids)
 
 
-def _lookup_backward(residuals, grad):
+def _lookup_backward(grad, residuals, upstream):
   table, ids = residuals
-  one_hot = jax.nn.one_hot(ids.reshape(-1), table.shape[0], dtype=grad.dtype)
-  table_grad = jax.lax.dot_general(one_hot, grad.reshape(-1, grad.shape[-1]), (((0,), (0,)), ((), ())),
-                                   preferred_element_type=jnp.float32)
-  return table_grad.astype(table.dtype), None
+  table_grad = {"onehot": one_hot_table_grad, "sorted": sorted_table_grad}[grad]
+  flat = upstream.reshape(-1, upstream.shape[-1])
+  return table_grad(ids.reshape(-1), flat, table.shape[0]).astype(table.dtype), None
 
 
-embedding_lookup.defvjp(_lookup_forward, _lookup_backward)
+_lookup.defvjp(_lookup_forward, _lookup_backward)
+
+
+def one_hot_table_grad(ids, upstream, vocab: int):
+  """sum over i of upstream[i] into row ids[i] of a [vocab, width] float32 zero table, as the
+  product one_hot(ids)^T @ upstream (ids [N], upstream [N, width])."""
+  one_hot = jax.nn.one_hot(ids, vocab, dtype=upstream.dtype)
+  return jax.lax.dot_general(one_hot, upstream, (((0,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def sorted_table_grad(ids, upstream, vocab: int):
+  """`one_hot_table_grad`'s result by sorting: no scatter of it has two updates on one row.
+
+  1. Sort the ids and permute the upstream rows alike, so equal ids form runs.
+  2. Sum each run (in float32) into slot k of a compacted [N, width] array, k counting the
+     runs. The run index is sorted, which XLA:GPU's scatter turns into a per-warp sum of each
+     run with one atomic per warp and run (ScatterWithDistributedIndices), not one per id.
+  3. Write slot k into the row of its id. These indices are unique and sorted: the slots past
+     the last run, and those of ids outside [0, vocab), point at vocab + k, past the table,
+     and are dropped (the one-hot product gives such ids no row either).
+  """
+  n = ids.shape[0]
+  order = jnp.argsort(ids)
+  ids = ids[order]
+  starts = (ids != jnp.roll(ids, 1)).at[0].set(True)
+  run = jnp.cumsum(starts, dtype=jnp.int32) - 1
+  sums = jax.ops.segment_sum(upstream[order].astype(jnp.float32), run, n, indices_are_sorted=True)
+  past_the_table = vocab + jnp.arange(n, dtype=jnp.int32)
+  valid = (ids >= 0) & (ids < vocab)
+  slot_ids = past_the_table.at[run].set(jnp.where(valid, ids, past_the_table[run]),
+                                        indices_are_sorted=True)
+  return jnp.zeros((vocab, upstream.shape[-1]), jnp.float32).at[slot_ids].set(
+      sums, indices_are_sorted=True, unique_indices=True, mode="drop")
 
 
 class Embed(nn.Embed):
-  """nn.Embed (same parameters, same `attend`) whose lookup's gradient is a one-hot product
-  where `one_hot_grad` is set; see `embedding_lookup`."""
-  one_hot_grad: bool = True
+  """nn.Embed (same parameters, same `attend`) whose lookup's gradient is computed by `grad`
+  (scatter | onehot | sorted); see `embedding_lookup`."""
+  grad: str = "onehot"
 
   def __call__(self, inputs):
-    if not self.one_hot_grad:
+    if self.grad == "scatter":
       return super().__call__(inputs)
-    return embedding_lookup(self.embedding.astype(self.dtype), inputs)
+    return embedding_lookup(self.embedding.astype(self.dtype), inputs, self.grad)
 
 
 class Dense(nn.Module):
