@@ -945,3 +945,15 @@ def test_version_4_is_frozen():
   lang = SyntheticLanguage(seed=0, num_words=700, version=4)
   text = " ".join(lang.document(i, s) for i in range(20) for s in ("train", "eval"))
   assert zlib.crc32(text.encode()) == 4262915044
+
+
+@pytest.mark.parametrize("version", synthetic.VERSIONS)
+@pytest.mark.parametrize("num_words", [synthetic.MIN_WORDS, 3000])
+def test_document_words_match_trees(version: int, num_words: int):
+  # document() draws words without building trees (for speed); it must make exactly the draws
+  # of document_trees(), in both versions, with the tiny lexicon's fallback tables too.
+  lang = SyntheticLanguage(seed=4, num_words=num_words, version=version)
+  for split in synthetic.SPLITS:
+    for i in range(150):
+      words = [w for tree in lang.document_trees(i, split) for w in lang.render(tree)]
+      assert lang.document(i, split) == " ".join(words), (split, i)

@@ -100,6 +100,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import zlib
 from typing import Any, Callable, Iterator
 
@@ -316,10 +317,9 @@ def _table(weights: np.ndarray, ids: np.ndarray) -> _Table:
 def _uniform_source(rng: np.random.Generator,
                     block: int) -> Callable[[], float]:
   """Returns a draw-one-uniform callable; numpy is called once per block."""
-  def stream() -> Iterator[float]:
-    while True:
-      yield from rng.random(block).tolist()
-  return stream().__next__
+  # chain's __next__ runs in C: a draw costs no Python frame (a generator's did).
+  blocks = iter(lambda: rng.random(block).tolist(), None)  # endless: never None
+  return itertools.chain.from_iterable(blocks).__next__
 
 
 def _check_split(split: str) -> int:
@@ -590,6 +590,11 @@ class SyntheticLanguage:
     self._rel = lex["Rel"].forms["base"][0]
     self._conj = lex["Conj"].forms["base"][0]
     self._neg = lex["Neg"].forms["base"][0]
+    # (singular, plural) forms, indexed by a bool, for document()'s word path.
+    self._det_forms = (self._det["sg"], self._det["pl"])
+    self._noun_forms = (self._noun["sg"], self._noun["pl"])
+    self._vt_forms = (self._vt["sg"], self._vt["pl"])
+    self._vi_forms = (self._vi["sg"], self._vi["pl"])
     self._gender = lex["N"].features["gender"]
     self._semclass = lex["N"].features["semclass"]
     self._polarity = lex["Adj"].features["polarity"]
@@ -1091,32 +1096,35 @@ class SyntheticLanguage:
     """The sentence trees of `document(index, split)`; each S records the
     document's topic and tone, and a version 4 fact S has "fact" True (its
     leaves: Name with "entity", Relation with "lex", then Det N, Stop)."""
+    u, count, tab, e = self._document_start(index, split)
+    if e is None:
+      return [self._sentence(u, tab) for _ in range(count)]
+    tab = _with_favourites(tab, self.entities.favourites[e])
+    trees = [self._fact(u, e, tab)]
+    for _ in range(count - 1):
+      trees.append(self._fact(u, e, tab) if u() < _P_FACT else self._sentence(u, tab))
+    return trees
+
+  def _document_start(self, index: int, split: str
+                      ) -> tuple[Callable[[], float], int, _Tables, int | None]:
+    """The draws that open document `index`: its uniform source, sentence
+    count, tables (of the entity's topic, without its favourites) and entity
+    (None: a version 3 document, or not about one)."""
     tag = _check_split(split)
     index = _check_index("index", index)
     rng = np.random.default_rng(np.random.SeedSequence([self.seed, tag, index]))
-    u = _uniform_source(rng, 256)
+    # A document draws ~150-220 uniforms: blocks of 128 waste fewer than 256 did
+    # (the block size does not change the draws).
+    u = _uniform_source(rng, 128)
     count = _MIN_SENTENCES + int(u() * (_MAX_SENTENCES - _MIN_SENTENCES + 1))
     topic = int(u() * NUM_TOPICS)
     r = u()
     tone = 1 if r < _P_POSITIVE_TONE else -1 if r < _P_POSITIVE_TONE + _P_NEGATIVE_TONE else 0
     tab = self._tables[tone][topic]
     if self.entities is None or u() >= _P_ENTITY_DOC:
-      return [self._sentence(u, tab) for _ in range(count)]
+      return u, count, tab, None
     e = bisect.bisect_right(self._entity_cdf, u())
-    tab = self._entity_tables(e, tone)
-    trees = [self._fact(u, e, tab)]
-    for _ in range(count - 1):
-      trees.append(self._fact(u, e, tab) if u() < _P_FACT else self._sentence(u, tab))
-    return trees
-
-  def _entity_tables(self, e: int, tone: int) -> _Tables:
-    """The tables of entity `e`'s topic under `tone`, with its favourite nouns
-    (in a negated VP's object too)."""
-    base = self._tables[tone][self.entities.topics[e]]
-    favourites = self.entities.favourites[e]
-    tab = dataclasses.replace(base, favourites=favourites)
-    tab.negated = dataclasses.replace(base.negated, favourites=favourites, negated=tab)
-    return tab
+    return u, count, self._tables[tone][self.entities.topics[e]], e
 
   def _fact(self, u: Callable[[], float], e: int, tab: _Tables) -> Node:
     """A fact about entity `e`: "NAME RELATION Det VALUE ." for a drawn relation."""
@@ -1137,10 +1145,24 @@ class SyntheticLanguage:
   def document(self, index: int, split: str = "train") -> str:
     """Document `index` of `split`: 2-10 sentences on one topic and tone
     (version 4: some are about one entity, see the module docstring)."""
-    words: list[str] = []
-    for tree in self.document_trees(index, split):
-      words.extend(self.render(tree))
-    return " ".join(words)
+    # The same draws as document_trees, in the same order, but words go
+    # straight to `out`: building and rendering the trees took most of the time.
+    u, count, tab, e = self._document_start(index, split)
+    out: list[str] = []
+    sentence = self._sentence_words
+    if e is None:
+      for _ in range(count):
+        sentence(u, tab, (), out)
+      return " ".join(out)
+    favourites = self.entities.favourites[e]
+    fact = self._fact_words
+    fact(u, e, out)
+    for _ in range(count - 1):
+      if u() < _P_FACT:
+        fact(u, e, out)
+      else:
+        sentence(u, tab, favourites, out)
+    return " ".join(out)
 
   def documents(self, split: str = "train", start: int = 0) -> Iterator[str]:
     """Unbounded stream: document(start), document(start + 1), ..."""
@@ -1264,6 +1286,121 @@ class SyntheticLanguage:
       children.append(Node("Adv", [], self._adv[k], {"lex": k, "intensifier": False}))
     return Node("VP", children, None, {"number": number, "negated": negated,
                                        "transitive": transitive, "gap": False})
+
+  # -- documents as words ------------------------------------------------------
+  # Mirrors of _fact, _sentence, _clause, _np, _adjp, _relative and _vp that
+  # draw the same uniforms in the same order but append surface words to `out`
+  # instead of building nodes. A number is a bool here (True: plural), which
+  # indexes the (sg, pl) form pairs, and an entity's favourite nouns are an
+  # argument (what _Tables.favourites is to the trees: copying the tables for
+  # each entity document cost ~10% of version 4's time). test_synthetic checks
+  # that both paths give the same text.
+
+  def _fact_words(self, u: Callable[[], float], e: int, out: list[str]) -> None:
+    ent = self.entities
+    r = int(u() * NUM_RELATIONS)
+    out += (ent.names[e], ent.relations[r], self._det_forms[0][0],
+            self._noun_forms[0][ent.values[e][r]], STOP)
+
+  def _sentence_words(self, u: Callable[[], float], tab: _Tables,
+                      favourites: tuple[int, ...], out: list[str]) -> None:
+    self._clause_words(u, tab, favourites, out)
+    if u() < _P_CONJOIN:
+      out.append(self._conj)
+      self._clause_words(u, tab, favourites, out)
+    out.append(STOP)
+
+  def _clause_words(self, u: Callable[[], float], tab: _Tables,
+                    favourites: tuple[int, ...], out: list[str]) -> None:
+    if u() < tab.p_transitive:
+      cdf, ids = tab.vt
+      v = ids[bisect.bisect_right(cdf, u())]
+      plural = self._np_words(u, tab, favourites, 1, self._vt_subject[v], out)
+      self._vp_words(u, tab, favourites, plural, 1, True, v, out)
+    else:
+      cdf, ids = tab.vi
+      v = ids[bisect.bisect_right(cdf, u())]
+      plural = self._np_words(u, tab, favourites, 1, self._vi_subject[v], out)
+      self._vp_words(u, tab, favourites, plural, 1, False, v, out)
+
+  def _np_words(self, u: Callable[[], float], tab: _Tables, favourites: tuple[int, ...],
+                level: int, prefs: tuple[int, ...], out: list[str]) -> bool:
+    """Appends an NP's words; returns whether it is plural."""
+    plural = u() < _P_PLURAL
+    out.append(self._det_forms[plural][bisect.bisect_right(self._cdf_det, u())])
+    if favourites and u() < _P_FAVOURITE:
+      n = favourites[int(u() * len(favourites))]
+    else:
+      if prefs and u() < _P_PREFER:
+        cdf, ids = tab.noun_by_class[prefs[int(u() * len(prefs))]]
+      else:
+        cdf, ids = tab.noun
+      n = ids[bisect.bisect_right(cdf, u())]
+    semclass = self._semclass[n]
+    if u() < tab.p_adj:
+      self._adjp_words(u, tab, semclass, out)
+      adjectives = 1
+      while adjectives < _MAX_ADJ and u() < _P_MORE_ADJ:
+        self._adjp_words(u, tab, semclass, out)
+        adjectives += 1
+    out.append(self._noun_forms[plural][n])
+    if level < MAX_NESTING and u() < _P_MODIFIER[level]:
+      if u() < _P_PP:
+        p = bisect.bisect_right(self._cdf_prep, u())
+        out.append(self._prep[p])
+        self._np_words(u, tab, favourites, level + 1, self._p_object[p], out)
+      else:
+        self._relative_words(u, tab, favourites, level, plural, semclass, out)
+    return plural
+
+  def _adjp_words(self, u: Callable[[], float], tab: _Tables, semclass: int,
+                  out: list[str]) -> None:
+    if u() < _P_INTENSIFIER:
+      out.append(self._adv[bisect.bisect_right(self._cdf_intensifier, u())])
+    cdf, ids = tab.adj_by_class[semclass] if u() < _P_PREFER else tab.adj
+    out.append(self._adj[ids[bisect.bisect_right(cdf, u())]])
+
+  def _relative_words(self, u: Callable[[], float], tab: _Tables,
+                      favourites: tuple[int, ...], level: int, plural: bool, semclass: int,
+                      out: list[str]) -> None:
+    out.append(self._rel)
+    prefer = u() < _P_PREFER
+    if u() < _P_SUBJECT_REL:
+      transitive = u() < tab.p_transitive
+      if transitive:
+        cdf, ids = tab.vt_by_subject[semclass] if prefer else tab.vt
+      else:
+        cdf, ids = tab.vi_by_subject[semclass] if prefer else tab.vi
+      v = ids[bisect.bisect_right(cdf, u())]
+      self._vp_words(u, tab, favourites, plural, level + 1, transitive, v, out)
+      return
+    cdf, ids = tab.vt_by_object[semclass] if prefer else tab.vt
+    v = ids[bisect.bisect_right(cdf, u())]
+    inner = self._np_words(u, tab, favourites, level + 1, self._vt_subject[v], out)
+    out.append(self._vt_forms[inner][v])
+
+  def _vp_words(self, u: Callable[[], float], tab: _Tables, favourites: tuple[int, ...],
+                plural: bool, object_level: int, transitive: bool, v: int,
+                out: list[str]) -> None:
+    negated = u() < tab.p_neg
+    if negated:
+      out.append(self._neg)
+    if transitive:
+      out.append(self._vt_forms[plural][v])
+      self._np_words(u, tab.negated if negated else tab, favourites, object_level,
+                     self._vt_object[v], out)
+    else:
+      out.append(self._vi_forms[plural][v])
+    if u() < _P_ADVERB:
+      cdf, ids = tab.manner
+      out.append(self._adv[self._num_intensifiers + ids[bisect.bisect_right(cdf, u())]])
+
+
+def _with_favourites(base: _Tables, favourites: tuple[int, ...]) -> _Tables:
+  """`base` with an entity's favourite nouns (in a negated VP's object too)."""
+  tab = dataclasses.replace(base, favourites=favourites)
+  tab.negated = dataclasses.replace(base.negated, favourites=favourites, negated=tab)
+  return tab
 
 
 def _replace_leaf(tree: Node, old: Node, new: Node) -> Node:
