@@ -1,16 +1,20 @@
 """Tokens a second of the synthetic language's packed cache: the serial path against workers.
 
   python bench/synthetic_speed.py [--tokens 4000000] [--version 4] [--repeats 2] [--workers 0]
+                                  [--paths serial,workers,generate]
 
 Builds the train token cache (generation + sentencepiece + packing, what pretraining does
 before its first step) into a fresh directory per run, alternating the two paths so that a
 noisy machine slows both alike:
   serial   the documents tokenized in this process (the cache's loop for any text source)
   workers  SyntheticSource.token_batches: shards generated and tokenized in worker processes
-Both give the same tokens (checked on the first run). Workers 0 = one a core.
+  generate the generator alone, in this process, in CPU seconds: tokens a second of one core
+           (the documents are tokenized after each timed chunk, untimed, only to count tokens)
+serial and workers give the same tokens (checked on the first run). Workers 0 = one a core.
 """
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -21,6 +25,20 @@ from tl_jax.config import DataConfig
 from tl_jax.data import cache as token_cache
 from tl_jax.data.sources import SyntheticSource
 from tl_jax.data.tokenizer import cached_tokenizer
+
+
+def _generate(source, tokenizer, tokens: int) -> tuple[int, int, float]:
+  """(tokens, words, CPU seconds) of generating `source`'s train documents, in chunks of 1000,
+  until they hold `tokens` tokens (each document's EOS included, as in the cache)."""
+  documents = source.documents("train")
+  seen, words, seconds = 0, 0, 0.0
+  while seen < tokens:
+    t = time.process_time()
+    chunk = list(itertools.islice(documents, 1000))
+    seconds += time.process_time() - t
+    words += sum(doc.count(" ") + 1 for doc in chunk)
+    seen += sum(len(ids) + 1 for ids in tokenizer.encode(chunk))
+  return seen, words, seconds
 
 
 class _SerialOnly:
@@ -57,6 +75,11 @@ def main() -> None:
     first = {}
     for repeat in range(args.repeats):
       for name in args.paths.split(","):
+        if name == "generate":
+          tokens, words, seconds = _generate(source, tokenizer, args.tokens)
+          print(f"v{args.version} generate repeat {repeat}: {tokens:,} tokens ({words:,} words) in "
+                f"{seconds:.1f} CPU s = {tokens / seconds / 1e6:.2f}M tokens/s a core", flush=True)
+          continue
         with tempfile.TemporaryDirectory() as out:
           t = time.perf_counter()
           cache = token_cache.prepare(paths[name], "train", tokenizer, args.tokens, out)
