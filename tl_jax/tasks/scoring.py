@@ -54,7 +54,8 @@ def kl_sum(reference, log_probs, weights):
 
 
 class Evaluator:
-  """`evaluator(params, step)` -> metrics of every split, from one compiled function.
+  """`evaluator(params, step)` -> metrics of every split, from one compiled function per batch
+  shape.
 
   With `kl`, the first call's output distributions become the reference and every later call
   adds `kl`, the mean KL divergence from it over the primary split's weighted rows.
