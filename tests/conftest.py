@@ -7,6 +7,9 @@ import pathlib
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
+# The scaling-law fit's BLAS calls are small: OpenBLAS threads contending with XLA's for two
+# cores made one test_report fit take 28 s instead of 2 s (2-core CI machine, 2026-12-02).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import pytest
 

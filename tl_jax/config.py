@@ -44,7 +44,7 @@ class ModelConfig:
   # The token embedding's gradient: onehot (a matrix product; on GPU far faster than the
   # scatter where ids repeat, e.g. <mask>) | scatter (XLA's scatter-add; far faster on CPU) |
   # sorted (ids sorted, each run of one id summed, each row written once) |
-  # auto (onehot on GPU and TPU, scatter on CPU: tl_jax/models/layers.py embed_grad_method)
+  # auto (sorted on GPU, onehot on TPU, scatter on CPU: tl_jax/models/layers.py embed_grad_method)
   embed_grad: str = "auto"
   ln_eps: float = 1e-5
   # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:

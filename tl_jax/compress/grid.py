@@ -15,7 +15,8 @@ continues where it stopped and a finished one adds nothing; `rerun` measures eve
 The uncompressed point is always evaluated, as the reference for drops and KL.
 
 Bits and sparsity reach the compiled transform as values, so it compiles once per quantizer/
-pruner combination, and the target's evaluation once per grid; the counts are logged and
+pruner combination, and the target's evaluation once per batch shape of its eval set (one with
+padded rows; one per length bucket with `data.length_buckets`); the counts are logged and
 recorded. Calibrated quantizers (GPTQ) get the Hessians of every dense layer's inputs over the
 target's calibration batches, collected once per grid.
 """

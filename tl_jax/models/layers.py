@@ -41,12 +41,14 @@ def layer_norm(config: ModelConfig, name: str | None = None) -> nn.LayerNorm:
 def embed_grad_method(setting: str) -> str:
   """The method `model.embed_grad=setting` uses on this backend.
 
-  `auto` picks the one-hot product off the CPU (bench/embedding_grad.py prices the three
-  methods per id distribution) and the scatter on the CPU, where the product is ~100x slower.
+  `auto` picks the sorted runs on GPU (on one H200, 2026-12-04, 1.04x the one-hot's training
+  step on RoBERTa-large S=512 and 1.10x on Transformer-big S=T=128: docs/BENCHMARKS.md), the
+  one-hot product on TPU (whose matrix units take it; sorting there is slow) and the scatter on
+  the CPU, where the product is ~100x slower.
   """
   if setting != "auto":
     return setting
-  return "scatter" if jax.default_backend() == "cpu" else "onehot"
+  return {"cpu": "scatter", "gpu": "sorted"}.get(jax.default_backend(), "onehot")
 
 
 def embedding_lookup(table, ids, grad: str = "onehot"):
