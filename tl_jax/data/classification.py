@@ -696,13 +696,24 @@ def row_lengths(tokens: np.ndarray, pad_id: int) -> np.ndarray:
   return np.sum(tokens != pad_id, axis=1)
 
 
-def bucket_lengths(lengths, count: int) -> tuple[int, ...]:
-  """At most `count` row lengths, ascending, the last being max(lengths), that minimise the
-  positions computed when each length is padded to the shortest of them that holds it.
+# What the tasks round bucket lengths up to: cuDNN's flash attention trains under a padding mask
+# only at even lengths (jax's check_is_flash_attention refused a bucket of 5 on an H200). Not 8:
+# on SST-2 that leaves 80.5% of the computed positions real, against 86% at 2.
+LENGTH_MULTIPLE = 2
+
+
+def bucket_lengths(lengths, count: int, multiple: int = 1, limit: int | None = None
+                   ) -> tuple[int, ...]:
+  """At most `count` row lengths, ascending, that minimise the positions computed when each
+  row is padded to the shortest of them that holds it; each a multiple of `multiple` (rows
+  rounded up to one first) or `limit` (the width of the rows, which none may exceed).
 
   An exact dynamic program over the distinct lengths (O(count * distinct^2), vectorised).
   """
-  values, counts = np.unique(np.asarray(lengths, np.int64), return_counts=True)
+  lengths = -(-np.asarray(lengths, np.int64) // multiple) * multiple
+  if limit is not None:
+    lengths = np.minimum(lengths, limit)
+  values, counts = np.unique(lengths, return_counts=True)
   n = len(values)
   # before[j]: rows of length <= values[j]. cost[j]: the least positions for the rows up to
   # values[j] with buckets ending at values[j]; one bucket to begin with.

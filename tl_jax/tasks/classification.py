@@ -30,8 +30,9 @@ from tl_jax.compress import apply as compress_apply
 from tl_jax.compress import layout as compress_layout
 from tl_jax.compress import training as compress_training
 from tl_jax.config import FinetuneConfig
-from tl_jax.data.classification import (BucketedLoader, EncodedExamples, bucket_lengths, encode,
-                                        make_classification_source, row_lengths)
+from tl_jax.data.classification import (LENGTH_MULTIPLE, BucketedLoader, EncodedExamples,
+                                        bucket_lengths, encode, make_classification_source,
+                                        row_lengths)
 from tl_jax.data.loader import TrainLoader
 from tl_jax.errors import UserError
 from tl_jax.models.classifier import ENCODER_PARAMS, Classifier
@@ -118,7 +119,7 @@ def eval_batches(rows: dict, batch_size: int, filler: np.ndarray, length_buckets
     lengths = row_lengths(rows["tokens"], pad_id)
     floor = row_lengths(filler[None], pad_id)[0]
     longest = [max(int(lengths[start:start + batch_size].max()), floor) for start in starts]
-    buckets = np.asarray(bucket_lengths(longest, length_buckets))
+    buckets = np.asarray(bucket_lengths(longest, length_buckets, LENGTH_MULTIPLE, filler.shape[0]))
     cut = buckets[np.searchsorted(buckets, longest)].tolist()
   batches = []
   for start, length in zip(starts, cut):
@@ -332,7 +333,7 @@ class ClassificationTask(Task):
     if not data.length_buckets:
       self._buckets = None
       return self.train_loader(examples)
-    self._buckets = bucket_lengths(lengths, data.length_buckets)
+    self._buckets = bucket_lengths(lengths, data.length_buckets, LENGTH_MULTIPLE, data.seq_len)
     return BucketedLoader(examples, lengths, self._buckets, train.batch_size, train.seed,
                           jax.process_index(), jax.process_count())
 
