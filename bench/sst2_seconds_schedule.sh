@@ -4,18 +4,21 @@
 # (train.schedule_horizon=seconds), each for several seeds, from one pretrained encoder. Usage:
 #   bench/sst2_seconds_schedule.sh ROOT DATA MLM_PRESET PRETRAIN_SECONDS FINETUNE_SECONDS "SEEDS"
 # e.g. (GPU) bench/sst2_seconds_schedule.sh runs/sched .data d6-w512 60 30 "0 1"
+# PRETRAIN_ARGS and FINETUNE_ARGS add config overrides to each side, e.g. (CPU, 2 cores)
+#   PRETRAIN_ARGS=--config.model.pre_ln=true FINETUNE_ARGS="--config.head.pooling=mean
+#   --config.train.learning_rate=1e-3" bench/sst2_seconds_schedule.sh /tmp/sched ../shared/data tiny 60 30 "0 1"
 # Prints, per run: the step it stopped at, the step its decay ends at, the last learning rate and
 # the dev accuracy (last and best). Re-running skips finished finetunes (each resumes).
 set -euo pipefail
 root=$1 data=$2 preset=$3 pre_seconds=$4 ft_seconds=$5 seeds=$6
-[ -f "$root/pretrain/best/best.json" ] || bench/pretrain_text.sh "$root/pretrain" "$data" "$preset" "$pre_seconds"
+[ -f "$root/pretrain/best/best.json" ] || bench/pretrain_text.sh "$root/pretrain" "$data" "$preset" "$pre_seconds" ${PRETRAIN_ARGS:-}
 for horizon in steps seconds; do
   for seed in $seeds; do
     tl-jax finetune --config=configs/glue.py:sst2 --init="$root/pretrain" --workdir="$root/$horizon-seed$seed" \
       --config.init.checkpoint=best --config.data.train_files="$data/sst2/train.tsv" \
       --config.train.seed="$seed" --config.train.max_train_seconds="$ft_seconds" \
       --config.train.schedule_horizon="$horizon" --config.train.log_every=100 \
-      --config.eval.every_steps=1000000 --config.checkpoint.every_steps=1000000 \
+      --config.eval.every_steps=1000000 --config.checkpoint.every_steps=1000000 ${FINETUNE_ARGS:-} \
       2>&1 | grep -E "^(finetuning|compiled|stopped|horizon|schedule)" || true
   done
 done
