@@ -13,7 +13,7 @@ import pytest
 
 from tl_jax import config as config_lib
 from tl_jax import tasks
-from tl_jax.train import metrics
+from tl_jax.train import loop, metrics
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 
 pytestmark = pytest.mark.slow
@@ -91,10 +91,15 @@ def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path):
   train = [l for l in metrics.read(workdir) if "loss" in l]
   [fixed] = [l for l in train if "schedule_end_step" in l]
   end, last, peak = fixed["schedule_end_step"], train[-1], c.train.learning_rate
-  assert fixed["step"] <= 2 * c.train.log_every < end  # fixed early, from the measured pace
-  # The end is where the budget runs out at the pace of the window that fixed it ...
-  before = train[train.index(fixed) - 1]
-  pace = (fixed["train_seconds"] - before["train_seconds"]) / (fixed["step"] - before["step"])
+  # Fixed early: at the first sync after 5% of the budget has passed since the first sync
+  # (step 1, after the slower first step), the lines before it being earlier ones.
+  first = train[0]
+  assert first["step"] == 1 and fixed["step"] < end
+  assert fixed["train_seconds"] - first["train_seconds"] >= loop.HORIZON_PACE_SHARE * 4.0
+  for line in train[1:train.index(fixed)]:
+    assert line["train_seconds"] - first["train_seconds"] < loop.HORIZON_PACE_SHARE * 4.0
+  # The end is where the budget runs out at the pace measured since that first sync ...
+  pace = (fixed["train_seconds"] - first["train_seconds"]) / (fixed["step"] - first["step"])
   assert abs(end - (fixed["step"] + (4.0 - fixed["train_seconds"]) / pace)) <= 1.0
   # ... and every logged rate follows warmup, then a linear decay to 0 at that step (a steps
   # schedule over max_steps=100,000 would still be at its peak).
@@ -104,6 +109,10 @@ def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path):
     assert line["learning_rate"] == pytest.approx(expected, rel=1e-5), line
   # It stops at that step, or at the budget if the pace slowed (a busy machine).
   assert last["step"] == end or last["train_seconds"] >= 4.0, (last, end)
+  # Run again, the finished run does nothing (it once trained one more step each time).
+  before = metrics.read(workdir)
+  assert tasks.run(c, workdir, jax.devices()[:1]) == 0
+  assert metrics.read(workdir) == before
 
 
 def command(workdir, mesh, extra=()):

@@ -34,6 +34,9 @@ INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: likewise, after Ctrl-C
 # With train.on_nonfinite=skip, this many skipped steps in a row still stop the run: by then the
 # model, not a batch, is broken (e.g. a learning rate that blew the weights up).
 SKIP_LIMIT = 10
+# train.schedule_horizon=seconds: the share of the budget over which the pace is measured before
+# the decay's end step is fixed (finetuning's warmup, 6% of the steps, ends after it).
+HORIZON_PACE_SHARE = 0.05
 
 
 def log(message: str) -> None:
@@ -174,6 +177,14 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     if start >= cfg.train.max_steps:
       log(f"nothing to do: the run already reached train.max_steps={cfg.train.max_steps}")
       return 0
+    # A finished run stopped by its budget or its seconds horizon: running on would add a step.
+    if cfg.train.max_train_seconds and watch.train >= cfg.train.max_train_seconds:
+      log(f"nothing to do: the run already used its budget train.max_train_seconds="
+          f"{cfg.train.max_train_seconds:g}")
+      return 0
+    if start and start == horizon_end(state.opt_state):
+      log(f"nothing to do: the run already reached the end of its schedule (step {start})")
+      return 0
     if is_main:  # lines of a killed session past the checkpoint; all of them with none to resume
       truncate_after(workdir, start if restored is not None else -1)
     writer = MetricWriter(workdir, enabled=is_main)
@@ -248,10 +259,15 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     skipped = start - int(jax.device_get(applied_updates(state.opt_state))) if skip_nonfinite else 0
     skipped_in_a_row = 0
     ckpt_owed = False  # a checkpoint fell due at a skipped step: save at the next good sync
-    # train.schedule_horizon=seconds: the step the decay ends at, fixed at this session's second
-    # sync from the pace since its first (which follows the first, slower, step) if not yet.
+    # train.schedule_horizon=seconds: the step the decay ends at, if not yet fixed, is fixed at
+    # the first sync once HORIZON_PACE_SHARE of the run (the budget, or max_steps if they come
+    # first) has passed since this session's first sync (which follows the first, slower, step),
+    # from the pace over that stretch. One log window was too short where the first steps are
+    # slower (finetuning's first batch of each length): a seconds horizon fixed from it ended
+    # 10-18% of the budget early on SST-2 (2-core CPU, 2026-12-04).
     horizon = horizon_end(state.opt_state)
     syncs = 0
+    pace_from = (start, 0.0)  # (step, training seconds) at this session's first sync
     batches = setup.loader.iterate(start, cfg.data.prefetch)
     while step < cfg.train.max_steps:
       _, host_batch = next(batches)
@@ -289,13 +305,21 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
                             else (0 if finite else 1))
         extra["skipped_steps"] = skipped
       syncs += 1
-      if horizon == 0 and syncs >= 2:
+      if syncs == 1:
+        pace_from = (step, watch.train)
+      paced_steps, paced_seconds = step - pace_from[0], watch.train - pace_from[1]
+      if horizon == 0:  # the pace over this session, and how long the run will train at it
+        pace = paced_seconds / paced_steps if paced_steps else window / steps_done
+        run_seconds = min(cfg.train.max_train_seconds,
+                          watch.train + (cfg.train.max_steps - step) * pace)
+      if horizon == 0 and syncs >= 2 and paced_seconds >= HORIZON_PACE_SHARE * run_seconds:
         left = cfg.train.max_train_seconds - watch.train
-        horizon = min(cfg.train.max_steps, step + max(math.ceil(left * steps_done / window), 1))
+        horizon = min(cfg.train.max_steps, step + max(math.ceil(left / pace), 1))
         state = state.replace(opt_state=with_horizon(state.opt_state, horizon))
         extra["schedule_end_step"] = horizon
         log(f"schedule: the decay ends at step {horizon}, where train.max_train_seconds="
-            f"{cfg.train.max_train_seconds:g} runs out at {1e3 * window / steps_done:.1f} ms a step")
+            f"{cfg.train.max_train_seconds:g} runs out at "
+            f"{1e3 * paced_seconds / paced_steps:.1f} ms a step (steps {pace_from[0]}-{step})")
       tokens_per_second = steps_done * tokens_per_step / window
       mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
       line = record(step, {"loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
@@ -344,7 +368,9 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       ckpt_owed = wants_ckpt and not finite
       if wants_ckpt and finite:
         last_ckpt_time = checkpoint(step)
-      next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, last_eval_seconds)
+      fix_horizon_at = pace_from[1] + HORIZON_PACE_SHARE * run_seconds if horizon == 0 else None
+      next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, last_eval_seconds,
+                                   fix_horizon_at)
       last_sync = time.perf_counter()
       window_start_step = step
 
@@ -363,12 +389,12 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
 
 
 def timed_step(cfg, step: int, step_seconds: float, train_seconds: float,
-               last_eval_seconds: float) -> float:
-  """The step at which the training-seconds budget or the next timed eval falls due, at the pace
-  measured since the last sync. Training seconds are only counted at syncs, so waiting for the
-  next log line would overshoot a budget by up to `log_every` steps: equal budgets would not be
-  equal."""
-  waits = []
+               last_eval_seconds: float, fix_horizon_at: float | None = None) -> float:
+  """The step at which the training-seconds budget, the next timed eval or the fixing of a
+  seconds horizon (at `fix_horizon_at` training seconds) falls due, at the pace measured since
+  the last sync. Training seconds are only counted at syncs, so waiting for the next log line
+  would overshoot a budget by up to `log_every` steps: equal budgets would not be equal."""
+  waits = [fix_horizon_at - train_seconds] if fix_horizon_at and fix_horizon_at > train_seconds else []
   if cfg.train.max_train_seconds:
     waits.append(cfg.train.max_train_seconds - train_seconds)
   if cfg.eval.every_seconds:
