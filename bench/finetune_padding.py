@@ -56,6 +56,7 @@ def main():
   from tl_jax import config as config_lib
   from tl_jax.config import DataConfig, FinetuneConfig
   from tl_jax.data import sources
+  from tl_jax.data.cache import default_cache_dir
   from tl_jax.data.classification import row_lengths
   from tl_jax.data.tokenizer import cached_tokenizer
   from tl_jax.parallel import sharding as shd
@@ -67,7 +68,7 @@ def main():
   path = os.path.join(args.data, "sst2", "train.tsv")
   if not os.path.isfile(path):
     sys.exit(f"{path} is absent; pass --data=DIR (or TL_JAX_DATA=DIR) holding sst2/train.tsv.")
-  cache = os.environ.get("TL_JAX_CACHE", os.path.join(REPO, ".cache"))
+  cache = default_cache_dir("")  # $TL_JAX_CACHE, else ~/.cache/tl_jax, as the CLI's
   tokenizer = cached_tokenizer(sources.TextFilesSource(path, path),
                                DataConfig(vocab_size=8000, tokenizer_train_chars=1_000_000), cache)
 
