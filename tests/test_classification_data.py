@@ -421,8 +421,8 @@ def test_bucket_lengths_are_the_least_padding_choice():
 
 
 def test_bucket_lengths_round_up_to_a_multiple_within_the_row_width():
-  """What the tasks ask for (cuDNN trains only at even lengths): every bucket a multiple of 8,
-  except the row width itself where rounding up would pass it; still the least padding."""
+  """Every bucket a multiple of `multiple` (the tasks ask for even lengths, which cuDNN needs to
+  train), except the row width where rounding up would pass it; still the least padding."""
   assert cls.bucket_lengths([5, 5, 5], 8, multiple=8) == (8,)
   assert cls.bucket_lengths([3, 9, 17, 30], 8, multiple=8, limit=30) == (8, 16, 24, 30)
   assert cls.bucket_lengths([3, 4, 9], 1, multiple=8) == (16,)
@@ -509,7 +509,6 @@ def test_sst2_length_buckets_compute_mostly_real_positions(shared_data, tmp_path
   buckets = cls.bucket_lengths(lengths, 8, cls.LENGTH_MULTIPLE, 64)  # as the task asks
   loader = cls.BucketedLoader(cls.EncodedExamples(arrays), lengths, buckets, global_batch=32, seed=0)
   real, computed = loader.positions(0)
-  print(f"SST-2 buckets {buckets}: {real / computed:.3f} of computed positions real")
   assert real / computed >= 0.8
   assert loader.steps_per_epoch == len(lengths) // 32
 

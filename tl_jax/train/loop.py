@@ -307,19 +307,22 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       syncs += 1
       if syncs == 1:
         pace_from = (step, watch.train)
-      paced_steps, paced_seconds = step - pace_from[0], watch.train - pace_from[1]
+      fix_horizon_at = None  # the training second of the sync that fixes it, while not fixed
       if horizon == 0:  # the pace over this session, and how long the run will train at it
-        pace = paced_seconds / paced_steps if paced_steps else window / steps_done
+        paced_steps = step - pace_from[0]
+        pace = (watch.train - pace_from[1]) / paced_steps if paced_steps else window / steps_done
         run_seconds = min(cfg.train.max_train_seconds,
                           watch.train + (cfg.train.max_steps - step) * pace)
-      if horizon == 0 and syncs >= 2 and paced_seconds >= HORIZON_PACE_SHARE * run_seconds:
-        left = cfg.train.max_train_seconds - watch.train
-        horizon = min(cfg.train.max_steps, step + max(math.ceil(left / pace), 1))
-        state = state.replace(opt_state=with_horizon(state.opt_state, horizon))
-        extra["schedule_end_step"] = horizon
-        log(f"schedule: the decay ends at step {horizon}, where train.max_train_seconds="
-            f"{cfg.train.max_train_seconds:g} runs out at "
-            f"{1e3 * paced_seconds / paced_steps:.1f} ms a step (steps {pace_from[0]}-{step})")
+        fix_horizon_at = pace_from[1] + HORIZON_PACE_SHARE * run_seconds
+        if syncs >= 2 and watch.train >= fix_horizon_at:
+          left = cfg.train.max_train_seconds - watch.train
+          horizon = min(cfg.train.max_steps, step + max(math.ceil(left / pace), 1))
+          state = state.replace(opt_state=with_horizon(state.opt_state, horizon))
+          extra["schedule_end_step"] = horizon
+          fix_horizon_at = None
+          log(f"schedule: the decay ends at step {horizon}, where train.max_train_seconds="
+              f"{cfg.train.max_train_seconds:g} runs out at {1e3 * pace:.1f} ms a step (steps "
+              f"{pace_from[0]}-{step})")
       tokens_per_second = steps_done * tokens_per_step / window
       mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
       line = record(step, {"loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
@@ -368,7 +371,6 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       ckpt_owed = wants_ckpt and not finite
       if wants_ckpt and finite:
         last_ckpt_time = checkpoint(step)
-      fix_horizon_at = pace_from[1] + HORIZON_PACE_SHARE * run_seconds if horizon == 0 else None
       next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, last_eval_seconds,
                                    fix_horizon_at)
       last_sync = time.perf_counter()
@@ -394,7 +396,9 @@ def timed_step(cfg, step: int, step_seconds: float, train_seconds: float,
   seconds horizon (at `fix_horizon_at` training seconds) falls due, at the pace measured since
   the last sync. Training seconds are only counted at syncs, so waiting for the next log line
   would overshoot a budget by up to `log_every` steps: equal budgets would not be equal."""
-  waits = [fix_horizon_at - train_seconds] if fix_horizon_at and fix_horizon_at > train_seconds else []
+  waits = []
+  if fix_horizon_at is not None and fix_horizon_at > train_seconds:
+    waits.append(fix_horizon_at - train_seconds)
   if cfg.train.max_train_seconds:
     waits.append(cfg.train.max_train_seconds - train_seconds)
   if cfg.eval.every_seconds:
