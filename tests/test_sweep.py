@@ -249,6 +249,10 @@ def test_study_parts_share_the_stages_they_start_from(in_repo, tmp_path):
   rq1 = load("rq1")
   assert len({s.overrides["train.seed"] for s in rq1.values()}) == 2 and len(rq1) == 8
   assert {s.overrides["train.max_train_seconds"] for s in rq1.values()} == {"60"}
+  # 10M synthetic tokens a second of budget: more than the fastest size reads (7.2M a second).
+  assert {s.overrides["data.max_train_tokens"] for s in rq1.values()} == {"600000000"}
+  assert {s.overrides["data.max_train_tokens"]
+          for s in load("rq1-45").values()} == {"450000000"}
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1"), str(tmp_path))
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetune"), str(tmp_path))
   with pytest.raises(UserError, match="already ran stage"):

@@ -3,6 +3,7 @@
 import collections
 import copy
 import itertools
+import os
 import re
 import time
 import zlib
@@ -957,3 +958,35 @@ def test_document_words_match_trees(version: int, num_words: int):
     for i in range(150):
       words = [w for tree in lang.document_trees(i, split) for w in lang.render(tree)]
       assert lang.document(i, split) == " ".join(words), (split, i)
+
+
+class _DyingTokenizer:
+  """Kills the worker process that encodes with it, as the kernel's OOM killer would."""
+
+  def encode(self, docs):
+    os._exit(1)
+
+
+def test_a_dead_generator_worker_is_an_error_not_a_hang():
+  from tl_jax.data.sources import SyntheticSource
+  from tl_jax.errors import UserError
+
+  batches = SyntheticSource(seed=0, num_words=700, version=4, workers=2).token_batches(
+      "train", _DyingTokenizer(), 2)
+  with pytest.raises(UserError, match="worker process generating the synthetic corpus died"):
+    next(batches)
+
+
+def test_default_workers_follow_the_cgroup_quota(tmp_path, monkeypatch):
+  from tl_jax.data import sources
+
+  path = tmp_path / "cpu.max"
+  for text, cpus in (("max 100000\n", None), ("1600000 100000\n", 16), ("150000 100000", 2)):
+    path.write_text(text)
+    assert sources._cgroup_cpus(str(path)) == cpus
+  assert sources._cgroup_cpus(str(tmp_path / "absent")) is None
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(192)))
+  monkeypatch.setattr(sources, "_cgroup_cpus", lambda: 16)
+  assert sources._default_workers() == 16
+  monkeypatch.setattr(sources, "_cgroup_cpus", lambda: None)
+  assert sources._default_workers() == 192

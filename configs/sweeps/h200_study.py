@@ -10,10 +10,10 @@ and a part that starts from another's runs takes that part's budget):
                     synthetic language v4 (entity facts; data.synthetic_version=4) for the same
                     training seconds (default 60), seeds 0 and 1, evaluated on a common grid of
                     training seconds (eval.every_seconds = budget / 6). The corpus holds
-                    TOKENS (600M) tokens so that no size repeats it within the budget: the
-                    fastest, d3-w256 (pre-LN, v4), read 215M tokens in 30 s on an H200
-                    (2026-12-04, docs/results/synthetic_floor_h200/), so at 60 s it reads about
-                    430M, under one pass; the report's regime columns say so per run.
+                    TOKENS_PER_SECOND (10M) tokens per second of budget so that no size repeats
+                    it: the fastest, d3-w256 (pre-LN, v4), read 215M tokens in 30 s on an H200
+                    (2026-12-04, docs/results/synthetic_floor_h200/), 7.2M a second; the
+                    report's regime columns give each run's passes.
   rq4[-SECONDS]     RQ4, data-bound: the same sizes on nested prefixes of real English
                     (WikiText-2 valid + Multi30k English: 0.1M, 0.3M tokens and all of it,
                     about 0.72M), one seed, evaluated on WikiText-2 test; the report's RQ4
@@ -56,7 +56,7 @@ from tl_jax.sweep import Sweep, parse_seconds, seeded, size_stages, translate_st
 MLM_SIZES = ("d3-w256", "d6-w512", "d6-w768", "d12-w768")
 FINETUNE_SIZES = ("d3-w256", "d6-w512", "d12-w768")
 SEEDS = (0, 1)
-TOKENS = 600_000_000
+TOKENS_PER_SECOND = 10_000_000  # of training budget; d3-w256 reads 7.2M a second on an H200
 TEXT_TOKENS = (100_000, 300_000, 0)  # nested prefixes; 0 = all of it
 TRANSLATE_SHAPES = {
     "e3-d3-w512": {"model.num_layers": 3, "model.decoder_layers": 3},
@@ -86,7 +86,7 @@ def _tokens(n: int) -> str:
 
 def rq1_stages(seconds: float, finetune: bool = False) -> list:
   pretrain = {**RECIPE, **_timed(seconds), "data.synthetic_version": 4, "data.vocab_size": 4096,
-              "data.max_train_tokens": TOKENS}
+              "data.max_train_tokens": int(TOKENS_PER_SECOND * seconds)}
   finetune_args = {}
   if finetune:
     finetune_args = dict(

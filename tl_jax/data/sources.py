@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+from concurrent import futures
 import glob
 import multiprocessing
 import os
@@ -102,11 +103,25 @@ def _worker_shard(split: str, shard: int, eos_id: int) -> np.ndarray:
   return _encode_shard(language, tokenizer, split, shard, eos_id)
 
 
-def _default_workers() -> int:
+def _cgroup_cpus(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
+  """The CPUs a cgroup v2 quota allows (None: no quota, or no such file)."""
   try:
-    return len(os.sched_getaffinity(0))
+    with open(path) as f:
+      quota, period = f.read().split()[:2]
+  except (OSError, ValueError):
+    return None
+  return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+
+
+def _default_workers() -> int:
+  # A container can see all of its host's CPUs while its quota allows a few of them: one
+  # worker per visible CPU would then be many processes, each holding a language, sharing
+  # those few.
+  try:
+    visible = len(os.sched_getaffinity(0))
   except AttributeError:  # not on Linux
-    return os.cpu_count() or 1
+    visible = os.cpu_count() or 1
+  return min(visible, _cgroup_cpus() or visible)
 
 
 class SyntheticSource:
@@ -156,18 +171,28 @@ class SyntheticSource:
   def _parallel_batches(self, split: str, tokenizer, eos_id: int,
                         workers: int) -> Iterator[np.ndarray]:
     # spawn, not fork: the parent may run JAX's threads, which a fork would copy mid-lock.
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, _init_worker,
-                      (self.seed, self.num_words, self.version, tokenizer)) as pool:
+    # An executor, not multiprocessing.Pool: a worker that dies (the kernel's OOM killer)
+    # breaks it with an error, where a Pool would wait for the lost shard for ever.
+    with futures.ProcessPoolExecutor(workers, multiprocessing.get_context("spawn"), _init_worker,
+                                     (self.seed, self.num_words, self.version, tokenizer)) as pool:
       # A bounded window of shards in flight, taken in shard order: the consumer stops
-      # whenever its budget is full, and the pool is terminated on leaving the block.
+      # whenever its budget is full, and the queued shards are cancelled on leaving.
       pending = collections.deque()
       shard = 0
-      while True:
-        while len(pending) < 2 * workers:
-          pending.append(pool.apply_async(_worker_shard, (split, shard, eos_id)))
-          shard += 1
-        yield pending.popleft().get()
+      try:
+        while True:
+          while len(pending) < 2 * workers:
+            pending.append(pool.submit(_worker_shard, split, shard, eos_id))
+            shard += 1
+          try:
+            yield pending.popleft().result()
+          except futures.process.BrokenProcessPool as e:
+            raise UserError(f"a worker process generating the synthetic corpus died ({e}); "
+                            f"{workers} workers may be more than this machine's memory holds: "
+                            "free memory, or set data.max_train_tokens lower.") from e
+      finally:
+        for job in pending:
+          job.cancel()
 
   def fingerprint(self) -> dict:
     # Version 3's fingerprint is the one it had before versions were selectable, so its
