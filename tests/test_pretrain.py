@@ -53,10 +53,22 @@ def test_wikitext_pretraining_learns(tmp_path, shared_data, monkeypatch):
   c.train.max_steps = 200
   c.eval.num_batches = 4
   c.parallel.data = 1
+  c.data.cache_dir = str(tmp_path / "cache")
   workdir = str(tmp_path / "wiki")
   assert tasks.run(c, workdir, jax.devices()[:1]) == 0
   losses = evals(workdir)
   assert losses[-1] < losses[0] - 1.5, losses
+  # Read whole (data.max_train_tokens=0), the data's size is logged once, so the report can
+  # count passes over it.
+  from tl_jax.data import cache as token_cache
+  from tl_jax.report import runs as report_runs
+  lines = metrics.read(workdir)
+  assert [l for l in lines if "train_tokens" in l] == lines[:1]
+  cached = [d for d in os.listdir(os.path.join(c.data.cache_dir, "tokens")) if d.startswith("train-")]
+  assert lines[0]["train_tokens"] == len(token_cache.TokenCache(
+      os.path.join(c.data.cache_dir, "tokens", cached[0])))
+  assert report_runs.data_tokens(report_runs.load_run(workdir, "wiki")) == (
+      lines[0]["train_tokens"], "logged train_tokens")
 
 
 def test_training_seconds_budget_stops_on_time(tmp_path):

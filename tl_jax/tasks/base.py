@@ -55,6 +55,9 @@ class TaskData:
   tokenizer: Any
   loader: Any  # TrainLoader: .batch(step), .iterate(start, prefetch)
   scoring: Scoring
+  # The training data's size in tokens, where the task knows it (what data.max_train_tokens
+  # caps); logged once so the report can count passes over a source read whole.
+  train_tokens: int | None = None
 
 
 class Task(abc.ABC):
@@ -198,4 +201,5 @@ class Task(abc.ABC):
                       loader=data.loader, tokens_per_step=self.tokens_per_step(),
                       compile_eval=compile_eval, eval_keys=self.console_keys,
                       best=Workdir(workdir, self.config).best(),
-                      best_from_step=self.best_from_step(), best_split=data.scoring.primary)
+                      best_from_step=self.best_from_step(), best_split=data.scoring.primary,
+                      train_tokens=data.train_tokens)

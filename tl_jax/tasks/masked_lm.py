@@ -7,6 +7,7 @@ reported with its perplexity; lower is better, and the lowest picks `best/`, whi
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -126,7 +127,8 @@ class MaskedLMTask(Task):
       eval_cache, _ = self._sequences("eval", tokenizer, data.max_eval_tokens)
     log(f"data: {len(train_cache):,} train / {len(eval_cache):,} eval tokens, vocab "
         f"{tokenizer.vocab_size} ({t.seconds:.1f}s to prepare or load)")
-    return self.task_data(tokenizer, train, mesh, rules)
+    return dataclasses.replace(self.task_data(tokenizer, train, mesh, rules),
+                               train_tokens=len(train_cache))
 
   def scoring(self, tokenizer, model, mesh, rules, *, compression: bool = False,
               max_examples: int = 0, batch_size: int = 0) -> Scoring:

@@ -71,6 +71,7 @@ class Setup:
   best: Any = None  # BestParams offered every eval (train/best.py), or None
   best_from_step: int = 0  # evals before this step never become best/
   best_split: str = ""  # recorded in best.json
+  train_tokens: int | None = None  # the training data's size, on the run's first metrics line
 
 
 def sharded_state(init_fn, mesh, rules):
@@ -212,8 +213,11 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       watch.checkpoint += t.seconds
       return time.perf_counter()
 
+    first_line = {"train_tokens": setup.train_tokens} if setup.train_tokens else {}
+
     def record(step: int, values: dict):
-      line = {"step": step, **watch.to_dict(), **values}
+      line = {"step": step, **watch.to_dict(), **values, **first_line}
+      first_line.clear()
       writer.write(line)
       return line
 
