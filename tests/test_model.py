@@ -125,3 +125,38 @@ def test_seconds_horizon_rates_before_and_after_the_end_is_fixed():
                           schedule_horizon="seconds")
   assert lr(f, 30, 0) == 0.5 and lr(f, 10, 200) == 0.5 and lr(f, 20, 200) == 1.0
   assert lr(f, 110, 200) == pytest.approx(0.5)
+
+
+def test_a_moved_seconds_horizon_bends_the_decay_without_a_jump():
+  from tl_jax.config import TrainConfig
+  from tl_jax.train import optimizer as opt
+  t = TrainConfig(learning_rate=2.0, warmup_steps=10, schedule_horizon="seconds", grad_clip=0.0)
+  tx = opt.optimizer(t)
+  params = {"w": jnp.ones((2, 2))}
+  state = opt.with_horizon(tx.init(params), 100)
+  rates = []
+  for count in range(60):
+    if count == 40:  # the end moves from 100 to 200 after 40 updates
+      state = opt.refit_horizon(state, t, 200)
+    _, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
+    rates.append(float(opt.applied_learning_rate(state, None)))
+  at_40 = 2.0 * (100 - 40) / (100 - 10)  # the rate the old schedule gives count 40
+  assert rates[39] == pytest.approx(2.0 * (100 - 39) / 90)
+  assert rates[40] == pytest.approx(at_40)  # no jump: the new line starts where the old one was
+  assert rates[59] == pytest.approx(at_40 * (200 - 59) / (200 - 40))
+  assert opt.horizon_end(state) == 200
+  # Moved again, the line starts from the rate it has reached.
+  state = opt.refit_horizon(state, t, 100)
+  _, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
+  assert float(opt.applied_learning_rate(state, None)) == pytest.approx(at_40 * (200 - 60) / 160)
+
+
+def test_the_horizon_moves_only_past_its_tolerance():
+  from tl_jax.train import loop
+  budget = 100.0  # the end was set at step 100, 10 s; the schedule ends at step 1000
+  assert loop.moved_horizon(budget, 150, 14.0, 1000, (100, 10.0)) is None  # under 5% measured
+  # 80 ms a step since then: step 1000 comes at 82 s, 18 s early: the end moves to 100 s.
+  assert loop.moved_horizon(budget, 200, 18.0, 1000, (100, 10.0)) == 200 + 1025
+  # 100 ms a step: step 1000 comes at 100 s; 101 ms: at 100.9 s, within 2%.
+  assert loop.moved_horizon(budget, 200, 20.0, 1000, (100, 10.0)) is None
+  assert loop.moved_horizon(budget, 200, 20.1, 1000, (100, 10.0)) is None

@@ -90,9 +90,12 @@ def test_training_seconds_budget_stops_on_time(tmp_path):
     assert 1.5 <= after - before <= 1.5 + 3 * step_seconds + 0.5, timed_evals
 
 
-def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path):
+@pytest.mark.parametrize("refit_share", [1.0, 0.0], ids=["end-fixed-once", "end-moves"])
+def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path, monkeypatch, refit_share):
   """train.schedule_horizon=seconds: the decay ends at the budget (a steps schedule over
-  max_steps=100,000 would still be at its peak there)."""
+  max_steps=100,000 would still be at its peak there). With no tolerance for a change of pace,
+  the end moves at every sync after each 5% of the budget; with all of it, never."""
+  monkeypatch.setattr(loop, "HORIZON_REFIT_SHARE", refit_share)
   c = config_lib.load_preset("configs/mlm.py:tiny")
   c.train.max_steps, c.train.max_train_seconds, c.train.log_every = 100_000, 4.0, 10
   c.train.schedule_horizon, c.train.warmup_steps = "seconds", 10
@@ -101,7 +104,8 @@ def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path):
   workdir = str(tmp_path / "horizon")
   assert tasks.run(c, workdir, jax.devices()[:1]) == 0
   train = [l for l in metrics.read(workdir) if "loss" in l]
-  [fixed] = [l for l in train if "schedule_end_step" in l]
+  # The end is fixed once, and may move later where the pace changed (a busy machine).
+  fixed, *moves = [l for l in train if "schedule_end_step" in l]
   end, last, peak = fixed["schedule_end_step"], train[-1], c.train.learning_rate
   # Fixed early: at the first sync after 5% of the budget has passed since the first sync
   # (step 1, after the slower first step), the lines before it being earlier ones.
@@ -114,12 +118,25 @@ def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path):
   pace = (fixed["train_seconds"] - first["train_seconds"]) / (fixed["step"] - first["step"])
   assert abs(end - (fixed["step"] + (4.0 - fixed["train_seconds"]) / pace)) <= 1.0
   # ... and every logged rate follows warmup, then a linear decay to 0 at that step (a steps
-  # schedule over max_steps=100,000 would still be at its peak).
-  for line in train[train.index(fixed) + 1:]:
+  # schedule over max_steps=100,000 would still be at its peak) ...
+  after = train[train.index(fixed) + 1:]
+  rate = lambda count: peak * min(count / 10, (end - count) / (end - 10))
+  for line in (after[:after.index(moves[0]) + 1] if moves else after):
     used = line["step"] - 1  # the update of step s used the rate of count s - 1
-    expected = peak * min(used / 10, (end - used) / (end - 10))
-    assert line["learning_rate"] == pytest.approx(expected, rel=1e-5), line
-  # It stops at that step, or at the budget if the pace slowed (a busy machine).
+    assert line["learning_rate"] == pytest.approx(rate(used), rel=1e-5), line
+  # ... until the end moves: from there a straight line from the rate it had reached to 0 at
+  # the new end, so the rate bends and never jumps.
+  if moves:
+    anchor, moved = moves[0]["step"], moves[0]["schedule_end_step"]
+    for line in after[after.index(moves[0]) + 1:after.index(moves[1]) + 1 if moves[1:] else None]:
+      used = line["step"] - 1
+      assert line["learning_rate"] == pytest.approx(
+          rate(anchor) * (moved - used) / (moved - anchor), rel=1e-4), line
+    end = moves[-1]["schedule_end_step"]
+  rates = [l["learning_rate"] for l in after]
+  assert all(b <= a * (1 + 1e-5) for a, b in zip(rates, rates[1:])), rates
+  assert (not moves) == (refit_share > 0.5)
+  # It stops at its last end, or at the budget if the pace slowed after it was set.
   assert last["step"] == end or last["train_seconds"] >= 4.0, (last, end)
   # Run again, the finished run does nothing (it once trained one more step each time).
   before = metrics.read(workdir)

@@ -26,7 +26,7 @@ from tl_jax.parallel import sharding as shd
 from tl_jax.train import flops
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from tl_jax.train.metrics import MetricWriter, format_seconds, truncate_after
-from tl_jax.train.optimizer import applied_updates, horizon_end, with_horizon
+from tl_jax.train.optimizer import applied_updates, horizon_end, refit_horizon, with_horizon
 from tl_jax.train.stopwatch import Stopwatch, Timer
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early but saved everything
@@ -37,6 +37,12 @@ SKIP_LIMIT = 10
 # train.schedule_horizon=seconds: the share of the budget over which the pace is measured before
 # the decay's end step is fixed (finetuning's warmup, 6% of the steps, ends after it).
 HORIZON_PACE_SHARE = 0.05
+# Once fixed, the end moves (the decay bending at that step, never jumping) where the pace over
+# at least HORIZON_PACE_SHARE of the budget since it was last set would end the schedule more
+# than this share of the budget early or late: on an H200, 3x256's first 13 s ran 25% slower
+# than the rest (the machine still writing its token cache), and a schedule fixed from them ended
+# at 31 s of a 40 s budget (2026-12-04).
+HORIZON_REFIT_SHARE = 0.02
 
 
 def log(message: str) -> None:
@@ -272,6 +278,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     horizon = horizon_end(state.opt_state)
     syncs = 0
     pace_from = (start, 0.0)  # (step, training seconds) at this session's first sync
+    set_at = None  # (step, training seconds) where the end was last set, in this session
     batches = setup.loader.iterate(start, cfg.data.prefetch)
     while step < cfg.train.max_steps:
       _, host_batch = next(batches)
@@ -311,6 +318,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       syncs += 1
       if syncs == 1:
         pace_from = (step, watch.train)
+        set_at = pace_from if horizon else None  # a resumed run's end, set before it stopped
       fix_horizon_at = None  # the training second of the sync that fixes it, while not fixed
       if horizon == 0:  # the pace over this session, and how long the run will train at it
         paced_steps = step - pace_from[0]
@@ -324,9 +332,19 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
           state = state.replace(opt_state=with_horizon(state.opt_state, horizon))
           extra["schedule_end_step"] = horizon
           fix_horizon_at = None
+          set_at = (step, watch.train)
           log(f"schedule: the decay ends at step {horizon}, where train.max_train_seconds="
               f"{cfg.train.max_train_seconds:g} runs out at {1e3 * pace:.1f} ms a step (steps "
               f"{pace_from[0]}-{step})")
+      elif horizon and set_at and step < horizon and cfg.train.max_train_seconds:
+        moved = moved_horizon(cfg.train.max_train_seconds, step, watch.train, horizon, set_at)
+        moved = None if moved is None else min(moved, cfg.train.max_steps)
+        if moved is not None and moved != horizon:
+          state = state.replace(opt_state=refit_horizon(state.opt_state, cfg.train, moved))
+          log(f"schedule: the decay's end moves from step {horizon} to {moved} at step {step}, "
+              f"at the pace of steps {set_at[0]}-{step}")
+          horizon, set_at = moved, (step, watch.train)
+          extra["schedule_end_step"] = horizon
       tokens_per_second = steps_done * tokens_per_step / window
       mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
       line = record(step, {"loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
@@ -392,6 +410,20 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       + (f" | {skipped} steps skipped (non-finite loss)" if skipped else "")
       + peak_memory_note())
   return exit_code
+
+
+def moved_horizon(budget: float, step: int, train_seconds: float, horizon: int,
+                  set_at: tuple[int, float]) -> int | None:
+  """Where a seconds horizon's end should move to, or None to keep it: the pace since it was
+  set (`set_at`: step, training seconds), once measured over HORIZON_PACE_SHARE of the budget,
+  would end the schedule more than HORIZON_REFIT_SHARE of the budget off the budget."""
+  steps, seconds = step - set_at[0], train_seconds - set_at[1]
+  if steps <= 0 or seconds < HORIZON_PACE_SHARE * budget:
+    return None
+  pace = seconds / steps
+  if abs(train_seconds + (horizon - step) * pace - budget) <= HORIZON_REFIT_SHARE * budget:
+    return None
+  return step + max(math.ceil((budget - train_seconds) / pace), 1)
 
 
 def timed_step(cfg, step: int, step_seconds: float, train_seconds: float,

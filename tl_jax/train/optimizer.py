@@ -3,8 +3,10 @@
 With `train.schedule_horizon=seconds` the decay ends where the seconds budget does. Where that
 is, in steps, is known only once the run's pace is: the optimizer state holds the end step
 (`HorizonState`), 0 until the training loop fixes it (`with_horizon`) from the pace of its
-first steps, and the learning rate is read from that state. Checkpoints carry it, so a resumed
-run decays to the same step.
+first steps, and the learning rate is read from that state. Where the pace then changes (a
+machine busy at first), the loop moves the end (`refit_horizon`): the decay goes on in a straight
+line from the rate of that step to 0 at the new end, so the rate never jumps. Checkpoints carry
+the state, so a resumed run decays to the same step.
 """
 
 from __future__ import annotations
@@ -22,25 +24,34 @@ class HorizonState(NamedTuple):
   count: jax.Array  # updates applied, as optax's schedules count them
   end: jax.Array  # int32: the step at which the decay reaches 0; 0 = not fixed yet
   learning_rate: jax.Array  # float32: the one the last update used, for the logs
+  # Where the end was last moved (0: never): from that step the rate falls in a straight line
+  # from `anchor_scale` x the peak to 0 at `end`.
+  anchor: jax.Array  # int32
+  anchor_scale: jax.Array  # float32
 
 
-def horizon_learning_rate(train: TrainConfig, step, end):
+def horizon_learning_rate(train: TrainConfig, step, end, anchor=0, anchor_scale=1.0):
   """Warmup, then linear decay to 0 at `end`; at the peak while `end` is 0 (not yet fixed).
-  A warmup given as a fraction (finetuning) is that fraction of `end` once it is fixed."""
+  A warmup given as a fraction (finetuning) is that fraction of `end` once it is fixed. From
+  a step `anchor` > 0 where the end was moved, a straight line from `anchor_scale` x the peak."""
   fraction = getattr(train, "warmup_fraction", 0.0)
   warmup = jnp.where((end > 0) & (fraction > 0), jnp.round(fraction * end), train.warmup_steps)
   warmup = jnp.maximum(warmup, 1.0)
   step = jnp.asarray(step, jnp.float32)
   falling = jnp.where(end > 0, (end - step) / jnp.maximum(end - warmup, 1.0), 1.0)
-  return train.learning_rate * jnp.clip(jnp.minimum(step / warmup, falling), 0.0, 1.0)
+  scale = jnp.clip(jnp.minimum(step / warmup, falling), 0.0, 1.0)
+  moved = anchor_scale * (end - step) / jnp.maximum(end - anchor, 1)
+  return train.learning_rate * jnp.where((anchor > 0) & (step >= anchor),
+                                         jnp.clip(moved, 0.0, 1.0), scale)
 
 
 def _scale_by_horizon(train: TrainConfig) -> optax.GradientTransformation:
   def init(params):
-    return HorizonState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32))
+    return HorizonState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32),
+                        jnp.zeros([], jnp.int32), jnp.ones([], jnp.float32))
 
   def update(updates, state, params=None):
-    lr = horizon_learning_rate(train, state.count, state.end)
+    lr = horizon_learning_rate(train, state.count, state.end, state.anchor, state.anchor_scale)
     updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
     return updates, state._replace(count=optax.safe_int32_increment(state.count), learning_rate=lr)
   return optax.GradientTransformation(init, update)
@@ -60,13 +71,28 @@ def horizon_end(opt_state) -> int | None:
   return None if state is None else int(jax.device_get(state.end))
 
 
-def with_horizon(opt_state, end: int):
-  """`opt_state` with the decay's end fixed at step `end` (placed as the old value was)."""
+def _replaced(opt_state, **values):
+  # The horizon state with new scalar values, each placed as the old one was.
   def fix(s):
     if not _is_horizon(s):
       return s
-    return s._replace(end=jax.device_put(jnp.asarray(end, jnp.int32), s.end.sharding))
+    return s._replace(**{k: jax.device_put(jnp.asarray(v, getattr(s, k).dtype), getattr(s, k).sharding)
+                         for k, v in values.items()})
   return jax.tree.map(fix, opt_state, is_leaf=_is_horizon)
+
+
+def with_horizon(opt_state, end: int):
+  """`opt_state` with the decay's end fixed at step `end`."""
+  return _replaced(opt_state, end=end)
+
+
+def refit_horizon(opt_state, train: TrainConfig, end: int):
+  """`opt_state` with the decay's end moved to step `end`: from the next update on, the rate
+  falls in a straight line from the one that update would have used to 0 at `end`."""
+  state = jax.device_get(_horizon(opt_state))
+  rate = horizon_learning_rate(train, state.count, state.end, state.anchor, state.anchor_scale)
+  return _replaced(opt_state, end=end, anchor=int(state.count),
+                   anchor_scale=float(rate) / train.learning_rate)
 
 
 def applied_learning_rate(opt_state, scheduled):
