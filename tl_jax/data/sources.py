@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import collections
 from concurrent import futures
+from concurrent.futures.process import BrokenProcessPool
 import glob
 import multiprocessing
 import os
@@ -186,7 +187,7 @@ class SyntheticSource:
             shard += 1
           try:
             yield pending.popleft().result()
-          except futures.process.BrokenProcessPool as e:
+          except BrokenProcessPool as e:
             raise UserError(f"a worker process generating the synthetic corpus died ({e}); "
                             f"{workers} workers may be more than this machine's memory holds: "
                             "free memory, or set data.max_train_tokens lower.") from e

@@ -56,7 +56,8 @@ class TaskData:
   loader: Any  # TrainLoader: .batch(step), .iterate(start, prefetch)
   scoring: Scoring
   # The training data's size in tokens, where the task knows it (what data.max_train_tokens
-  # caps); logged once so the report can count passes over a source read whole.
+  # caps); on the first metrics line of each session, so the report can count passes over a
+  # source read whole.
   train_tokens: int | None = None
 
 
