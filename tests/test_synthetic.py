@@ -990,3 +990,32 @@ def test_default_workers_follow_the_cgroup_quota(tmp_path, monkeypatch):
   assert sources._default_workers() == 16
   monkeypatch.setattr(sources, "_cgroup_cpus", lambda: None)
   assert sources._default_workers() == 192
+
+
+def test_a_cache_build_reports_its_progress(tmp_path, monkeypatch):
+  """Both ways a cache is filled (a source's own token batches, and documents tokenized here)
+  say how many tokens they have written, so a slow build shows in the log."""
+  from tl_jax.config import DataConfig
+  from tl_jax.data import cache as token_cache
+  from tl_jax.data.sources import SyntheticSource
+  from tl_jax.data.tokenizer import cached_tokenizer
+
+  monkeypatch.setattr(token_cache, "PROGRESS_SECONDS", 0.0)
+  source = SyntheticSource(seed=0, num_words=700, version=4, workers=1)
+  tokenizer = cached_tokenizer(source, DataConfig(vocab_size=800, tokenizer_train_chars=200_000),
+                               str(tmp_path))
+
+  class Documents:  # the same documents, without the synthetic source's token batches
+    def documents(self, split):
+      return source.documents(split)
+
+    def fingerprint(self):
+      return {"kind": "documents-only"}
+
+  for src in (source, Documents()):
+    lines = []
+    cache = token_cache.prepare(src, "train", tokenizer, 50_000, str(tmp_path), lines.append)
+    assert len(cache) == 50_000 and lines, lines
+    counts = [int(re.match(r"data: ([\d,]+) of 50,000 \(\d+%\) train tokens written after \d+s$",
+                           line)[1].replace(",", "")) for line in lines]
+    assert counts == sorted(counts) and 0 < counts[0] and counts[-1] <= 50_000

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,15 +22,28 @@ from tl_jax.data.tokenizer import EOS_ID, Tokenizer
 from tl_jax.errors import UserError
 
 _ENCODE_BATCH = 512  # documents per sentencepiece call
+# A cache that takes minutes to build (hundreds of millions of synthetic tokens) says how far it
+# has got this often, so a slow or stuck preparation shows in the log.
+PROGRESS_SECONDS = 30.0
 
 
 def _dtype_for(vocab_size: int):
   return np.uint16 if vocab_size <= np.iinfo(np.uint16).max else np.int32
 
 
-def _write(source, split: str, tokenizer: Tokenizer, max_tokens: int, out_dir: str) -> int:
+def _write(source, split: str, tokenizer: Tokenizer, max_tokens: int, out_dir: str,
+           progress: Callable[[str], None] | None = None) -> int:
   dtype = _dtype_for(tokenizer.vocab_size)
   count = 0
+  started = last_report = time.perf_counter()
+
+  def report():
+    nonlocal last_report
+    now = time.perf_counter()
+    if progress is not None and now - last_report >= PROGRESS_SECONDS:
+      last_report = now
+      share = f" of {max_tokens:,} ({100 * count / max_tokens:.0f}%)" if max_tokens else ""
+      progress(f"data: {count:,}{share} {split} tokens written after {now - started:.0f}s")
   # A source that tokenizes itself (the synthetic one, in worker processes) gives the same
   # stream as the loop below, faster; it is unbounded, so a budget is required.
   token_batches = getattr(source, "token_batches", None)
@@ -42,6 +57,7 @@ def _write(source, split: str, tokenizer: Tokenizer, max_tokens: int, out_dir: s
           count += flat.size
           if count >= max_tokens:
             break
+          report()
       finally:
         batches.close()  # stops the source's workers now, not at garbage collection
     return count
@@ -58,6 +74,7 @@ def _write(source, split: str, tokenizer: Tokenizer, max_tokens: int, out_dir: s
       f.write(flat.tobytes())
       count += flat.size
       batch.clear()
+      report()
     for doc in source.documents(split):
       batch.append(doc)
       if len(batch) == _ENCODE_BATCH:
@@ -83,15 +100,17 @@ class TokenCache:
     return self.tokens.shape[0]
 
 
-def prepare(source, split: str, tokenizer: Tokenizer, max_tokens: int, cache_dir: str) -> TokenCache:
-  """Returns the cache of `split`, building it first if no identical one exists."""
+def prepare(source, split: str, tokenizer: Tokenizer, max_tokens: int, cache_dir: str,
+            progress: Callable[[str], None] | None = None) -> TokenCache:
+  """Returns the cache of `split`, building it first if no identical one exists; a build
+  reports how far it has got to `progress` every PROGRESS_SECONDS."""
   key = {"source": source.fingerprint(), "split": split, "tokenizer": tokenizer.sha256(),
          "max_tokens": max_tokens}
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   out_dir = os.path.join(cache_dir, "tokens", f"{split}-{digest}")
 
   def fill(tmp_dir: str):
-    count = _write(source, split, tokenizer, max_tokens, tmp_dir)
+    count = _write(source, split, tokenizer, max_tokens, tmp_dir, progress)
     if count == 0:
       raise UserError(f"the {split} split of the data source holds no text; check the data settings.")
     meta = dict(key, num_tokens=count, dtype=np.dtype(_dtype_for(tokenizer.vocab_size)).name,

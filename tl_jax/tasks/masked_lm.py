@@ -111,7 +111,7 @@ class MaskedLMTask(Task):
   def _sequences(self, split: str, tokenizer, max_tokens: int):
     data = self.config.data
     cache_dir = token_cache.default_cache_dir(data.cache_dir)
-    cache = token_cache.prepare(self._checked_source, split, tokenizer, max_tokens, cache_dir)
+    cache = token_cache.prepare(self._checked_source, split, tokenizer, max_tokens, cache_dir, log)
     return cache, PackedSequences(cache, data.seq_len)
 
   def loader(self, tokenizer) -> TrainLoader:
