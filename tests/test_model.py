@@ -154,9 +154,10 @@ def test_a_moved_seconds_horizon_bends_the_decay_without_a_jump():
 def test_the_horizon_moves_only_past_its_tolerance():
   from tl_jax.train import loop
   budget = 100.0  # the end was set at step 100, 10 s; the schedule ends at step 1000
-  assert loop.moved_horizon(budget, 150, 14.0, 1000, (100, 10.0)) is None  # under 5% measured
+  assert loop.moved_horizon(budget, 150, 14.0, 1000, (100, 10.0), 10**6) is None  # < 5% measured
   # 80 ms a step since then: step 1000 comes at 82 s, 18 s early: the end moves to 100 s.
-  assert loop.moved_horizon(budget, 200, 18.0, 1000, (100, 10.0)) == 200 + 1025
+  assert loop.moved_horizon(budget, 200, 18.0, 1000, (100, 10.0), 10**6) == 200 + 1025
   # 100 ms a step: step 1000 comes at 100 s; 101 ms: at 100.9 s, within 2%.
-  assert loop.moved_horizon(budget, 200, 20.0, 1000, (100, 10.0)) is None
-  assert loop.moved_horizon(budget, 200, 20.1, 1000, (100, 10.0)) is None
+  assert loop.moved_horizon(budget, 200, 20.0, 1000, (100, 10.0), 10**6) is None
+  assert loop.moved_horizon(budget, 200, 20.1, 1000, (100, 10.0), 10**6) is None
+  assert loop.moved_horizon(budget, 200, 18.0, 1000, (100, 10.0), 1100) == 1100  # max_steps

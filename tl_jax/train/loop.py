@@ -327,8 +327,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
                           watch.train + (cfg.train.max_steps - step) * pace)
         fix_horizon_at = pace_from[1] + HORIZON_PACE_SHARE * run_seconds
         if syncs >= 2 and watch.train >= fix_horizon_at:
-          left = cfg.train.max_train_seconds - watch.train
-          horizon = min(cfg.train.max_steps, step + max(math.ceil(left / pace), 1))
+          horizon = end_step(cfg.train.max_train_seconds, step, watch.train, pace,
+                             cfg.train.max_steps)
           state = state.replace(opt_state=with_horizon(state.opt_state, horizon))
           extra["schedule_end_step"] = horizon
           fix_horizon_at = None
@@ -337,8 +337,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
               f"{cfg.train.max_train_seconds:g} runs out at {1e3 * pace:.1f} ms a step (steps "
               f"{pace_from[0]}-{step})")
       elif horizon and set_at and step < horizon and cfg.train.max_train_seconds:
-        moved = moved_horizon(cfg.train.max_train_seconds, step, watch.train, horizon, set_at)
-        moved = None if moved is None else min(moved, cfg.train.max_steps)
+        moved = moved_horizon(cfg.train.max_train_seconds, step, watch.train, horizon, set_at,
+                              cfg.train.max_steps)
         if moved is not None and moved != horizon:
           state = state.replace(opt_state=refit_horizon(state.opt_state, cfg.train, moved))
           log(f"schedule: the decay's end moves from step {horizon} to {moved} at step {step}, "
@@ -412,8 +412,14 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
   return exit_code
 
 
+def end_step(budget: float, step: int, train_seconds: float, pace: float, max_steps: int) -> int:
+  """The step at which `budget` training seconds run out at `pace` seconds a step: at least
+  the next step, at most `max_steps`."""
+  return min(max_steps, step + max(math.ceil((budget - train_seconds) / pace), 1))
+
+
 def moved_horizon(budget: float, step: int, train_seconds: float, horizon: int,
-                  set_at: tuple[int, float]) -> int | None:
+                  set_at: tuple[int, float], max_steps: int) -> int | None:
   """Where a seconds horizon's end should move to, or None to keep it: the pace since it was
   set (`set_at`: step, training seconds), once measured over HORIZON_PACE_SHARE of the budget,
   would end the schedule more than HORIZON_REFIT_SHARE of the budget off the budget."""
@@ -423,7 +429,7 @@ def moved_horizon(budget: float, step: int, train_seconds: float, horizon: int,
   pace = seconds / steps
   if abs(train_seconds + (horizon - step) * pace - budget) <= HORIZON_REFIT_SHARE * budget:
     return None
-  return step + max(math.ceil((budget - train_seconds) / pace), 1)
+  return end_step(budget, step, train_seconds, pace, max_steps)
 
 
 def timed_step(cfg, step: int, step_seconds: float, train_seconds: float,
