@@ -3,6 +3,7 @@
   python3 -u bench/speed.py [--out=DIR] [--peers=../shared/bench] [--cases=base-512,large-512]
                             [--variants=tl_jax,scan] [--profile=large-512] [--no-peers]
   python3 -u bench/speed.py --size=tiny --no-peers      # a CPU smoke run (~1 minute)
+  python3 -u bench/speed.py --cases=big-128 --ids=zipf  # ids drawn as words occur in text
 
 Times the train step that `tl-jax pretrain` and `tl-jax translate` run (built by the task's
 `program`, tl_jax/tasks/base.py, fed like the loop feeds it) on the shapes of the peer scripts
@@ -106,12 +107,24 @@ def case_config(case: str, cases: dict, overrides: list[str]):
   return config
 
 
-def random_batch(task: str, seq_len: int, batch: int, vocab: int, seed: int = 0):
+def random_ids(rng, low: int, high: int, shape, ids: str = "uniform"):
+  """Random token ids in [low, high): uniform (what the peer scripts feed), or Zipf, id low + r
+  having probability ~ 1/(r + 1) as words do in text, so that ids repeat as often as on real
+  batches (which matters to any embedding gradient that serialises on repeated ids)."""
+  import numpy as np
+  if ids == "uniform":
+    return rng.integers(low, high, shape).astype(np.int32)
+  p = 1.0 / np.arange(1, high - low + 1)
+  return (low + rng.choice(high - low, shape, p=p / p.sum())).astype(np.int32)
+
+
+def random_batch(task: str, seq_len: int, batch: int, vocab: int, seed: int = 0,
+                 ids: str = "uniform"):
   """Full-length rows of random ordinary tokens (ids 5.. are not special); one sentence a row
   for translation, as the peers feed them."""
   import numpy as np
   rng = np.random.default_rng(seed)
-  tokens = lambda: rng.integers(5, vocab, (batch, seq_len), dtype=np.int32)
+  tokens = lambda: random_ids(rng, 5, vocab, (batch, seq_len), ids)
   if task == "mlm":
     return tokens()
   ones, positions = np.ones((batch, seq_len), np.int32), np.tile(np.arange(seq_len, dtype=np.int32), (batch, 1))
@@ -193,7 +206,7 @@ def child(args) -> None:
   program = task_for(config).program(Vocabulary(vocab), mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):  # as loop.run traces and runs it
     state = program.init_fn()
-    host = random_batch(task, seq_len, batch_size, vocab)
+    host = random_batch(task, seq_len, batch_size, vocab, ids=args.ids)
     batch = shd.global_batch(host, program.batch_sharding)
     start = time.perf_counter()
     step = program.train_fn.lower(state, batch).compile()
@@ -223,7 +236,7 @@ def child(args) -> None:
         "tokens_per_s": batch_size * seq_len / step_seconds,
         "flops_per_token": program.flops_per_token, "compile_s": compile_seconds,
         "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
-        "jax": jax.__version__,
+        "jax": jax.__version__, "ids": args.ids,
     }
     stats = jax.local_devices()[0].memory_stats() or {}
     result["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30 or None
@@ -235,9 +248,26 @@ def child(args) -> None:
 # ---------------------------------------------------------------------------
 # Peers: the scripts of ../shared/bench, imported and run on our shapes only.
 
+# With --ids=zipf the peers' random ids are drawn by random_ids too: torch.randint and
+# jax.random.randint, which the peer scripts call for their batches, are replaced in their process.
+PEER_ZIPF_TORCH = """
+import numpy as np, torch
+sys.path.insert(0, {bench!r})
+from speed import random_ids
+torch.randint = lambda low, high, size, device=None: torch.from_numpy(
+    random_ids(np.random.default_rng(0), low, high, size, "zipf")).long().to(device)
+"""
+PEER_ZIPF_JAX = """
+import numpy as np, jax
+sys.path.insert(0, {bench!r})
+from speed import random_ids
+jax.random.randint = lambda key, shape, low, high, *a, **k: jax.numpy.asarray(
+    random_ids(np.random.default_rng(0), low, high, shape, "zipf"))
+"""
 PEER_TORCH = """
 import json, sys
 sys.path.insert(0, {peers!r})
+{zipf}
 import peer_roberta as r
 out = {{}}
 for case, name, seq, batch in {shapes!r}:
@@ -251,6 +281,7 @@ print("RESULT " + json.dumps(out), flush=True)
 PEER_FLAX = """
 import json, sys
 sys.path.insert(0, {peers!r})
+{zipf}
 import peer_roberta as r
 out = {{}}
 for case, name, seq, batch in {shapes!r}:
@@ -330,6 +361,8 @@ def main() -> None:
   parser.add_argument("--profile", default="", help="cases whose default variant is profiled")
   parser.add_argument("--steps", type=int, default=10, help="steps per timed window (3 windows)")
   parser.add_argument("--size", default="paper", choices=["paper", "tiny"])
+  parser.add_argument("--ids", default="uniform", choices=["uniform", "zipf"],
+                      help="token ids of the timed batches, tl_jax's and the peers'")
   parser.add_argument("--no-peers", action="store_true")
   parser.add_argument("--peer-cases", default="", help="cases the peers run (default: --cases)")
   parser.add_argument("--merge", default="", help="a speed.json or partial.json of an earlier call "
@@ -350,7 +383,8 @@ def main() -> None:
     sys.exit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}.")
   os.makedirs(args.out, exist_ok=True)
   log_path = os.path.join(args.out, "speed.log")
-  me = [sys.executable, "-u", os.path.abspath(__file__), f"--size={args.size}", f"--steps={args.steps}"]
+  me = [sys.executable, "-u", os.path.abspath(__file__), f"--size={args.size}", f"--steps={args.steps}",
+        f"--ids={args.ids}"]
 
   peak, _ = run_process(me + ["--child=peak"], {}, args.timeout, log_path)
   peak_tflops = peak["peak_tflops"] if peak else None
@@ -397,8 +431,9 @@ def main() -> None:
   peer_cases = [c for c in (args.peer_cases or args.cases).split(",") if c in CASES]
   shapes = [(c, c.split("-")[0], CASES[c][2], CASES[c][3]) for c in peer_cases if CASES[c][0] == "mlm"]
   if not args.no_peers and os.path.isdir(args.peers):
-    for system, script in (("torch", PEER_TORCH), ("flax", PEER_FLAX)):
-      code = script.format(peers=os.path.abspath(args.peers), shapes=shapes,
+    for system, script, zipf in (("torch", PEER_TORCH, PEER_ZIPF_TORCH), ("flax", PEER_FLAX, PEER_ZIPF_JAX)):
+      zipf = zipf.format(bench=os.path.dirname(os.path.abspath(__file__))) if args.ids == "zipf" else ""
+      code = script.format(peers=os.path.abspath(args.peers), shapes=shapes, zipf=zipf,
                            translate="big-128" in peer_cases)
       result, seconds = run_process([sys.executable, "-u", "-c", code], {}, 3 * args.timeout, log_path)
       peers[system] = result or {}
@@ -444,7 +479,7 @@ def main() -> None:
   device = results[0]["device"] if results else "?"
   header = (f"device {device}, jax {results[0]['jax'] if results else '?'}, "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, bf16 peak measured "
-            f"{peak_tflops or 0:.0f} TFLOP/s")
+            f"{peak_tflops or 0:.0f} TFLOP/s, {args.ids} token ids")
   if any(r.get("earlier_call") for r in results):
     header += ("; rows marked * were timed by an earlier call of this script on the same kind of "
                "device (--merge), the rest and the peers in this one")

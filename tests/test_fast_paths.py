@@ -242,6 +242,28 @@ def test_speed_benchmark_runs_at_tiny_size(tmp_path):
   assert "| base-128 |" in (tmp_path / "speed.md").read_text()
 
 
+def test_zipf_ids_repeat_like_text_for_tl_jax_and_the_torch_peer():
+  """--ids=zipf: tl_jax's batches and the peers' (torch.randint replaced in their process) draw
+  ids in the same range as uniform ids, with the heavy repeats of word frequencies."""
+  sys.path.insert(0, str(REPO / "bench"))
+  import speed
+  rng = np.random.default_rng(0)
+  uniform = speed.random_ids(rng, 5, 40_000, (192, 128))
+  zipf = speed.random_ids(rng, 5, 40_000, (192, 128), "zipf")
+  assert zipf.dtype == uniform.dtype == np.int32 and zipf.min() >= 5 and zipf.max() < 40_000
+  # 1/r over 40k ranks: id 5 is ~9% of tokens; uniform ids repeat each ~0.6 times in 24k.
+  assert np.mean(zipf == 5) > 0.05 and len(np.unique(zipf)) < 0.6 * len(np.unique(uniform))
+  torch = pytest.importorskip("torch")
+  namespace, original = {"sys": sys}, torch.randint
+  exec(speed.PEER_ZIPF_TORCH.format(bench=str(REPO / "bench")), namespace)
+  try:
+    ids = torch.randint(3, 1000, (64, 32), device="cpu")
+    assert ids.dtype == torch.int64 and ids.shape == (64, 32)
+    assert ids.min() >= 3 and ids.max() < 1000 and (ids == 3).float().mean() > 0.1
+  finally:
+    torch.randint = original  # the peer's process ends there; this one goes on
+
+
 @pytest.mark.slow
 def test_decode_benchmark_runs_at_tiny_size(tmp_path):
   """bench/decode.py end to end on the CPU: tl_jax's rows, and the Hugging Face peer's where
