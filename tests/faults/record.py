@@ -5,15 +5,20 @@ per case: `reliability(area, fault, outcome)`, where `outcome` is built from wha
 really printed and left (exit code, its one sentence, the checkpoints). When the test ends,
 its cases are appended to RECORDS with the test's own result (passed or failed), and
 `python -m tests.faults.table` turns them into docs/RELIABILITY.md. The first case a pytest
-session records empties the file, so the table is always one session's.
+session records drops every line another session wrote, so the table is always one session's;
+under pytest-xdist the workers of one run share its `testrunuid` and keep each other's lines.
+Each case carries its test's place in the collection, so the table's order does not depend on
+which worker ran it first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
 import re
+import uuid
 
 import pytest
 
@@ -45,10 +50,18 @@ def pytest_runtest_makereport(item, call):
   notes = item.stash.get(_KEY, None)
   if report.when != "call" or not notes:
     return
-  if not _session["started"]:
-    RECORDS.parent.mkdir(parents=True, exist_ok=True)
-    RECORDS.write_text("")
-    _session["started"] = True
-  with open(RECORDS, "a") as f:
-    for note in notes:
-      f.write(json.dumps({**note, "test": item.nodeid, "result": report.outcome}) + "\n")
+  workerinput = getattr(item.config, "workerinput", None)  # set in pytest-xdist's workers
+  run = workerinput["testrunuid"] if workerinput else _session.setdefault("run", uuid.uuid4().hex)
+  place = item.session.items.index(item)
+  RECORDS.parent.mkdir(parents=True, exist_ok=True)
+  with open(RECORDS, "a+") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # the workers of one run append to the same file
+    if not _session["started"]:
+      f.seek(0)
+      kept = [line for line in f if json.loads(line).get("run") == run]
+      f.truncate(0)
+      f.writelines(kept)
+      _session["started"] = True
+    for i, note in enumerate(notes):
+      f.write(json.dumps({**note, "test": item.nodeid, "result": report.outcome, "run": run,
+                          "order": [place, i]}) + "\n")

@@ -77,7 +77,7 @@ def cell(text: str) -> str:
 
 def render(records: list[dict]) -> str:
   by_area = collections.defaultdict(list)
-  for record in records:
+  for record in sorted(records, key=lambda r: r.get("order", [0, 0])):  # collection order
     by_area[record["area"]].append(record)
   order = [a for a in AREAS if a in by_area] + sorted(a for a in by_area if a not in AREAS)
   tests = {r["test"] for r in records}
