@@ -478,6 +478,24 @@ def test_seeds_of_a_size_count_as_one_with_their_spread(tmp_path):
   assert "(2 seeds)" in rows["20"][2] and "4.7100 ± 0.0141" in rows["20"][3]
   assert "step 200 at 20.0 s; step 200 at 20.0 s" in rows["20"][4]
   assert rows["20"][10].strip() == "winner" and rows["10"][10].strip() == "tie within noise"
+  assert "Repeated seeds" not in text
+
+
+def test_a_seed_run_twice_is_named_as_a_repeat(tmp_path):
+  """The same config and seed read from two folders (a part re-run in a later lease): the
+  report names them, since its spreads would count the repeat as another seed."""
+  config = lambda seed: {**_pretrain_config(2, 64), "train": {"seed": seed, "max_train_seconds": 20}}
+  curve = lambda end: _metrics([(0, 0.0, 8.0), (200, 20.0, end)], [(200, 20.0, end + 0.1)])
+  _write_workdir(tmp_path / "first" / "seed0", config(0), curve(4.70))
+  _write_workdir(tmp_path / "first" / "seed1", config(1), curve(4.72))
+  _write_workdir(tmp_path / "again" / "seed0", config(0), curve(4.69))
+  other = {**config(0), "model": {"num_layers": 4, "d_model": 128, "decoder_layers": 0}}
+  _write_workdir(tmp_path / "again" / "d4", other, curve(4.6))  # seed 0 too, another size
+  assert main([str(tmp_path / "first"), str(tmp_path / "again"), "--out", str(tmp_path / "r")]) == 0
+  text = (tmp_path / "r" / "report.md").read_text()
+  notes = [line for line in text.splitlines() if line.startswith("Repeated seeds:")]
+  assert len(notes) == 1 and notes[0].count("(seed 0)") == 1 and "(seed 1)" not in notes[0]
+  assert "`again/seed0`, `first/seed0` (seed 0)" in notes[0] and "d4" not in notes[0]
 
 
 def _capture(monkeypatch, name: str) -> list[dict]:

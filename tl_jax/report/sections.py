@@ -8,6 +8,7 @@ saying which inputs were missing.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -199,7 +200,27 @@ def overview(ctx: Context) -> str:
       "accuracy's 95% interval is the eval set's binomial error, p ± 1.96 √(p(1−p)/n), n = "
       "`eval_examples` of its eval lines.",
       md.table(["workdir", "task", "preset", "size", "evals", "train s", "final",
-                "compressed points"], rows)] + regime_table(ctx))
+                "compressed points"], rows)] + repeated_seeds(ctx.runs) + regime_table(ctx))
+
+
+def repeated_seeds(runs: Sequence[Run]) -> list[str]:
+  """A note naming runs of one seed group that share a seed (a run repeated, e.g. read from two
+  folders): the spreads count each as one more seed, though it shares its seed's initial
+  weights and data order, so a spread over such runs is run-to-run variation (timing), not
+  seed-to-seed."""
+  by_seed = collections.defaultdict(list)
+  for run in runs:
+    by_seed[(run.seed_group, (run.config.get("train") or {}).get("seed"))].append(run.workdir)
+  # Paths from the folder the repeats share: their names alone may be equal (two DIRs).
+  named = lambda dirs: sorted(os.path.relpath(d, os.path.commonpath(dirs)) for d in dirs)
+  repeats = [f"{', '.join(f'`{n}`' for n in named(dirs))} (seed {seed})"
+             for (_, seed), dirs in sorted(by_seed.items(), key=lambda kv: sorted(kv[1]))
+             if len(dirs) > 1]
+  if not repeats:
+    return []
+  return ["Repeated seeds: " + "; ".join(repeats) + ". The runs of each list have one config and one seed; "
+          "the spreads below count every run as a seed of its size, so where these runs are "
+          "in a group its spread is run-to-run variation, not seed-to-seed."]
 
 
 def eval_examples(run: Run) -> int | None:
