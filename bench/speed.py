@@ -113,7 +113,7 @@ def random_ids(rng, low: int, high: int, shape, ids: str = "uniform"):
   batches (which matters to any embedding gradient that serialises on repeated ids)."""
   import numpy as np
   if ids == "uniform":
-    return rng.integers(low, high, shape).astype(np.int32)
+    return rng.integers(low, high, shape, dtype=np.int32)  # the batches timed before --ids
   p = 1.0 / np.arange(1, high - low + 1)
   return (low + rng.choice(high - low, shape, p=p / p.sum())).astype(np.int32)
 
