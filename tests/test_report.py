@@ -491,10 +491,15 @@ def test_a_seed_run_twice_is_named_as_a_repeat(tmp_path):
   _write_workdir(tmp_path / "again" / "seed0", config(0), curve(4.69))
   other = {**config(0), "model": {"num_layers": 4, "d_model": 128, "decoder_layers": 0}}
   _write_workdir(tmp_path / "again" / "d4", other, curve(4.6))  # seed 0 too, another size
+  # One seed, started from two different runs (--init): a seed group's seeds, not a repeat.
+  for init in ("pre0", "pre1"):
+    _write_workdir(tmp_path / "again" / f"from-{init}", {**config(3), "init": {"workdir": init}},
+                   curve(4.7))
   assert main([str(tmp_path / "first"), str(tmp_path / "again"), "--out", str(tmp_path / "r")]) == 0
   text = (tmp_path / "r" / "report.md").read_text()
   notes = [line for line in text.splitlines() if line.startswith("Repeated seeds:")]
   assert len(notes) == 1 and notes[0].count("(seed 0)") == 1 and "(seed 1)" not in notes[0]
+  assert "(seed 3)" not in notes[0]
   assert "`again/seed0`, `first/seed0` (seed 0)" in notes[0] and "d4" not in notes[0]
 
 

@@ -204,23 +204,25 @@ def overview(ctx: Context) -> str:
 
 
 def repeated_seeds(runs: Sequence[Run]) -> list[str]:
-  """A note naming runs of one seed group that share a seed (a run repeated, e.g. read from two
-  folders): the spreads count each as one more seed, though it shares its seed's initial
-  weights and data order, so a spread over such runs is run-to-run variation (timing), not
-  seed-to-seed."""
+  """A note naming runs of one seed group that share a seed and an --init path (a run repeated,
+  e.g. read from two folders): the spreads count each as one more seed, though it shares its
+  seed's initial weights and data order, so a spread over such runs is run-to-run variation
+  (timing), not seed-to-seed. Finetunes of different pretraining runs with one finetuning seed
+  differ by their --init, so they are not repeats."""
   by_seed = collections.defaultdict(list)
   for run in runs:
-    by_seed[(run.seed_group, (run.config.get("train") or {}).get("seed"))].append(run.workdir)
+    seed = (run.config.get("train") or {}).get("seed")
+    by_seed[(run.seed_group, seed, run.init_workdir)].append(run.workdir)
   # Paths from the folder the repeats share: their names alone may be equal (two DIRs).
   named = lambda dirs: sorted(os.path.relpath(d, os.path.commonpath(dirs)) for d in dirs)
   repeats = [f"{', '.join(f'`{n}`' for n in named(dirs))} (seed {seed})"
-             for (_, seed), dirs in sorted(by_seed.items(), key=lambda kv: sorted(kv[1]))
+             for (_, seed, _), dirs in sorted(by_seed.items(), key=lambda kv: sorted(kv[1]))
              if len(dirs) > 1]
   if not repeats:
     return []
-  return ["Repeated seeds: " + "; ".join(repeats) + ". The runs of each list have one config and one seed; "
-          "the spreads below count every run as a seed of its size, so where these runs are "
-          "in a group its spread is run-to-run variation, not seed-to-seed."]
+  return ["Repeated seeds: " + "; ".join(repeats) + ". The runs of each list have one config, "
+          "one seed and one --init; the spreads below count every run as a seed of its size, so "
+          "where these runs are in a group its spread is run-to-run variation, not seed-to-seed."]
 
 
 def eval_examples(run: Run) -> int | None:
