@@ -6,7 +6,9 @@
 # the sweep resumes where the deadline stopped it (SIGTERM checkpoints the running stage).
 #   . bench/gpu_env.sh; DEADLINE=555 bench/h200_study.sh rq1 finetune
 # Env: DEADLINE seconds for all parts (555), ROOT (runs/h200_study), TL_JAX_DATA (.data when
-# present: the device gets ../shared/data only as a carried copy).
+# present: the device gets ../shared/data only as a carried copy), ONLY (stage names, e.g.
+# "rq1/d12-w768/seed0/pretrain rq1/d12-w768/seed1/pretrain": run just these of each part, in
+# this order, for a lease too short for the whole part).
 set -u
 root=${ROOT:-runs/h200_study}
 end=$(( $(date +%s) + ${DEADLINE:-555} ))
@@ -15,14 +17,20 @@ end=$(( $(date +%s) + ${DEADLINE:-555} ))
 # compiles (compile time is not training time either way; this only shortens the calls).
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/tl_jax_xla_cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-2}
+read -r -a stages <<< "${ONLY:-}"
+[ "${#stages[@]}" -gt 0 ] || stages=("")  # "": the whole part
 rc=0
 for part in "$@"; do
   left=$(( end - $(date +%s) ))
   if [ "$left" -lt 30 ]; then rc=124; break; fi
-  timeout -s TERM -k 30 "$left" tl-jax sweep --config=configs/sweeps/h200_study.py:"$part" \
-    --root="$root"
-  rc=$?
-  [ "$rc" -eq 0 ] || break
+  for only in "${stages[@]}"; do
+    left=$(( end - $(date +%s) ))
+    if [ "$left" -lt 30 ]; then rc=124; break 2; fi
+    timeout -s TERM -k 30 "$left" tl-jax sweep --config=configs/sweeps/h200_study.py:"$part" \
+      --root="$root" ${only:+--only="$only"}
+    rc=$?
+    [ "$rc" -eq 0 ] || break 2
+  done
 done
 out=${OUT:-.}
 (cd "$root" && find . \( -name params -o -name checkpoints -o -name tokenizer \) -prune -o \
