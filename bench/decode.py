@@ -3,6 +3,7 @@
   python3 -u bench/decode.py [--out=DIR] [--cases=multi30k,big] [--beams=1,4] [--lengths=32,128]
                              [--reps=3] [--no-peer]
   python3 -u bench/decode.py --size=tiny      # a CPU smoke run, peer included (~1 minute)
+  python3 -u bench/decode.py --cases=multi30k --lengths=32,128 --batch=32 --no-peer --reps=2  # CPU
 
 Times the search that BLEU evaluation and `tl-jax translate-file` run (`translate_batch` of
 tl_jax/tasks/translation.py: encoder, key/value cache, greedy or beam search in one
@@ -42,12 +43,13 @@ PEER_VARIANTS = ("autocast", "bf16 weights")
 FIRST_ORDINARY_ID = 5  # ids below are <pad> <s> </s> <unk> <mask>
 
 
-def case_setup(case: str, size: str):
-  """(TranslateConfig, vocabulary, batch) of a case: the preset's, or the tiny one's."""
+def case_setup(case: str, size: str, batch: int = 0):
+  """(TranslateConfig, vocabulary, batch) of a case: the preset's, or the tiny one's; `batch`,
+  where given, replaces the batch."""
   from tl_jax import config as config_lib
   config = config_lib.load_preset(os.path.join(REPO, "configs", "translate.py") + ":" +
                                   ("tiny" if size == "tiny" else CASES[case]))
-  batch = TINY["batch"] if size == "tiny" else config.eval.decode_batch_size
+  batch = batch or (TINY["batch"] if size == "tiny" else config.eval.decode_batch_size)
   return config, config.data.vocab_size, batch
 
 
@@ -88,7 +90,7 @@ def tl_jax_child(args) -> None:
   from tl_jax.tasks.translation import translate_batch
 
   for case in args.cases.split(","):
-    config, vocab, batch = case_setup(case, args.size)
+    config, vocab, batch = case_setup(case, args.size, args.batch)
     lengths = [int(n) for n in args.lengths.split(",")]
     config.model.max_len = max(config.model.max_len, *lengths)
     task = task_for(config)
@@ -121,7 +123,7 @@ def peer_child(args) -> None:
   device = "cuda" if torch.cuda.is_available() else "cpu"
   name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
   for case in args.cases.split(","):
-    config, vocab, batch = case_setup(case, args.size)
+    config, vocab, batch = case_setup(case, args.size, args.batch)
     m = config.model
     lengths = [int(n) for n in args.lengths.split(",")]
     peer_config = MarianConfig(
@@ -210,6 +212,8 @@ def main() -> None:
   parser.add_argument("--lengths", default="", help="source = output lengths (default 32,128; tiny 8)")
   parser.add_argument("--reps", type=int, default=3, help="timed calls per row, after one warm call")
   parser.add_argument("--size", default="paper", choices=["paper", "tiny"])
+  parser.add_argument("--batch", type=int, default=0,
+                      help="sentences a call (default: the preset's eval.decode_batch_size)")
   parser.add_argument("--no-peer", action="store_true")
   parser.add_argument("--timeout", type=int, default=280, help="seconds per child process")
   parser.add_argument("--child", choices=["tl_jax", "peer"], help=argparse.SUPPRESS)
@@ -221,6 +225,8 @@ def main() -> None:
   bad = [v for v in args.beams.split(",") + args.lengths.split(",") if not v.isdigit() or int(v) < 1]
   if bad:
     sys.exit(f"--beams and --lengths take positive integers separated by commas; got {bad}.")
+  if args.batch < 0:
+    sys.exit(f"--batch takes a positive number of sentences (0: the preset's); got {args.batch}.")
   if args.child == "tl_jax":
     return tl_jax_child(args)
   if args.child == "peer":
@@ -229,7 +235,8 @@ def main() -> None:
   os.makedirs(args.out, exist_ok=True)
   log_path = os.path.join(args.out, "decode.log")
   me = [sys.executable, "-u", os.path.abspath(__file__), f"--size={args.size}", f"--cases={args.cases}",
-        f"--beams={args.beams}", f"--lengths={args.lengths}", f"--reps={args.reps}"]
+        f"--beams={args.beams}", f"--lengths={args.lengths}", f"--reps={args.reps}",
+        f"--batch={args.batch}"]
   results = []
   for child in ["tl_jax"] + ([] if args.no_peer else ["peer"]):
     start = time.perf_counter()

@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
+from tl_jax.models import decoding
 from tl_jax.models.decoding import beam_search, greedy_decode, length_penalty_divisor, tile_beams
 
 PAD, EOS, BOS = 0, 1, 2
@@ -74,6 +76,31 @@ class HistoryModel(ToyModel):
     # Every row must be at `position`; if not, logits go flat and the scores show it.
     logits = jnp.where((cache["step"] == position)[:, None], logits, 0.0)
     return logits, {"h": h, "step": cache["step"] + 1}
+
+
+class CacheModel(HistoryModel):
+  """HistoryModel whose history is a cache with one slot per position, [rows, positions, dim],
+  read through a mask as attention reads its keys: a cache shorter than the output so far
+  (written past its end, which XLA clamps to the last slot) changes the logits."""
+
+  def init_cache(self, n: int, seed: int = 0, length: int = 1):
+    rng = np.random.RandomState(1000 + seed)
+    start = np.zeros((n, length, self.dim), np.float32)
+    start[:, 0] = rng.normal(size=(n, self.dim)) * 2.0  # position 0 differs per row
+    return {"emb": jnp.asarray(start)}
+
+  @staticmethod
+  def grow(cache, length: int):
+    return {"emb": jnp.pad(cache["emb"], [(0, 0), (0, length - cache["emb"].shape[1]), (0, 0)])}
+
+  @staticmethod
+  def apply(params, cache, last, position):
+    slots = jnp.arange(cache["emb"].shape[1])
+    emb = lax.dynamic_update_slice(cache["emb"], cache["emb"][:, position][:, None] +
+                                   params["emb"][last][:, None], (0, position, 0))
+    weights = jnp.where(slots <= position, 0.8 ** (position - slots), 0.0)
+    h = jnp.einsum("nld,l->nd", emb, weights)
+    return params["table"][last] + jnp.tanh(h) @ params["proj"], {"emb": emb}
 
 
 class TableModel(ToyModel):
@@ -405,3 +432,32 @@ def test_translate_batch_withholds_eos_until_min_len(beam):
   np.testing.assert_array_equal(decode(0), [[EOS_ID] + [PAD_ID] * 5] * 2)
   np.testing.assert_array_equal(decode(3), [[best] * 3 + [EOS_ID, PAD_ID, PAD_ID]] * 2)
   np.testing.assert_array_equal(decode(max_len), [[best] * max_len] * 2)
+
+
+@pytest.mark.parametrize("eos", ["free", "never"])
+def test_a_cache_grown_in_stages_decodes_as_one_cache_of_max_len(monkeypatch, eos):
+  """With `grow`, the search starts from a short cache and doubles it (2, 4, 8, then 11 here):
+  the outputs are those of one cache of max_len, early stops (eos free) and full length alike;
+  without growing, the short cache gives other outputs, so the comparison can tell."""
+  monkeypatch.setattr(decoding, "FIRST_CACHE_STAGE", 2)
+  assert decoding.cache_stages(11) == (2, 4, 8, 11) and decoding.cache_stages(2) == (2,)
+  model, batch, beam, max_len = CacheModel(7, eos=eos, eos_bias=3.5), 3, 3, 11
+  full = model.init_cache(batch, seed=1, length=max_len)
+  short = model.init_cache(batch, seed=1, length=2)
+  greedy = lambda cache, grow: np.asarray(jax.jit(functools.partial(
+      greedy_decode, model.step, batch_size=batch, max_len=max_len, bos_id=BOS, eos_id=EOS,
+      grow=grow))(cache))
+  beams = lambda cache, grow: jax.jit(functools.partial(
+      beam_search, model.step, batch_size=batch, beam_size=beam, max_len=max_len, bos_id=BOS,
+      eos_id=EOS, grow=grow))(tile_beams(cache, beam))
+
+  reference = greedy(full, None)
+  np.testing.assert_array_equal(greedy(short, CacheModel.grow), reference)
+  assert not np.array_equal(greedy(short, None), reference)
+  seqs, scores = beams(full, None)
+  staged_seqs, staged_scores = beams(short, CacheModel.grow)
+  np.testing.assert_array_equal(staged_seqs, seqs)
+  np.testing.assert_allclose(staged_scores, scores, rtol=1e-6)
+  assert not np.array_equal(beams(short, None)[0], seqs)
+  lengths = (np.asarray(seqs[:, 0]) != PAD).sum(axis=1)  # eos free: the search stops at 6
+  assert (lengths.max() == max_len) == (eos == "never"), lengths

@@ -10,6 +10,7 @@ import pytest
 
 from tl_jax import config as config_lib
 from tl_jax.data.pairs import pack, padding_fraction
+from tl_jax.models import decoding
 from tl_jax import tasks
 from tl_jax.compress import grid
 from tl_jax.tasks import compression, scoring, translation
@@ -51,7 +52,7 @@ def translated(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_tiny_synthetic_translation_bleu_rises(translated, tmp_path):
+def test_tiny_synthetic_translation_bleu_rises(translated, tmp_path, monkeypatch):
   c, workdir = translated
   evals = [l for l in metrics.read(workdir) if "bleu" in l]
   assert evals[0]["bleu"] < 5.0 and evals[-1]["bleu"] > 25.0, evals
@@ -68,6 +69,13 @@ def test_tiny_synthetic_translation_bleu_rises(translated, tmp_path):
   hypotheses = (tmp_path / "out.txt").read_text().splitlines()
   assert len(hypotheses) == len(pairs)
   assert translation.bleu_score(hypotheses, [tgt for _, tgt in pairs])[0] > 25.0
+
+  # The search lengthens its key/value cache as the outputs grow (stages 32, 64 here); stages from
+  # 4 positions, or one cache of all 64, decode the same sentences.
+  for first in (4, c.data.seq_len):
+    monkeypatch.setattr(decoding, "FIRST_CACHE_STAGE", first)
+    assert translation.translate_file(workdir, str(tmp_path / "in.txt"), str(tmp_path / "o.txt")) == 0
+    assert (tmp_path / "o.txt").read_text().splitlines() == hypotheses, first
 
 
 @pytest.mark.slow

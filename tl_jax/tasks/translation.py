@@ -83,23 +83,31 @@ def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_siz
   rows = src.shape[0] * beam_size
   if beam_size > 1:
     memory, segments = decoding.tile_beams((memory, segments), beam_size)
-  # An empty cache of the right structure: run one step for its shapes, then zero it.
+  # An empty cache of the right structure: run one step for its shapes, then zero it. It holds
+  # the first stage's positions; `grow` lengthens it (decoding.py's staged search).
   _, fresh = model.apply({"params": params}, memory, segments, jnp.zeros((rows,), jnp.int32), 0,
-                         max_len, method=Translator.decode_step, mutable=["cache"])
+                         decoding.cache_stages(max_len)[0], method=Translator.decode_step,
+                         mutable=["cache"])
   cache = jax.tree.map(jnp.zeros_like, fresh["cache"])
 
+  def grow(cache, length: int):  # every leaf is a key or value cache [rows, positions, heads, dim]
+    return jax.tree.map(lambda x: jnp.pad(x, [(0, 0), (0, length - x.shape[1]), (0, 0), (0, 0)]),
+                        cache)
+
   def step_fn(cache, tokens, position):
+    cache_len = jax.tree.leaves(cache)[0].shape[1]
     logits, mutated = model.apply({"params": params, "cache": cache}, memory, segments, tokens,
-                                  position, max_len, method=Translator.decode_step, mutable=["cache"])
+                                  position, cache_len, method=Translator.decode_step, mutable=["cache"])
     # Never emit the embedding table's padding rows or the special tokens other than </s>.
     ids = jnp.arange(logits.shape[-1])
     banned = (ids >= vocab_size) | ((ids < 5) & ((ids != EOS_ID) | (position < min_len)))
     return jnp.where(banned, -1e9, logits), mutated["cache"]
 
   if beam_size == 1:
-    return decoding.greedy_decode(step_fn, cache, src.shape[0], max_len, BOS_ID, EOS_ID, PAD_ID)
+    return decoding.greedy_decode(step_fn, cache, src.shape[0], max_len, BOS_ID, EOS_ID, PAD_ID,
+                                  grow)
   sequences, _ = decoding.beam_search(step_fn, cache, src.shape[0], beam_size, max_len, BOS_ID,
-                                      EOS_ID, length_penalty, PAD_ID)
+                                      EOS_ID, length_penalty, PAD_ID, grow)
   return sequences[:, 0]
 
 
