@@ -9,7 +9,8 @@ the decoders can reorder beams without knowing what the model stores. Both decod
 A model that can lengthen its cache passes `grow(cache, length) -> cache`: the search then
 starts with a cache of `cache_stages(max_len)[0]` positions and doubles it as the output
 reaches each length, one while loop per stage, so a step reads (and beam search re-gathers)
-a cache about as long as the output so far, not max_len. Outputs are those of one loop.
+a cache about as long as the output so far, not max_len. Masked positions add nothing, so the
+outputs are those of one cache of max_len (up to the rounding of a reduction over another length).
 """
 
 from __future__ import annotations
