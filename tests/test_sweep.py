@@ -71,6 +71,13 @@ def test_print_only_prints_exact_commands_and_creates_nothing(tmp_path, in_repo,
       f"tl-jax compress --config=configs/compress.py:quick --workdir={root}/a/tiny/finetune",
   ]
   assert not root.exists()
+  # --only picks one stage's lines; a name not in the sweep is one sentence naming those that are.
+  assert sweep_lib.main([f"--config={spec}", f"--root={root}", "--print-only",
+                         "--only=a/tiny/finetune"]) == 0
+  assert capsys.readouterr().out.splitlines() == [f"# sweep test: 1 stage under {root}"] + lines[3:6]
+  assert sweep_lib.main([f"--config={spec}", f"--root={root}", "--print-only", "--only=a/x"]) == 2
+  assert "--only=a/x is not a stage of sweep test; its stages are a/tiny/pretrain, " in (
+      capsys.readouterr().err)
   # Command-line overrides reach the stages whose config has the field, and are quoted for a shell.
   assert sweep_lib.main([f"--config={spec}", f"--root={root} x", "--print-only",
                          "--config.parallel.fsdp=2"]) == 0

@@ -254,10 +254,23 @@ def commands(sweep: Sweep, root: str) -> list[list[str]]:
   return [command(sweep, root, s) for s in sweep.stages]
 
 
-def print_commands(sweep: Sweep, root: str, out=None) -> None:
+def selected(sweep: Sweep, only: str | None) -> list[Stage]:
+  """The stages that `only` (a stage name, or None for all) picks; UserError for an unknown name."""
+  if only is None:
+    return list(sweep.stages)
+  names = {s.name: s for s in sweep.stages}
+  if only not in names:
+    raise UserError(f"--only={only} is not a stage of sweep {sweep.name}; its stages are "
+                    f"{', '.join(names)}.")
+  return [names[only]]
+
+
+def print_commands(sweep: Sweep, root: str, only: str | None = None, out=None) -> None:
   out = out or sys.stdout
-  print(f"# sweep {sweep.name}: {len(sweep.stages)} stages under {root}", file=out)
-  for stage, argv in zip(sweep.stages, commands(sweep, root)):
+  stages = selected(sweep, only)
+  print(f"# sweep {sweep.name}: {len(stages)} stage{'s' * (len(stages) != 1)} under {root}", file=out)
+  for stage in stages:
+    argv = command(sweep, root, stage)
     print(f"# stage: {stage.name}", file=out)  # launch/sweep.sh submits each stage as --only=NAME
     if stage.depends_on:
       print(f"# after: {stage.depends_on}", file=out)
@@ -425,9 +438,7 @@ def run(sweep: Sweep, root: str, only: str | None = None) -> int:
   Raises UserError (a StageFailed) when a stage exits non-zero; the sweep stops there.
   """
   names = {s.name: s for s in sweep.stages}
-  if only is not None and only not in names:
-    raise UserError(f"--only={only} is not a stage of sweep {sweep.name}; its stages are "
-                    f"{', '.join(names)}.")
+  chosen = selected(sweep, only)
   for stage in sweep.stages:  # before anything starts: a typo should not surface an hour in
     path = stage.config.partition(":")[0]
     if not os.path.isfile(path):
@@ -439,9 +450,8 @@ def run(sweep: Sweep, root: str, only: str | None = None) -> int:
       raise UserError(f"stage {only} needs stage {dep} done first (no {marker_path(root, names[dep])}); "
                       f"run --only={dep} first, or the whole sweep.")
   record(sweep, root)
-  selected = [names[only]] if only is not None else sweep.stages
   start, skipped = time.monotonic(), 0
-  for i, stage in enumerate(selected, 1):
+  for i, stage in enumerate(chosen, 1):
     index = sweep.stages.index(stage) + 1
     title = f"[{index}/{len(sweep.stages)}] {stage.name}"
     marker = marker_path(root, stage)
@@ -449,7 +459,7 @@ def run(sweep: Sweep, root: str, only: str | None = None) -> int:
       print(f"== {title}: skip (done)", flush=True)
       skipped += 1
       continue
-    remaining = [s for s in selected[i - 1:] if not os.path.exists(marker_path(root, s))]
+    remaining = [s for s in chosen[i - 1:] if not os.path.exists(marker_path(root, s))]
     header = (f"== {title} | elapsed {_duration(time.monotonic() - start)}"
               f"{_eta(root, sweep.stages, remaining)}")
     argv = command(sweep, root, stage)
@@ -475,7 +485,7 @@ def run(sweep: Sweep, root: str, only: str | None = None) -> int:
     _write_json(marker, {"stage": stage.name, "command": argv, "workdir": wd,
                          "seconds": round(seconds, 1), "budget_seconds": _budget(stage),
                          "finished": datetime.datetime.now().isoformat(timespec="seconds")})
-  print(f"== sweep {sweep.name} finished: {len(selected)} stage{'s' * (len(selected) > 1)} "
+  print(f"== sweep {sweep.name} finished: {len(chosen)} stage{'s' * (len(chosen) > 1)} "
         f"({skipped} skipped as done) in {_duration(time.monotonic() - start)}; workdirs under "
         f"{root}", flush=True)
   return 0
@@ -490,7 +500,8 @@ USAGE = """tl-jax sweep --config=configs/sweeps/NAME.py[:VARIANT] --root=DIR [--
 Runs a sweep file's stages in order, one workdir each under DIR, skipping stages already done
 (ROOT/.sweep/*.done); re-run the same command to resume. --print-only prints the commands, each
 after `# stage: NAME` and its `# after: DEPENDENCY`, and runs nothing (launch/sweep.sh submits
-them as jobs); --only runs one stage (its dependency must be done). --config.* flags are added
+them as jobs); --only runs one stage (its dependency must be done), or with --print-only prints
+its command alone. --config.* flags are added
 to every stage whose config has that field (e.g. --config.parallel.fsdp=8).
 """
 
@@ -518,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = parse_overrides(rest, "see tl-jax sweep --help")
     sweep = with_overrides(load_sweep(args.config), overrides)
     if args.print_only:
-      print_commands(sweep, args.root)
+      print_commands(sweep, args.root, args.only)
       return 0
     return run(sweep, args.root, args.only)
   except StageFailed as e:
