@@ -21,8 +21,6 @@ read -r -a stages <<< "${ONLY:-}"
 [ "${#stages[@]}" -gt 0 ] || stages=("")  # "": the whole part
 rc=0
 for part in "$@"; do
-  left=$(( end - $(date +%s) ))
-  if [ "$left" -lt 30 ]; then rc=124; break; fi
   for only in "${stages[@]}"; do
     left=$(( end - $(date +%s) ))
     if [ "$left" -lt 30 ]; then rc=124; break 2; fi
