@@ -26,8 +26,9 @@ GrowFn = Callable[[Any, int], Any]
 
 # The first cache length of a staged search. Translation outputs are mostly short (Multi30k's
 # ~15-30 tokens) while max_len is the training length (128): every step of a beam search re-gathers
-# the whole cache, and on a 2-core CPU a beam-4 step of the multi30k model took 1.8x as long with
-# 128 positions as with 32 (docs/BENCHMARKS.md, Decoding). Doubling from here keeps the compiled copies of the step to
+# the whole cache: on a 2-core CPU a beam-4 step of the multi30k model (32 sources of 20 tokens)
+# took 137 ms with 128 positions and 74 ms with 32 (2026-12-05; docs/BENCHMARKS.md, Decoding, has
+# the bench/decode.py rows). Doubling from here keeps the compiled copies of the step to
 # log2(max_len / 32) + 1.
 FIRST_CACHE_STAGE = 32
 
