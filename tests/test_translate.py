@@ -38,6 +38,18 @@ def test_packing_keeps_every_pair_and_counts_padding():
   assert padding_fraction(rows) == pytest.approx(1 - (3 + 6 + 2) / 16)
 
 
+def test_decode_batches_sort_sources_and_pad_each_batch_to_the_narrowest_width(monkeypatch):
+  assert translation.source_widths(128) == (16, 32, 64, 128)
+  assert translation.source_widths(100) == (16, 32, 64, 100)
+  assert translation.source_widths(16) == (16,) and translation.source_widths(10) == (10,)
+  monkeypatch.setattr(translation, "FIRST_SOURCE_WIDTH", 4)
+  ids = [[5] * 10, [6] * 2, [7] * 40, [8] * 3, [9] * 100, [10] * 3]  # with </s>: 11 3 41 4 64 4
+  batches = translation.decode_batches(ids, 2, 64)
+  assert [i.tolist() for i, _ in batches] == [[1, 3], [5, 0], [2, 4]]  # ties in input order
+  assert [w for _, w in batches] == [4, 16, 64]
+  assert translation.decode_batches([], 2, 64) == []
+
+
 @pytest.fixture(scope="module")
 def translated(tmp_path_factory):
   """The `tiny` translator trained 400 steps on the synthetic task (about 3 minutes)."""
@@ -75,6 +87,18 @@ def test_tiny_synthetic_translation_bleu_rises(translated, tmp_path, monkeypatch
   for first in (4, c.data.seq_len):
     monkeypatch.setattr(decoding, "FIRST_CACHE_STAGE", first)
     assert translation.translate_file(workdir, str(tmp_path / "in.txt"), str(tmp_path / "o.txt")) == 0
+    assert (tmp_path / "o.txt").read_text().splitlines() == hypotheses, first
+  monkeypatch.undo()
+  # Sources padded to the narrowest width holding their batch's longest (8, 16 or 32 positions for
+  # these, batches of 8) decode as sources padded to all 64 do (float32 on the CPU).
+  from tl_jax.tasks.workdir import Workdir
+  ids = Workdir.open(workdir, commands=("translate",)).tokenizer().encode([s for s, _ in pairs])
+  for first in (8, c.data.seq_len):
+    monkeypatch.setattr(translation, "FIRST_SOURCE_WIDTH", first)
+    widths = {w for _, w in translation.decode_batches(ids, 8, c.data.seq_len)}
+    assert len(widths) >= (2 if first == 8 else 1) and max(widths) <= c.data.seq_len, widths
+    assert translation.translate_file(workdir, str(tmp_path / "in.txt"), str(tmp_path / "o.txt"),
+                                      batch_size=8) == 0
     assert (tmp_path / "o.txt").read_text().splitlines() == hypotheses, first
 
 
@@ -117,8 +141,12 @@ def test_translator_compresses_with_bleu_per_point_and_exact_exports(translated)
   assert gptq["calibration"]["batches"] == 4
   assert gptq["calibration"]["round_to_nearest"] == ["token_embed/embedding"]
   assert gptq["kl"] < uniform["kl"]
-  # One compiled evaluation and one compiled search for the whole grid, exports included.
-  assert scoring.TRACES["evaluate"] == 1 and scoring.TRACES["decode"] == 1
+  # One compiled evaluation for the whole grid, exports included, and one search for each source
+  # width the eval sentences use, all compiled before the first point.
+  searches = scoring.TRACES["decode"]
+  assert scoring.TRACES["evaluate"] == 1
+  assert 1 <= searches <= len(translation.source_widths(c.data.seq_len))
+  assert all(line["compiles"]["decode"] == searches for line in lines.values())
 
 
 def run_cli(*args):
