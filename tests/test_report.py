@@ -477,7 +477,16 @@ def test_seeds_of_a_size_count_as_one_with_their_spread(tmp_path):
   rows = {l.split("|")[1].strip(): l.split("|") for l in table.splitlines() if l.startswith("| ")}
   assert "(2 seeds)" in rows["20"][2] and "4.7100 ± 0.0141" in rows["20"][3]
   assert "step 200 at 20.0 s; step 200 at 20.0 s" in rows["20"][4]
-  assert rows["20"][10].strip() == "winner" and rows["10"][10].strip() == "tie within noise"
+  # Welch's t at 20 s: t = 0.1 / 0.01414, 2 degrees of freedom, where p = 1 - t / sqrt(2 + t^2).
+  t = 0.1 / math.sqrt(2 * 0.01 ** 2)
+  assert analysis.welch_p(groups[0].spread, groups[1].spread) == pytest.approx(1 - t / math.sqrt(2 + t * t))
+  assert rows["20"][10].strip() == f"winner (p = {1 - t / math.sqrt(2 + t * t):.2g})" == "winner (p = 0.019)"
+  assert rows["10"][10].strip().startswith("tie within noise (p = ")
+  # A margin of both standard deviations, equal ones: the winner by the rule, yet p = 0.18.
+  edge = analysis.welch_p(analysis.Spread(0.0, 1.0, 2), analysis.Spread(2.0, 1.0, 2))
+  assert edge == pytest.approx(1 - 2 / math.sqrt(6))
+  assert analysis.welch_p(one, at10[1].spread) is None
+  assert analysis.welch_p(analysis.Spread.of([1.0, 1.0]), analysis.Spread.of([2.0, 2.0])) is None
   assert "Repeated seeds" not in text
 
 
@@ -545,7 +554,7 @@ def test_compressed_seeds_of_a_size_are_averaged_in_the_memory_advice(tmp_path, 
   assert rows["1.5"][3] == "0.8020 ± 0.0028"
   # 4 x 64 at 4 bits: 0.818 ± 0.017 against 2 x 64's float32, 0.811 ± 0.0014: within noise.
   assert rows["9"][2] == "4x64 (197K) (2 seeds): uniform4b" and rows["9"][3] == "0.8180 ± 0.0170"
-  assert rows["9"][6] == "2x64 (98K) (2 seeds): float32" and rows["9"][11] == "tie within noise"
+  assert rows["9"][6] == "2x64 (98K) (2 seeds): float32" and rows["9"][11].startswith("tie within noise (p = ")
   # The 95% interval by hand: p ± 1.96 sqrt(s^2 / k + p (1 - p) / n), 2 seeds, 1000 examples.
   p, s = 0.818, math.sqrt(((0.806 - 0.818) ** 2 + (0.830 - 0.818) ** 2) / 1)
   half = 1.959964 * math.sqrt(s ** 2 / 2 + p * (1 - p) / 1000)

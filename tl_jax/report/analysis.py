@@ -172,6 +172,18 @@ def verdict(best: Spread, runner_up: Spread | None) -> str:
   return "winner" if abs(best.mean - runner_up.mean) > best.std + runner_up.std else "tie within noise"
 
 
+def welch_p(a: Spread, b: Spread) -> float | None:
+  """Two-sided p-value of Welch's t-test that the two groups' means are equal (unequal
+  variances); None where a spread is unknown or both are zero. With two seeds a side it has 1 to
+  2 degrees of freedom: a margin of both standard deviations together gives p = 1 - 2/sqrt(6)
+  (0.18) where they are equal, more where they differ."""
+  if a.std is None or b.std is None or (a.std == 0 and b.std == 0):
+    return None
+  from scipy import stats  # a dependency of jax
+  return float(stats.ttest_ind_from_stats(a.mean, a.std, a.n, b.mean, b.std, b.n,
+                                          equal_var=False).pvalue)
+
+
 @dataclasses.dataclass(frozen=True)
 class GroupReading:
   """The readings of the seeds of one group at a budget."""

@@ -252,6 +252,13 @@ def _mean_spread(metric, spread: A.Spread) -> str:
   return f"{metric.format(spread.mean)} ± {metric.format(spread.std)}"
 
 
+def _verdict(best: A.Spread, runner: A.Spread | None) -> str:
+  """The verdict, with Welch's p-value of the margin where both spreads are known."""
+  word = A.verdict(best, runner)
+  p = A.welch_p(best, runner) if runner is not None else None
+  return word if p is None else f"{word} (p = {p:.2g})"
+
+
 def _read_at(group: A.GroupReading) -> str:
   return "; ".join(f"step {r.step} at {md.seconds(r.seconds)} s" for r in group.readings)
 
@@ -441,7 +448,11 @@ def budgets(ctx: Context) -> str:
          "by. Runs that differ only by their seed (train.seed) count as one, by their mean ± "
          "standard deviation; a size is called the winner only when its margin exceeds the two "
          "standard deviations together, else the row says *tie within noise* (and *one seed* where "
-         "a spread is unknown)."]
+         "a spread is unknown). Beside it, p is Welch's two-sided t-test of the two means over "
+         "their seeds: were the two sizes equal, how often seed noise alone would give a margin at "
+         "least this large. With two seeds a size it has one to two degrees of freedom, so a "
+         "margin of both standard deviations together gives p = 0.18 where the two are equal, "
+         "more where they differ: read *winner* with its p."]
   any_training = False
   for task in ("pretrain", "translate"):
     metric = TASK_METRICS[task]
@@ -470,7 +481,7 @@ def budgets(ctx: Context) -> str:
           metric.format(abs(best.spread.mean - runner.spread.mean)) if runner else "—",
           ", ".join(ans.not_reached) or "—",
           ", ".join(ans.no_eval) or "—",
-          A.verdict(best.spread, runner.spread if runner else None) if best else "—"])
+          _verdict(best.spread, runner.spread if runner else None) if best else "—"])
     out.append(md.table(["budget (train s)", "best", metric.label, "read at", "runner-up",
                          f"runner-up {metric.label}", "margin", "not reached", "no eval by then",
                          "verdict"], rows))
@@ -507,7 +518,7 @@ def budgets(ctx: Context) -> str:
                    *(_value_cells(group, runner) if runner else blank),
                    md.num(runner.mib, 4) if runner else "—",
                    group.fmt(ans.margin) if ans.margin is not None else "—",
-                   A.verdict(spread(best), spread(runner) if runner else None) if best else "—"])
+                   _verdict(spread(best), spread(runner) if runner else None) if best else "—"])
     out.append(md.table(["budget (MiB)", "best point", *_value_columns(group), "MiB",
                          "runner-up (other size)", f"runner-up {group.label}",
                          *(["runner-up 95% interval"] if accuracy else []), "runner-up MiB", "margin",
