@@ -443,6 +443,51 @@ def test_regime_by_hand_and_its_flags(tmp_path):
   assert f"Regime: 1 of 1 runs repeated their data (2x64 ({format_params(r.params)}))" in text
 
 
+def test_runs_of_one_size_that_differ_in_one_setting_are_compared_as_a_b(tmp_path):
+  """pre_ln true/false on 2x64, two seeds each, end at 4.70/4.72 against 4.90/4.94: B − A and
+  Welch's p as the report prints them. A run of another size, and one differing in two
+  settings, pair with nothing; neither does a run without evals."""
+  def run(name, layers, seed, final, pre_ln=True, **train):
+    config = _pretrain_config(layers, 64)
+    config["model"]["pre_ln"] = pre_ln
+    config["train"] = {"seed": seed, "learning_rate": 1e-3, **train}
+    evals = [(0, 0.0, 8.0), (100, 10.0, final + 0.3), (200, 20.0, final)] if final else []
+    _write_workdir(tmp_path / "ab" / name, config, _metrics(evals, [(200, 20.0, 5.0)]))
+  run("pre-0", 2, 0, 4.70)
+  run("pre-1", 2, 1, 4.72)
+  run("post-0", 2, 0, 4.90, pre_ln=False)
+  run("post-1", 2, 1, 4.94, pre_ln=False)
+  run("deep", 4, 0, 4.50)  # another size
+  run("two-changes", 2, 0, 4.60, learning_rate=5e-4, warmup_steps=10)
+  run("no-evals", 2, 0, None, learning_rate=2e-3)
+  runs = [r for r in load_runs([str(tmp_path / "ab")]) if r.shape.num_layers == 2]
+  [c] = analysis.one_setting_comparisons(runs, "eval_loss")
+  assert (c.setting, c.values) == ("model.pre_ln", (False, True))
+  assert c.names == (("post-0", "post-1"), ("pre-0", "pre-1"))
+  assert [s.mean for s in c.spreads] == [pytest.approx(4.92), pytest.approx(4.71)]
+  a, b = c.spreads
+  t = (a.mean - b.mean) / math.sqrt(a.std ** 2 / 2 + b.std ** 2 / 2)
+  dof = (a.std ** 2 / 2 + b.std ** 2 / 2) ** 2 / ((a.std ** 2 / 2) ** 2 + (b.std ** 2 / 2) ** 2)
+  from scipy import stats
+  p = 2 * stats.t.sf(t, dof)
+  assert analysis.welch_p(b, a) == pytest.approx(p)
+
+  assert main([str(tmp_path / "ab"), "--out", str(tmp_path / "report")]) == 0
+  text = (tmp_path / "report" / "report.md").read_text()
+  table = text.split("## Settings compared")[1].split("\n## ")[0]
+  rows = [[c.strip() for c in l.split("|")[1:-1]] for l in table.splitlines() if l.startswith("| masked")]
+  assert rows == [["masked LM", rows[0][1], "`model.pre_ln`", "`False`", "post-0, post-1", "4.9200 ± 0.0283",
+                   "`True`", "pre-0, pre-1", "4.7100 ± 0.0141", "-0.2100", "`True`", f"winner (p = {p:.2g})"]]
+  assert rows[0][1].startswith("2x64")
+
+
+def test_no_a_b_section_without_a_one_setting_pair(tmp_path):
+  _write_workdir(tmp_path / "a", _pretrain_config(2, 64), _metrics([(100, 10.0, 5.0)], []))
+  _write_workdir(tmp_path / "b", _pretrain_config(4, 64), _metrics([(100, 10.0, 4.0)], []))
+  assert main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+  assert "## Settings compared" not in (tmp_path / "report" / "report.md").read_text()
+
+
 # ---------------------------------------------------------------------------
 # Seeds: one size, several runs.
 

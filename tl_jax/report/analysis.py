@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from tl_jax.report.runs import Run, Shape
+from tl_jax.report.runs import SEED_SETTINGS, Run, Shape
 
 T = TypeVar("T")
 # Slack for comparing float seconds and byte budgets written with a few digits.
@@ -182,6 +182,57 @@ def welch_p(a: Spread, b: Spread) -> float | None:
   from scipy import stats  # a dependency of jax
   return float(stats.ttest_ind_from_stats(a.mean, a.std, a.n, b.mean, b.std, b.n,
                                           equal_var=False).pvalue)
+
+
+def flat_settings(config: dict, prefix: str = "") -> dict[str, object]:
+  """{"section.key": value} of a config's leaves."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      out.update(flat_settings(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """Two seed groups of one task and size whose configs differ in exactly one setting: each
+  side's setting value, run names and final readings (its runs' last evals)."""
+  setting: str
+  values: tuple[object, object]
+  names: tuple[tuple[str, ...], tuple[str, ...]]
+  spreads: tuple[Spread, Spread]
+
+
+def one_setting_comparisons(runs: Sequence[Run], key: str) -> list[Comparison]:
+  """A/B pairs among `runs` (one task, one size): seed groups whose configs differ in one
+  setting besides SEED_SETTINGS, compared by each run's last eval of `key`. Runs without such an
+  eval are left out."""
+  groups: dict[str, list[tuple[str, dict, float]]] = {}
+  for run in runs:
+    evals = run.eval_lines(key)
+    if evals:
+      settings = flat_settings(run.config)
+      for name in SEED_SETTINGS:
+        settings.pop(name, None)
+      groups.setdefault(run.seed_group, []).append((run.name, settings, float(evals[-1][key])))
+  out = []
+  members = list(groups.values())
+  for i, a in enumerate(members):
+    for b in members[i + 1:]:
+      settings_a, settings_b = a[0][1], b[0][1]
+      differ = [k for k in sorted(set(settings_a) | set(settings_b))
+                if settings_a.get(k) != settings_b.get(k)]
+      if len(differ) != 1:
+        continue
+      k = differ[0]
+      sides = sorted([a, b], key=lambda g: str(g[0][1].get(k)))
+      out.append(Comparison(
+          k, tuple(side[0][1].get(k) for side in sides),
+          tuple(tuple(name for name, _, _ in side) for side in sides),
+          tuple(Spread.of([value for _, _, value in side]) for side in sides)))
+  return sorted(out, key=lambda c: (c.setting, str(c.values)))
 
 
 @dataclasses.dataclass(frozen=True)

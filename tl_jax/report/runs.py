@@ -22,6 +22,11 @@ _INSIDE_WORKDIR = frozenset({CHECKPOINTS, BEST, TOKENIZER, "events", COMPRESSED}
 TOKEN_COUNT_KEYS = ("train_tokens", "data_tokens", "num_train_tokens")
 
 
+# What differs between the seeds of one experiment: the seed, and --init's path (each seed's
+# finetune starts from that seed's own pretraining run).
+SEED_SETTINGS = ("train.seed", "init.workdir")
+
+
 @dataclasses.dataclass(frozen=True, order=True)
 class Shape:
   """A model size: encoder layers, decoder layers (translation only) and width."""
@@ -85,11 +90,11 @@ class Run:
 
   @property
   def seed_group(self) -> str:
-    """What runs that differ only by their seed share: the config without train.seed (and
-    without --init's path, which is the seed's own pretraining run)."""
+    """What runs that differ only by their seed share: the config without SEED_SETTINGS."""
     config = json.loads(json.dumps(self.config))
-    (config.get("train") or {}).pop("seed", None)
-    (config.get("init") or {}).pop("workdir", None)
+    for setting in SEED_SETTINGS:
+      section, key = setting.split(".")
+      (config.get(section) or {}).pop(key, None)
     return json.dumps(config, sort_keys=True)
 
   def train_lines(self) -> list[dict]:

@@ -528,6 +528,33 @@ def budgets(ctx: Context) -> str:
   return "\n\n".join(out)
 
 
+def settings_compared(ctx: Context) -> str:
+  """A/B: runs of one task and size that differ in a single setting (report/analysis.py)."""
+  rows = []
+  for task, metric in TASK_METRICS.items():
+    by_shape: dict = {}
+    for run in ctx.of_task(task):
+      by_shape.setdefault(run.shape, []).append(run)
+    for shape, runs in by_shape.items():
+      for c in A.one_setting_comparisons(runs, metric.key):
+        ahead = max((0, 1), key=lambda i: metric.score(c.spreads[i].mean))
+        side = lambda i: [f"`{c.values[i]}`", ", ".join(c.names[i]), _mean_spread(metric, c.spreads[i])]
+        rows.append([_TASK_NOUNS[task], ctx.sizes[shape], f"`{c.setting}`", *side(0), *side(1),
+                     metric.format(c.spreads[1].mean - c.spreads[0].mean), f"`{c.values[ahead]}`",
+                     _verdict(c.spreads[ahead], c.spreads[1 - ahead])])
+  if not rows:
+    return ""
+  return "\n\n".join([
+      "## Settings compared",
+      "Runs of one task and size whose configs differ in exactly one setting (besides train.seed "
+      "and --init's path), each side's seeds as one: the mean ± standard deviation of the runs' "
+      "last evals (validation loss, BLEU or accuracy), the difference B − A, the side ahead, and "
+      "the verdict and Welch p-value as in the budget advice. Runs stopped at different times "
+      "are compared as they ended; the budget tables above compare sizes at equal seconds.",
+      md.table(["task", "size", "setting", "A", "A runs", "A final", "B", "B runs", "B final",
+                "B − A", "ahead", "verdict"], rows)])
+
+
 PREDICT_PAST = (2.0, 4.0)  # default prediction budgets: these multiples of the longest run
 
 
@@ -951,5 +978,5 @@ def scaling_law(ctx: Context) -> str:
   return "\n\n".join(out)
 
 
-SECTIONS = (overview, pretraining, scaling_law, budgets, quantization_pruning, memory_frontier,
-            data_size, compressibility)
+SECTIONS = (overview, pretraining, scaling_law, budgets, settings_compared, quantization_pruning,
+            memory_frontier, data_size, compressibility)
