@@ -5,8 +5,9 @@ data.seq_len in input order (how tl_jax batched it before source widths), agains
 
   python3 -u bench/decode_eval.py --workdir=W [--pairs=0] [--reps=2] [--out=FILE.json]
 
-W is a trained `tl-jax translate` workdir (its best or newest checkpoint; a trained model, so
-that outputs end where real ones do and sorted batches can stop early together). Its BLEU-eval
+W is a trained `tl-jax translate` workdir (its best/ or, with --which=latest or without best/,
+its newest checkpoint; a trained model, so that outputs end where real ones do and sorted
+batches can stop early together). Its BLEU-eval
 sentences (`eval.bleu_pairs` of the eval split, or --pairs), its beam, batch and length penalty
 are used as the run's evals use them (--beam and --batch change the last two). E.g. on a CPU (about 5 minutes to train):
 
@@ -38,6 +39,8 @@ sys.path.insert(0, REPO)
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", required=True)
+  p.add_argument("--which", default="", choices=["", "best", "latest"],
+                 help="parameters to decode with (default: best/ where it exists, else the newest)")
   p.add_argument("--pairs", type=int, default=0, help="sentences decoded (0 = the run's BLEU eval's)")
   p.add_argument("--beam", type=int, default=0, help="beam size (0 = the run's eval.beam_size)")
   p.add_argument("--batch", type=int, default=0, help="sentences a batch (0 = eval.decode_batch_size)")
@@ -65,7 +68,8 @@ def main():
   config.eval.beam_size = args.beam or config.eval.beam_size
   config.eval.decode_batch_size = args.batch or config.eval.decode_batch_size
   mesh, rules = make_mesh(config, jax.devices()[:1]), rules_for(config.parallel.rules)
-  params, chosen = run.restore_params("best" if run.best().exists() else "latest", mesh, rules)
+  which = args.which or ("best" if run.best().exists() else "latest")
+  params, chosen = run.restore_params(which, mesh, rules)
   model = run.task.model(tokenizer.vocab_size)
   bleu = run.task.scoring(tokenizer, model, mesh, rules, max_examples=args.pairs).generate
   sources, references = bleu.sources, bleu.references

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue 18's measurements still owed on a GPU, in one call under one deadline, each with its peer
+# where it has one; logs and JSON under $OUT (default ./bench_out):
+#   decode       bench/decode.py beam 4 at L=128, both shapes, against HF generate (the two rows
+#                below 2x before the staged key/value cache)
+#   decode_eval  a multi30k translator trained for $TRAIN_S seconds, its BLEU eval padded to
+#                seq_len against batched by source width (bench/decode_eval.py)
+#   speed_zipf   bench/speed.py big-128 on Zipf ids, tl_jax and the Marian peers
+#   padding      bench/finetune_padding.py, d6-w512 on SST-2 (GPU tokens/s before and after)
+#   . bench/gpu_env.sh; DEADLINE=540 bench/h200_speed.sh [STEP ...]   # default: all four
+# Env: DEADLINE (540), OUT, TRAIN_S (90), PEERS (.data/peers), TL_JAX_DATA (.data when present).
+set -u
+end=$(( $(date +%s) + ${DEADLINE:-540} ))
+out=${OUT:-bench_out}
+mkdir -p "$out"
+[ -d .data ] && export TL_JAX_DATA=${TL_JAX_DATA:-.data}
+data=${TL_JAX_DATA:-../shared/data}
+peers=${PEERS:-.data/peers}
+steps=("$@")
+[ "${#steps[@]}" -gt 0 ] || steps=(decode decode_eval speed_zipf padding)
+
+run() {  # NAME COMMAND...: under what is left of the deadline, output to $out/NAME.log
+  local name=$1; shift
+  local left=$(( end - $(date +%s) ))
+  if [ "$left" -lt 30 ]; then echo "$name: skipped, the deadline is near"; return 124; fi
+  echo "== $name ($left s left): $*"
+  timeout -s TERM -k 20 "$left" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  echo "$name: exit status $rc"
+  return "$rc"
+}
+
+status=0
+for step in "${steps[@]}"; do
+  case $step in
+    decode) run decode python3 -u bench/decode.py --beams=4 --lengths=128 --out="$out/decode" || status=$? ;;
+    decode_eval)
+      run decode_train tl-jax translate --config=configs/translate.py:multi30k --workdir=/tmp/h200_mt \
+        --config.data.train_prefix="$data/multi30k/train" \
+        --config.data.eval_prefix="$data/multi30k/test_2016_flickr" \
+        --config.data.test_prefix="$data/multi30k/test_2016_flickr" \
+        --config.train.max_train_seconds="${TRAIN_S:-90}" \
+        && run decode_eval python3 -u bench/decode_eval.py --workdir=/tmp/h200_mt --which=latest \
+             --out="$out/decode_eval.json" || status=$? ;;
+    speed_zipf) run speed_zipf python3 -u bench/speed.py --cases=big-128 --variants=tl_jax \
+                  --peers="$peers" --ids=zipf --out="$out/speed_zipf" || status=$? ;;
+    padding) run padding python3 -u bench/finetune_padding.py --data="$data" --model=d6-w512 \
+               --out="$out/finetune_padding.json" || status=$? ;;
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding"; exit 2 ;;
+  esac
+done
+echo "== summary"
+for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
+grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
+tail -n 8 "$out"/padding.log 2>/dev/null
+exit "$status"  # the last failed step's (124: the deadline)
