@@ -446,7 +446,8 @@ def test_regime_by_hand_and_its_flags(tmp_path):
 def test_runs_of_one_size_that_differ_in_one_setting_are_compared_as_a_b(tmp_path):
   """pre_ln true/false on 2x64, two seeds each, end at 4.70/4.72 against 4.90/4.94: B − A and
   Welch's p as the report prints them. A run of another size, and one differing in two
-  settings, pair with nothing; neither does a run without evals."""
+  settings, pair with nothing; neither does a run without evals, nor runs that differ only in
+  their budget or data size."""
   def run(name, layers, seed, final, pre_ln=True, **train):
     config = _pretrain_config(layers, 64)
     config["model"]["pre_ln"] = pre_ln
@@ -460,6 +461,11 @@ def test_runs_of_one_size_that_differ_in_one_setting_are_compared_as_a_b(tmp_pat
   run("deep", 4, 0, 4.50)  # another size
   run("two-changes", 2, 0, 4.60, learning_rate=5e-4, warmup_steps=10)
   run("no-evals", 2, 0, None, learning_rate=2e-3)
+  run("longer", 2, 0, 4.40, max_train_seconds=60)  # a budget: RQ1's curves compare those
+  run("less-data", 2, 0, 4.80)  # a data size: RQ4's section compares those
+  config = json.loads((tmp_path / "ab" / "less-data" / "config.json").read_text())
+  config["data"]["max_train_tokens"] = 1000
+  (tmp_path / "ab" / "less-data" / "config.json").write_text(json.dumps(config))
   runs = [r for r in load_runs([str(tmp_path / "ab")]) if r.shape.num_layers == 2]
   [c] = analysis.one_setting_comparisons(runs, "eval_loss")
   assert (c.setting, c.values) == ("model.pre_ln", (False, True))

@@ -205,10 +205,16 @@ class Comparison:
   spreads: tuple[Spread, Spread]
 
 
+# Settings the report compares in their own sections: the data size (RQ4's gap against data) and
+# the training budget (the RQ1 curves, read at equal seconds). A sweep over either would fill the
+# A/B table with every pair of its values.
+COMPARED_ELSEWHERE = ("data.max_train_tokens", "train.max_train_seconds")
+
+
 def one_setting_comparisons(runs: Sequence[Run], key: str) -> list[Comparison]:
   """A/B pairs among `runs` (one task, one size): seed groups whose configs differ in one
-  setting besides SEED_SETTINGS, compared by each run's last eval of `key`. Runs without such an
-  eval are left out."""
+  setting besides SEED_SETTINGS (and not one of COMPARED_ELSEWHERE), compared by each run's last
+  eval of `key`. Runs without such an eval are left out."""
   groups: dict[str, list[tuple[str, dict, float]]] = {}
   for run in runs:
     evals = run.eval_lines(key)
@@ -224,7 +230,7 @@ def one_setting_comparisons(runs: Sequence[Run], key: str) -> list[Comparison]:
       settings_a, settings_b = a[0][1], b[0][1]
       differ = [k for k in sorted(set(settings_a) | set(settings_b))
                 if settings_a.get(k) != settings_b.get(k)]
-      if len(differ) != 1:
+      if len(differ) != 1 or differ[0] in COMPARED_ELSEWHERE:
         continue
       k = differ[0]
       sides = sorted([a, b], key=lambda g: str(g[0][1].get(k)))

@@ -547,7 +547,8 @@ def settings_compared(ctx: Context) -> str:
   return "\n\n".join([
       "## Settings compared",
       "Runs of one task and size whose configs differ in exactly one setting (besides train.seed "
-      "and --init's path), each side's seeds as one: the mean ± standard deviation of the runs' "
+      "and --init's path; a training budget or data size is compared in the RQ1 and RQ4 "
+      "sections instead), each side's seeds as one: the mean ± standard deviation of the runs' "
       "last evals (validation loss, BLEU or accuracy), the difference B − A, the side ahead, and "
       "the verdict and Welch p-value as in the budget advice. Runs stopped at different times "
       "are compared as they ended; the budget tables above compare sizes at equal seconds.",
