@@ -149,6 +149,25 @@ def test_translator_compresses_with_bleu_per_point_and_exact_exports(translated)
   assert all(line["compiles"]["decode"] == searches for line in lines.values())
 
 
+@pytest.mark.slow
+def test_decode_eval_bench_decodes_the_bleu_eval_both_ways_alike(translated, tmp_path):
+  """bench/decode_eval.py on the trained tiny translator: both batchings decode the same
+  sentences (float32, greedy) to the same BLEU, and it reports the widths it used."""
+  c, workdir = translated
+  out = tmp_path / "decode_eval.json"
+  result = subprocess.run([sys.executable, "-u", "bench/decode_eval.py", f"--workdir={workdir}",
+                           "--pairs=60", "--batch=16", "--reps=1", f"--out={out}"], cwd=REPO,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  summary = json.loads(out.read_text())
+  assert summary["sentences"] == 60 and summary["identical_fraction"] == 1.0
+  assert summary["padded"]["bleu"] == summary["bucketed"]["bleu"] > 25.0
+  assert set(map(int, summary["widths"])) <= set(translation.source_widths(c.data.seq_len))
+  assert sum(summary["widths"].values()) == 4  # 60 sentences in batches of 16
+  assert summary["bucketed"]["real_source_fraction"] > summary["padded"]["real_source_fraction"]
+
+
 def run_cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "tl_jax.cli", *args], cwd=REPO, env=env,
