@@ -56,18 +56,14 @@ def main():
   import jax
   import numpy as np
 
-  from tl_jax.config import ParallelConfig
-  from tl_jax.parallel.mesh import make_mesh
-  from tl_jax.parallel.rules import rules_for
   from tl_jax.tasks import translation
   from tl_jax.tasks.workdir import Workdir
 
   run = Workdir.open(args.workdir, commands=("translate",))
   config, tokenizer = run.config, run.tokenizer()
-  config.parallel = ParallelConfig(data=1)
   config.eval.beam_size = args.beam or config.eval.beam_size
   config.eval.decode_batch_size = args.batch or config.eval.decode_batch_size
-  mesh, rules = make_mesh(config, jax.devices()[:1]), rules_for(config.parallel.rules)
+  mesh, rules = run.one_device()
   which = args.which or ("best" if run.best().exists() else "latest")
   params, chosen = run.restore_params(which, mesh, rules)
   model = run.task.model(tokenizer.vocab_size)

@@ -159,7 +159,8 @@ def test_finished_stages_are_skipped_and_an_interrupted_one_resumes(tmp_path, in
   state = root / ".sweep"
   markers = {n: state / f"{n}.done" for n in ("one", "two")}
   done = json.loads(markers["one"].read_text())
-  assert done["command"] == sweep_lib.commands(sweep_lib.load_sweep(spec), str(root))[0]
+  sweep = sweep_lib.load_sweep(spec)
+  assert done["command"] == sweep_lib.command(sweep, str(root), sweep.stages[0])
   assert done["seconds"] > 0 and done["finished"]
   assert json.loads((state / "sweep.json").read_text())["stages"][1]["overrides"]["model.num_layers"] == "1"
   assert "stopped at step 30:" in (state / "logs" / "two.log").read_text()

@@ -249,11 +249,6 @@ def command(sweep: Sweep, root: str, stage: Stage) -> list[str]:
   return argv
 
 
-def commands(sweep: Sweep, root: str) -> list[list[str]]:
-  """The exact argv of each stage, in order."""
-  return [command(sweep, root, s) for s in sweep.stages]
-
-
 def selected(sweep: Sweep, only: str | None) -> list[Stage]:
   """The stages that `only` (a stage name, or None for all) picks; UserError for an unknown name."""
   if only is None:
@@ -501,8 +496,8 @@ Runs a sweep file's stages in order, one workdir each under DIR, skipping stages
 (ROOT/.sweep/*.done); re-run the same command to resume. --print-only prints the commands, each
 after `# stage: NAME` and its `# after: DEPENDENCY`, and runs nothing (launch/sweep.sh submits
 them as jobs); --only runs one stage (its dependency must be done), or with --print-only prints
-its command alone. --config.* flags are added
-to every stage whose config has that field (e.g. --config.parallel.fsdp=8).
+its command alone. --config.* flags are added to every stage whose config has that field (e.g.
+--config.parallel.fsdp=8).
 """
 
 

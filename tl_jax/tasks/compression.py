@@ -14,18 +14,14 @@ import jax
 from tl_jax.compress import apply as compress_apply
 from tl_jax.compress import grid
 from tl_jax.compress import layout as layout_lib
-from tl_jax.config import CompressConfig, ParallelConfig
-from tl_jax.parallel.mesh import make_mesh
-from tl_jax.parallel.rules import rules_for
+from tl_jax.config import CompressConfig
 from tl_jax.tasks import scoring as scoring_lib
 from tl_jax.tasks.workdir import Workdir
 
 
 def target(run: Workdir, config: CompressConfig) -> grid.Target:
   task = run.task
-  task.config.parallel = ParallelConfig(data=1)  # one device, whatever mesh trained the run
-  mesh = make_mesh(task.config, jax.devices()[:1])
-  rules = rules_for(task.config.parallel.rules)
+  mesh, rules = run.one_device()
   which = run.choose(config.checkpoint, field="checkpoint")
   tokenizer = run.tokenizer()
   model = task.model(tokenizer.vocab_size)

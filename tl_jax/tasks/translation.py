@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tl_jax.config import ParallelConfig, d_ff
+from tl_jax.config import d_ff
 from tl_jax.data import cache as token_cache
 from tl_jax.data.loader import TrainLoader, eval_batches
 from tl_jax.data.pairs import (FIELDS, JointText, PackedPairs, pack, padding_fraction, prepare_packed,
@@ -26,8 +26,6 @@ from tl_jax.errors import UserError
 from tl_jax.models import decoding
 from tl_jax.models.encoder_decoder import Translator
 from tl_jax.parallel import sharding as shd
-from tl_jax.parallel.mesh import make_mesh
-from tl_jax.parallel.rules import rules_for
 from tl_jax.tasks.base import Task, TaskData
 from tl_jax.tasks.scoring import TRACES, Scoring
 from tl_jax.tasks.workdir import DECODES, Workdir, trained_tokenizer
@@ -188,14 +186,18 @@ class Translate:
 
   def compile(self, params, id_lists: list[list[int]]) -> None:
     """Compiles the searches that translating `id_lists` needs (none twice)."""
-    for _, width in decode_batches(id_lists, self.rows, self.seq_len):
+    self._compile_widths(params, decode_batches(id_lists, self.rows, self.seq_len))
+
+  def _compile_widths(self, params, batches) -> None:
+    for _, width in batches:
       if width not in self._compiled:
         self._compiled[width] = self._jitted.lower(params, source_rows([], self.rows, width)).compile()
 
   def __call__(self, params, id_lists: list[list[int]]) -> list[np.ndarray]:
-    self.compile(params, id_lists)
+    batches = decode_batches(id_lists, self.rows, self.seq_len)
+    self._compile_widths(params, batches)
     out = [None] * len(id_lists)
-    for indices, width in decode_batches(id_lists, self.rows, self.seq_len):
+    for indices, width in batches:
       chunk = [id_lists[i][: self.seq_len - 1] for i in indices]
       rows = np.asarray(jax.device_get(self._compiled[width](params, source_rows(chunk, self.rows, width))))
       for i, row in zip(indices, rows):
@@ -316,10 +318,7 @@ def translate_file(workdir: str, input_path: str, output_path: str, batch_size: 
 
   config = run.config
   tokenizer = run.tokenizer()
-  # One device, whatever mesh trained the run: checkpoints restore onto any mesh.
-  config.parallel = ParallelConfig(data=1)
-  mesh = make_mesh(config, jax.devices()[:1])
-  rules = rules_for(config.parallel.rules)
+  mesh, rules = run.one_device()
   which = "best" if run.best().exists() else "latest"
   if which == "latest" and run.latest_step() is None:
     raise UserError(f"{workdir} has no checkpoint yet; train it with `tl-jax translate` first.")

@@ -129,6 +129,16 @@ class Workdir:
     from tl_jax.data.tokenizer import load_tokenizer
     return load_tokenizer(self.file(TOKENIZER))
 
+  def one_device(self):
+    """(mesh, rules) on the first device, whatever mesh trained the run (checkpoints restore
+    onto any mesh); the config's parallel settings are set to match."""
+    import jax
+    from tl_jax.config import ParallelConfig
+    from tl_jax.parallel.mesh import make_mesh
+    from tl_jax.parallel.rules import rules_for
+    self.config.parallel = ParallelConfig(data=1)
+    return make_mesh(self.config, jax.devices()[:1]), rules_for(self.config.parallel.rules)
+
   def best(self):
     """The run's BestParams (train/best.py), judged by the task's metric."""
     from tl_jax.train.best import BestParams
