@@ -3,6 +3,8 @@ nearest, uniform storage, Hessians from the model's own Dense inputs."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,3 +155,36 @@ def test_scanned_models_are_refused_in_one_sentence():
   layouts = model_layouts(Classifier(config, 128, 2), np.zeros((1, 16), np.int32))
   with pytest.raises(UserError, match="scan_layers=false"):
     hessians.check_unscanned(layouts, [p for p in layouts if "mlp/wi/kernel" in p])
+
+
+def test_any_block_size_gives_the_codes_of_one_block():
+  """The lazy batch update only delays when a block's errors reach later rows, so per-channel
+  codes do not depend on the block size, nor on a last block shorter than the rest."""
+  w, x = correlated_problem(num_in=100, num_out=24, seed=4)
+  run = lambda block: gptq_matrix(w, x.T @ x, 3, symmetric=True, granularity="channel",
+                                  group_size=32, block_size=block, damping=0.01)[0]
+  whole = run(100)
+  for block in (24, 32, 64):  # 4 blocks of 24 and one of 4; 3 of 32 and 4; 64 and 36
+    assert float(jnp.mean(run(block) == whole)) > 0.99, block
+
+
+def test_the_program_does_not_grow_with_the_number_of_blocks():
+  """The blocks are a loop, not unrolled: 16 blocks lower to about the program of 2."""
+  w, x = correlated_problem(num_in=256, num_out=16, samples=300)
+  size = lambda block: len(jax.jit(lambda w, h: gptq_matrix(
+      w, h, 4, symmetric=True, granularity="group", group_size=32, block_size=block,
+      damping=0.01)[0]).lower(w, x.T @ x).as_text())
+  assert size(16) < 1.2 * size(128)
+
+
+def test_the_hessians_are_factorized_one_at_a_time():
+  """jaxlib's CPU Cholesky splits a batch over XLA's threads and waits for them; two such calls
+  side by side deadlocked a 2-core machine (jax 0.10.2), so encode factorizes one layer at a
+  time, never a batch."""
+  w, x = correlated_problem(num_in=32, num_out=16)
+  h = (x.T @ x)[:32, :32]
+  quant = QuantConfig(method="gptq", bits=4, gptq_block_size=16)
+  encode = lambda w3, h3: QUANTIZERS["gptq"].encode(w3, 4, quant, None, h3)["codes"]
+  text = str(jax.make_jaxpr(encode)(jnp.stack([w] * 3), jnp.stack([h] * 3)))
+  shapes = re.findall(r":f32\[([\d,]+)\] = cholesky", text)
+  assert shapes and all(s == "32,32" for s in shapes), shapes

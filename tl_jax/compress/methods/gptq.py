@@ -57,56 +57,84 @@ def gptq_matrix(w, h, bits, *, symmetric: bool, granularity: str, group_size: in
                 block_size: int, damping: float, mask=None):
   """(codes [I, O] int32, scale, zero) for one weight matrix w [I, O] and Hessian h [I, I].
   `scale` and `zero` have the uniform quantizer's shape for the granularity, without the S axis."""
+  u, dead = inverse_hessian_factor(h.astype(jnp.float32), damping)
+  return gptq_with_factor(w, u, dead, bits, symmetric=symmetric, granularity=granularity,
+                          group_size=group_size, block_size=block_size, mask=mask)
+
+
+def gptq_with_factor(w, u, dead, bits, *, symmetric: bool, granularity: str, group_size: int,
+                     block_size: int, mask=None):
+  """gptq_matrix, given inverse_hessian_factor's (u, dead) for the Hessian.
+
+  The blocks run in a `lax.fori_loop` (plus one shorter block where block_size does not divide
+  I), so the program's size, and its compile, do not grow with the number of blocks."""
   w = w.astype(jnp.float32)
   num_in, num_out = w.shape
   kept = jnp.ones(w.shape, bool) if mask is None else mask.astype(bool)
-  u, dead = inverse_hessian_factor(h.astype(jnp.float32), damping)
   w = jnp.where(dead[:, None], 0.0, w)
-  if granularity != "group":
+  grouped = granularity == "group"
+  if not grouped:
     _, scale, zero = quant_lib.uniform_codes(w[None], bits, symmetric=symmetric,
                                              granularity=granularity, mask=kept[None])
     scale, zero = scale[0], zero[0]  # [1, O] or [1, 1]
-  groups = num_in // group_size if granularity == "group" else 1
-  group_scales = jnp.zeros((groups, num_out), jnp.float32)
-  group_zeros = jnp.zeros((groups, num_out), jnp.float32)
-  codes = jnp.zeros(w.shape, jnp.int32)
+  groups = num_in // group_size if grouped else 1
+  index = jnp.arange(num_in)
 
-  for start in range(0, num_in, block_size):
-    stop = min(start + block_size, num_in)
-    if granularity == "group":  # scales of the groups that begin in this block, from rows as they are now
-      for g in range(-(-start // group_size), -(-stop // group_size)):
-        rows = slice(g * group_size, (g + 1) * group_size)
-        _, s, z = quant_lib.uniform_codes(w[None, rows], bits, symmetric=symmetric,
-                                          granularity="channel", mask=kept[None, rows])
-        group_scales = group_scales.at[g].set(s[0, 0])
-        group_zeros = group_zeros.at[g].set(z[0, 0])
-    block_u = u[start:stop, start:stop]
+  def block(start, n, carry):
+    """Quantizes rows [start, start + n) (start may be traced, n is static)."""
+    w, codes, group_scales, group_zeros = carry
+    stop = start + n
+    if grouped:
+      # Scales of the groups that begin in this block, from the rows as they are now. At most
+      # ceil(n / group_size) groups can; candidates that do not are left unchanged.
+      first = (start + group_size - 1) // group_size
+      for k in range(-(-n // group_size)):
+        g = first + k
+        begins = (g * group_size < stop) & (g < groups)
+        g = jnp.minimum(g, groups - 1)
+        rows = lax.dynamic_slice_in_dim(w, g * group_size, group_size)
+        rows_kept = lax.dynamic_slice_in_dim(kept, g * group_size, group_size)
+        _, s, z = quant_lib.uniform_codes(rows[None], bits, symmetric=symmetric,
+                                          granularity="channel", mask=rows_kept[None])
+        group_scales = group_scales.at[g].set(jnp.where(begins, s[0, 0], group_scales[g]))
+        group_zeros = group_zeros.at[g].set(jnp.where(begins, z[0, 0], group_zeros[g]))
+    block_u = lax.dynamic_slice(u, (start, start), (n, n))
+    block_kept = lax.dynamic_slice_in_dim(kept, start, n)
 
-    def row_step(r, carry, start=start, block_u=block_u, group_scales=group_scales,
-                 group_zeros=group_zeros):
+    def row_step(r, carry):
       block, errors, block_codes = carry
       row = block[r]
-      if granularity == "group":
+      if grouped:
         g = (start + r) // group_size
         s, z = group_scales[g], group_zeros[g]
       else:
         s, z = scale[0], zero[0]
       q = _codes_at(row, s, z, bits, symmetric)
-      dq = jnp.where(kept[start + r], (q - z) * s, 0.0)
+      dq = jnp.where(block_kept[r], (q - z) * s, 0.0)
       error = (row - dq) / block_u[r, r]
       # U is upper triangular: rows before r are untouched, row r becomes exactly dq.
       block = block - block_u[r][:, None] * error[None, :]
       return block, errors.at[r].set(error), block_codes.at[r].set(q.astype(jnp.int32))
 
-    n = stop - start
-    block, errors, block_codes = lax.fori_loop(
-        0, n, row_step, (w[start:stop], jnp.zeros((n, num_out), jnp.float32),
-                         jnp.zeros((n, num_out), jnp.int32)))
-    codes = codes.at[start:stop].set(block_codes)
-    w = w.at[start:stop].set(block)
-    if stop < num_in:
-      w = w.at[stop:].add(-u[start:stop, stop:].T @ errors)
-  if granularity == "group":
+    block_w, errors, block_codes = lax.fori_loop(
+        0, n, row_step, (lax.dynamic_slice_in_dim(w, start, n),
+                         jnp.zeros((n, num_out), jnp.float32), jnp.zeros((n, num_out), jnp.int32)))
+    codes = lax.dynamic_update_slice_in_dim(codes, block_codes, start, 0)
+    w = lax.dynamic_update_slice_in_dim(w, block_w, start, 0)
+    # The lazy batch update: the block's errors move onto every row after it (U's rows of this
+    # block, zero before the block by triangularity, zeroed over the block itself).
+    u_rows = jnp.where(index >= stop, lax.dynamic_slice_in_dim(u, start, n), 0.0)
+    return w - u_rows.T @ errors, codes, group_scales, group_zeros
+
+  carry = (w, jnp.zeros(w.shape, jnp.int32), jnp.zeros((groups, num_out), jnp.float32),
+           jnp.zeros((groups, num_out), jnp.float32))
+  full, tail = divmod(num_in, block_size)
+  if full:
+    carry = lax.fori_loop(0, full, lambda b, c: block(b * block_size, block_size, c), carry)
+  if tail:
+    carry = block(full * block_size, tail, carry)
+  _, codes, group_scales, group_zeros = carry
+  if grouped:
     return codes, group_scales, group_zeros
   return codes, scale, zero
 
@@ -122,10 +150,14 @@ class GPTQ(Uniform):
     if hessian is None:  # no inputs to calibrate on (a lookup table): round to nearest
       return super().encode(w3, bits, quant, mask3)
     bits = jnp.asarray(bits, jnp.int32)
-    one = lambda w, h, m: gptq_matrix(
-        w, h, bits, symmetric=quant.symmetric, granularity=quant.granularity,
-        group_size=quant.group_size, block_size=quant.gptq_block_size, damping=quant.gptq_damping,
-        mask=m)
+    # One factorization at a time (lax.map, not vmap): jaxlib's CPU Cholesky splits a batch
+    # over XLA's intra-op threads and waits for them, so two batched calls that XLA runs side
+    # by side can each hold one thread of a 2-core machine and wait forever (jax 0.10.2).
+    u, dead = lax.map(lambda h: inverse_hessian_factor(h.astype(jnp.float32), quant.gptq_damping),
+                      hessian)
+    one = lambda w, u, dead, m: gptq_with_factor(
+        w, u, dead, bits, symmetric=quant.symmetric, granularity=quant.granularity,
+        group_size=quant.group_size, block_size=quant.gptq_block_size, mask=m)
     mask3 = jnp.ones(w3.shape, bool) if mask3 is None else mask3
-    codes, scale, zero = jax.vmap(one)(w3, hessian, mask3)
+    codes, scale, zero = jax.vmap(one)(w3, u, dead, mask3)
     return {"codes": codes.astype(jnp.uint8), "scale": scale, "zero": zero}
