@@ -254,8 +254,16 @@ PEER_ZIPF_TORCH = """
 import numpy as np, torch
 sys.path.insert(0, {bench!r})
 from speed import random_ids
-torch.randint = lambda low, high, size, device=None: torch.from_numpy(
-    random_ids(np.random.default_rng(0), low, high, size, "zipf")).long().to(device)
+_randint = torch.randint
+def zipf_randint(*args, **kwargs):
+  # Only the peers' randint(low, high, size, device=...); torch.compile's own calls
+  # (randint(high, size, ...) for its random seeds) keep the original.
+  if len(args) != 3:
+    return _randint(*args, **kwargs)
+  low, high, size = args
+  return torch.from_numpy(random_ids(np.random.default_rng(0), low, high, size, "zipf")).long().to(
+      kwargs.get("device"))
+torch.randint = zipf_randint
 """
 PEER_ZIPF_JAX = """
 import numpy as np, jax

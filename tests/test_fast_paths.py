@@ -260,6 +260,10 @@ def test_zipf_ids_repeat_like_text_for_tl_jax_and_the_torch_peer():
     ids = torch.randint(3, 1000, (64, 32), device="cpu")
     assert ids.dtype == torch.int64 and ids.shape == (64, 32)
     assert ids.min() >= 3 and ids.max() < 1000 and (ids == 3).float().mean() > 0.1
+    # torch.compile draws its seeds with randint(high, size): those keep torch's own (the H100
+    # run of 2026-12-05 failed in the Marian peer's compile when they did not).
+    seed = torch.randint(2**63 - 1, [], device="cpu")
+    assert seed.shape == () and seed.dtype == torch.int64
   finally:
     torch.randint = original  # the peer's process ends there; this one goes on
 
