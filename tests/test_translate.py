@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from tl_jax import config as config_lib
@@ -100,6 +101,32 @@ def test_tiny_synthetic_translation_bleu_rises(translated, tmp_path, monkeypatch
     assert translation.translate_file(workdir, str(tmp_path / "in.txt"), str(tmp_path / "o.txt"),
                                       batch_size=8) == 0
     assert (tmp_path / "o.txt").read_text().splitlines() == hypotheses, first
+
+
+@pytest.mark.slow
+def test_compression_scores_only_the_loss_batches_holding_max_examples_pairs(translated):
+  """`max_eval_examples` bounds the eval loss's batches as it bounds BLEU's pairs: the batches
+  that hold the first so many pairs (packed in order), at least one; 0 keeps eval.num_batches."""
+  c, workdir = translated
+  from tl_jax.tasks.workdir import Workdir
+  run = Workdir.open(workdir, commands=("translate",))
+  mesh, rules = run.one_device()
+  tokenizer = run.tokenizer()
+  model = run.task.model(tokenizer.vocab_size)
+
+  def scored(n):
+    s = run.task.scoring(tokenizer, model, mesh, rules, compression=True, max_examples=n)
+    batches = s.splits[s.primary]
+    pairs = sum(len(np.unique(row[row > 0])) for b in batches for row in b["tgt_segments"])
+    return len(batches), pairs, s.examples
+
+  assert scored(0)[0] == c.eval.num_batches
+  batches, per_batch, examples = scored(1)
+  assert (batches, examples) == (1, 1)
+  assert per_batch > 1  # a batch holds many packed pairs, so the next case spans two batches
+  n = per_batch + 1
+  batches, pairs, examples = scored(n)
+  assert batches == 2 and pairs >= n and examples == n
 
 
 @pytest.mark.slow

@@ -369,8 +369,9 @@ class CompressConfig:
   combined_bits: str = "4"
   checkpoint: str = "best"  # best | latest: which parameters of the workdir to compress
   eval_batch_size: int = 64  # classification rows per eval batch; 0 = the run's eval config
-  # 0 = the whole first eval split; translation: at most this many BLEU sentences; masked LM:
-  # the eval batches holding the first this many rows
+  # 0 = the whole first eval split; translation: at most this many BLEU sentences, and the
+  # eval-loss batches holding the first this many pairs; masked LM: the eval batches holding
+  # the first this many rows
   max_eval_examples: int = 0
   calibration_batches: int = 16  # training batches of the run's task whose inputs calibrate GPTQ
   analysis: bool = True  # per-layer weight error, output KL, kurtosis and outliers per point

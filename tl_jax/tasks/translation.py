@@ -285,12 +285,17 @@ class TranslationTask(Task):
   def scoring(self, tokenizer, model, mesh, rules, *, compression: bool = False,
               max_examples: int = 0, batch_size: int = 0) -> Scoring:
     """Eval loss on `eval.num_batches` packed batches of the eval pairs, and BLEU of the first
-    `eval.bleu_pairs` of them (compression: at most `max_examples`), decoded as `eval` says;
-    the run's own eval batches (`batch_size` is not used)."""
+    `eval.bleu_pairs` of them, decoded as `eval` says; the run's own eval batches (`batch_size`
+    is not used). `max_examples` keeps the BLEU pairs to that many, and the loss batches to
+    those that hold the first that many pairs (packing keeps the pairs' order)."""
     cfg, data = self.config, self.config.data
     pairs, references, _ = self._eval_pairs(tokenizer)
+    num_batches = cfg.eval.num_batches
+    if max_examples:
+      rows = len(pack(pairs[:max_examples], data.seq_len)["src"])
+      num_batches = min(num_batches, max(-(-rows // cfg.eval.batch_size), 1))
     loss_batches = eval_batches(PackedPairs(pack(pairs, data.seq_len), data.seq_len),
-                                cfg.eval.batch_size, cfg.eval.num_batches)
+                                cfg.eval.batch_size, num_batches)
     count = min(cfg.eval.bleu_pairs or len(pairs), len(pairs))
     if max_examples:
       count = min(count, max_examples)
