@@ -7,7 +7,9 @@
 #                seq_len against batched by source width (bench/decode_eval.py)
 #   speed_zipf   bench/speed.py big-128 on Zipf ids, tl_jax and the Marian peers
 #   padding      bench/finetune_padding.py, d6-w512 on SST-2 (GPU tokens/s before and after)
-#   . bench/gpu_env.sh; DEADLINE=540 bench/h200_speed.sh [STEP ...]   # default: all four
+#   profile      bench/speed.py large-512 with --profile: kernel times and the HLO of the costliest
+#                memory-bound fusions (no peer: where tl_jax's own step time goes)
+#   . bench/gpu_env.sh; DEADLINE=540 bench/h200_speed.sh [STEP ...]   # default: the first four
 # Env: DEADLINE (540), OUT, TRAIN_S (90), PEERS (.data/peers), TL_JAX_DATA (.data when present).
 set -u
 end=$(( $(date +%s) + ${DEADLINE:-540} ))
@@ -46,7 +48,9 @@ for step in "${steps[@]}"; do
                   --peers="$peers" --ids=zipf --out="$out/speed_zipf" || status=$? ;;
     padding) run padding python3 -u bench/finetune_padding.py --data="$data" --model=d6-w512 \
                --out="$out/finetune_padding.json" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding"; exit 2 ;;
+    profile) run profile python3 -u bench/speed.py --cases=large-512 --variants=tl_jax --no-peers \
+               --profile=large-512 --out="$out/profile" || status=$? ;;
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding profile"; exit 2 ;;
   esac
 done
 echo "== summary"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -182,8 +183,26 @@ def device_profile(step, state, batch, steps: int = 5) -> dict:
     else:
       groups["other"] += ms
   top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+  # The HLO of the costliest fusions that are neither matmuls nor attention: what each reads,
+  # computes and writes, so a profile names its memory-bound passes by their ops.
+  text = step.as_text()
+  hlo = {name: fusion_hlo(text, name) for name, _ in top if "fusion" in name and "gemm" not in name}
   return {"ms_per_step": {k: round(v, 2) for k, v in groups.items()},
-          "top_kernels_ms": [(name[:90], round(ms, 2)) for name, ms in top]}
+          "top_kernels_ms": [(name[:90], round(ms, 2)) for name, ms in top],
+          "fusion_hlo": {name: h for name, h in hlo.items() if h}}
+
+
+def fusion_hlo(text: str, kernel: str, limit: int = 6000) -> str:
+  """The fusion instruction of optimized HLO `text` that GPU kernel `kernel` runs (XLA names the
+  kernel after the instruction, '.' as '_'), then its fused computation; metadata dropped."""
+  strip = lambda line: re.sub(r",? metadata=\{[^}]*\}", "", line).strip()
+  for line in text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%([\w.-]+) = .* fusion\(.*calls=%([\w.-]+)", line)
+    if m and re.sub(r"[.-]", "_", m.group(1)) == kernel:
+      body = re.search(r"^%" + re.escape(m.group(2)) + r" .*?^}", text, re.S | re.M)
+      lines = [strip(line)] + [strip(l) for l in (body.group(0).splitlines() if body else [])]
+      return "\n".join(lines)[:limit]
+  return ""
 
 
 def child(args) -> None:
@@ -423,6 +442,8 @@ def main() -> None:
           print("  profile ms/step:", result["profile"]["ms_per_step"], flush=True)
           for name, ms in result["profile"]["top_kernels_ms"]:
             print(f"    {ms:8.2f} ms  {name}", flush=True)
+          for name, hlo in result["profile"].get("fusion_hlo", {}).items():
+            print(f"  {name}:\n    " + hlo.replace("\n", "\n    "), flush=True)
 
   if args.merge:
     with open(args.merge) as f:

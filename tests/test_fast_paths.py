@@ -268,6 +268,24 @@ def test_zipf_ids_repeat_like_text_for_tl_jax_and_the_torch_peer():
     torch.randint = original  # the peer's process ends there; this one goes on
 
 
+def test_a_profiled_kernel_is_named_by_its_fusions_hlo():
+  """--profile prints the HLO of its costliest fusions: the kernel name (the instruction's, '.'
+  as '_') finds the instruction with its operand shapes and the computation it calls."""
+  sys.path.insert(0, str(REPO / "bench"))
+  import speed
+  f = jax.jit(lambda x, y: (jnp.tanh(x) * y.astype(jnp.float32)).sum(0))
+  text = f.lower(jnp.ones((64, 32)), jnp.ones((64, 32), jnp.bfloat16)).compile().as_text()
+  names = re.findall(r"%([\w.-]+) = \S+ fusion\(", text)
+  assert names, text
+  kernel = re.sub(r"[.-]", "_", names[0])
+  hlo = speed.fusion_hlo(text, kernel)
+  first, *body = hlo.splitlines()
+  assert first.startswith(f"%{names[0]} = ") and "calls=%" in first and "metadata" not in hlo
+  assert body[0].startswith("%" + first.split("calls=%")[1].split(",")[0].split()[0] + " ")
+  assert body[-1] == "}" and any("tanh" in line for line in body)
+  assert speed.fusion_hlo(text, "no_such_kernel") == ""
+
+
 @pytest.mark.slow
 def test_decode_benchmark_runs_at_tiny_size(tmp_path):
   """bench/decode.py end to end on the CPU: tl_jax's rows, and the Hugging Face peer's where
