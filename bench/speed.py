@@ -24,6 +24,7 @@ overrides (or XLA flags) that show what each optimisation is worth.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -68,6 +69,8 @@ VARIANTS = {
     "xent-3k": (["train.loss_chunk=3072"], "", "device"),
     "xent-6k": (["train.loss_chunk=6144"], "", "device"),
     "xent-12k": (["train.loss_chunk=12288"], "", "device"),
+    # GELU differentiated by autodiff, as before 2026-12-05 (tl_jax's keeps only its input)
+    "autodiff-gelu": ([], "", "device"),
 }
 MLM_ONLY = {"all-positions"}
 TRANSLATE_ONLY = {"xent-3k", "xent-6k", "xent-12k"}
@@ -220,6 +223,9 @@ def child(args) -> None:
   cases = TINY_CASES if args.size == "tiny" else CASES
   task, _, seq_len, batch_size, vocab = cases[args.child]
   overrides, _, feed = VARIANTS[args.variant]
+  if args.variant == "autodiff-gelu":
+    from tl_jax.models import encoder, layers
+    encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=False)
   config = case_config(args.child, cases, overrides)
   mesh, rules = make_mesh(config), rules_for(config.parallel.rules)
   program = task_for(config).program(Vocabulary(vocab), mesh, rules)

@@ -268,6 +268,31 @@ def test_zipf_ids_repeat_like_text_for_tl_jax_and_the_torch_peer():
     torch.randint = original  # the peer's process ends there; this one goes on
 
 
+def test_gelu_keeps_only_its_input_for_the_backward_pass(capsys):
+  """The MLP's GELU (exact, erf) has autodiff's value and gradient, more exactly in bfloat16,
+  and keeps one [tokens, d_ff] tensor for the backward pass where autodiff keeps three."""
+  from jax.ad_checkpoint import print_saved_residuals
+  from tl_jax.models.layers import gelu
+  exact = functools.partial(jax.nn.gelu, approximate=False)
+  x = 3 * jax.random.normal(jax.random.key(0), (4096,))
+  weights = jnp.linspace(-2.0, 2.0, 4096)
+  grad = lambda f, dtype: jax.grad(lambda v: (f(v).astype(jnp.float32) * weights).sum())(x.astype(dtype))
+  np.testing.assert_array_equal(gelu(x), exact(x))
+  np.testing.assert_allclose(grad(gelu, jnp.float32), grad(exact, jnp.float32), rtol=1e-5, atol=1e-6)
+  # Relative to float32 math on the same bfloat16 inputs: ours is within bfloat16's rounding of
+  # the result (2^-7), autodiff's bfloat16 chain is off by far more where the gradient is small.
+  truth = grad(lambda v: exact(v.astype(jnp.float32)), jnp.bfloat16).astype(jnp.float32)
+  error = lambda f: float(jnp.max(jnp.abs(grad(f, jnp.bfloat16).astype(jnp.float32) - truth)
+                                  / (jnp.abs(truth) + 1e-3)))
+  assert error(gelu) <= 2 ** -7 < 0.1 < error(exact), (error(gelu), error(exact))
+
+  h, w = jnp.ones((16, 8), jnp.bfloat16), jnp.ones((8, 32), jnp.bfloat16)
+  def kept(f):
+    print_saved_residuals(lambda h, w: f(h @ w).sum(), h, w)
+    return sum(line.startswith("bf16[16,32]") for line in capsys.readouterr().out.splitlines())
+  assert (kept(gelu), kept(exact)) == (1, 3)
+
+
 def test_a_profiled_kernel_is_named_by_its_fusions_hlo():
   """--profile prints the HLO of its costliest fusions: the kernel name (the instruction's, '.'
   as '_') finds the instruction with its operand shapes and the computation it calls."""
