@@ -121,7 +121,12 @@ def rq4_stages(seconds: float, sst2: bool = False) -> list:
         for seed in SEEDS:
           tail = size_stages(size, {**pretrain, "data.max_train_tokens": tokens},
                              "configs/glue.py:sst2",
+                             # Padded rows: on a GPU, 8 length buckets ran a 6 x 512 SST-2
+                             # finetune at 0.70x and compiled 162 s longer (one H100,
+                             # 2026-12-05, docs/BENCHMARKS.md); steps of 2,048 positions are
+                             # bound by launches, not positions, at these sizes.
                              {"data.train_files": f"{data}/sst2/train.tsv", "train.seed": seed,
+                              "data.length_buckets": 0,
                               "train.log_every": 500, "eval.every_steps": 500,
                               "checkpoint.every_steps": 100_000_000},
                              "configs/compress.py:paper", label=label)[1:]
