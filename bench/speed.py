@@ -69,9 +69,33 @@ VARIANTS = {
     "xent-3k": (["train.loss_chunk=3072"], "", "device"),
     "xent-6k": (["train.loss_chunk=6144"], "", "device"),
     "xent-12k": (["train.loss_chunk=12288"], "", "device"),
-    # GELU differentiated by autodiff, as before 2026-12-05 (tl_jax's keeps only its input)
+    # Variants of code rather than config: PATCHES below swaps the function in the child.
     "autodiff-gelu": ([], "", "device"),
+    "rbg-dropout": ([], "", "device"),
 }
+
+
+def _autodiff_gelu():
+  # The MLP's GELU differentiated by autodiff, as before 2026-12-05 (tl_jax's keeps its input only).
+  import jax
+  from tl_jax.models import encoder, layers
+  encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=False)
+
+
+def _rbg_dropout():
+  # Dropout (and masking) bits from XLA's RngBitGenerator (Philox on GPU) instead of threefry,
+  # which the profile of 2026-12-05 showed as 64-bit integer work over whole activations.
+  import jax
+  import jax.numpy as jnp
+  from tl_jax.tasks import classification, masked_lm, translation
+  threefry = masked_lm.step_rng
+  def rbg(state):
+    bits = jax.random.bits(threefry(state), (4,), jnp.uint32)
+    return jax.random.wrap_key_data(bits, impl="unsafe_rbg")
+  classification.step_rng = masked_lm.step_rng = translation.step_rng = rbg
+
+
+PATCHES = {"autodiff-gelu": _autodiff_gelu, "rbg-dropout": _rbg_dropout}
 MLM_ONLY = {"all-positions"}
 TRANSLATE_ONLY = {"xent-3k", "xent-6k", "xent-12k"}
 
@@ -223,9 +247,8 @@ def child(args) -> None:
   cases = TINY_CASES if args.size == "tiny" else CASES
   task, _, seq_len, batch_size, vocab = cases[args.child]
   overrides, _, feed = VARIANTS[args.variant]
-  if args.variant == "autodiff-gelu":
-    from tl_jax.models import encoder, layers
-    encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=False)
+  if args.variant in PATCHES:
+    PATCHES[args.variant]()
   config = case_config(args.child, cases, overrides)
   mesh, rules = make_mesh(config), rules_for(config.parallel.rules)
   program = task_for(config).program(Vocabulary(vocab), mesh, rules)
