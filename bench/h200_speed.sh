@@ -48,8 +48,9 @@ for step in "${steps[@]}"; do
              --out="$out/decode_eval.json" || status=$? ;;
     speed_zipf) run speed_zipf python3 -u bench/speed.py --cases=big-128 --variants=tl_jax \
                   --peers="$peers" --ids=zipf --out="$out/speed_zipf" || status=$? ;;
+    # 300 steps a round: the first GPU run's rounds of 50 lasted 0.2-0.4 s, too short to trust
     padding) run padding python3 -u bench/finetune_padding.py --data="$data" --model=d6-w512 \
-               --out="$out/finetune_padding.json" || status=$? ;;
+               --steps=300 --out="$out/finetune_padding.json" || status=$? ;;
     profile) run profile python3 -u bench/speed.py --cases=large-512 --variants=tl_jax --no-peers \
                --profile=large-512 --out="$out/profile" || status=$? ;;
     ab) run ab python3 -u bench/speed.py --cases=large-512,big-128 --no-peers \
