@@ -290,12 +290,12 @@ class TranslationTask(Task):
     those that hold the first that many pairs (packing keeps the pairs' order)."""
     cfg, data = self.config, self.config.data
     pairs, references, _ = self._eval_pairs(tokenizer)
+    packed = pack(pairs, data.seq_len)
     num_batches = cfg.eval.num_batches
-    if max_examples:
-      rows = len(pack(pairs[:max_examples], data.seq_len)["src"])
-      num_batches = min(num_batches, max(-(-rows // cfg.eval.batch_size), 1))
-    loss_batches = eval_batches(PackedPairs(pack(pairs, data.seq_len), data.seq_len),
-                                cfg.eval.batch_size, num_batches)
+    if max_examples:  # a row's segments are its pairs, numbered from 1
+      rows = int(np.searchsorted(np.cumsum(packed["tgt_segments"].max(axis=1)), max_examples)) + 1
+      num_batches = min(num_batches, -(-rows // cfg.eval.batch_size))
+    loss_batches = eval_batches(PackedPairs(packed, data.seq_len), cfg.eval.batch_size, num_batches)
     count = min(cfg.eval.bleu_pairs or len(pairs), len(pairs))
     if max_examples:
       count = min(count, max_examples)
