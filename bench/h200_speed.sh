@@ -54,7 +54,7 @@ for step in "${steps[@]}"; do
     profile) run profile python3 -u bench/speed.py --cases=large-512 --variants=tl_jax --no-peers \
                --profile=large-512 --out="$out/profile" || status=$? ;;
     ab) run ab python3 -u bench/speed.py --cases=large-512,big-128 --no-peers \
-          --variants=tl_jax,autodiff-gelu,autodiff-layernorm,rbg-dropout --out="$out/ab" || status=$? ;;
+          --variants=tl_jax,autodiff-gelu,rbg-dropout --out="$out/ab" || status=$? ;;
     *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding profile ab"; exit 2 ;;
   esac
 done

@@ -72,7 +72,6 @@ VARIANTS = {
     # Variants of code rather than config: PATCHES below swaps the function in the child.
     "autodiff-gelu": ([], "", "device"),
     "rbg-dropout": ([], "", "device"),
-    "autodiff-layernorm": ([], "", "device"),
 }
 
 
@@ -96,20 +95,7 @@ def _rbg_dropout():
   classification.step_rng = masked_lm.step_rng = translation.step_rng = rbg
 
 
-def _autodiff_layernorm():
-  # flax's nn.LayerNorm differentiated by autodiff, as before 2026-12-05 (tl_jax's keeps its
-  # input and two float32 numbers a row for the backward pass).
-  import flax.linen as nn
-  import jax.numpy as jnp
-  from tl_jax.models import layers
-  layers.LayerNorm = lambda epsilon, dtype, name=None: nn.LayerNorm(
-      epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
-
-
-PATCHES = {"autodiff-gelu": _autodiff_gelu, "rbg-dropout": _rbg_dropout,
-           "autodiff-layernorm": _autodiff_layernorm}
+PATCHES = {"autodiff-gelu": _autodiff_gelu, "rbg-dropout": _rbg_dropout}
 MLM_ONLY = {"all-positions"}
 TRANSLATE_ONLY = {"xent-3k", "xent-6k", "xent-12k"}
 

@@ -31,61 +31,11 @@ def attention_implementation(config: ModelConfig) -> str | None:
   return None
 
 
-def layer_norm(config: ModelConfig, name: str | None = None) -> "LayerNorm":
-  return LayerNorm(config.ln_eps, dtype_of(config.dtype), name=name)
-
-
-class LayerNorm(nn.Module):
-  """nn.LayerNorm's parameters (`scale`, `bias`, float32, logical axis `embed`) and output, with
-  statistics in float32 and the output in `dtype`; its gradient comes from `normalize`."""
-  epsilon: float
-  dtype: jnp.dtype
-
-  @nn.compact
-  def __call__(self, x):
-    shape = (x.shape[-1],)
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                       shape, jnp.float32)
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                      shape, jnp.float32)
-    return normalize(x, scale, bias, self.epsilon, self.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def normalize(x, scale, bias, eps: float, dtype):
-  """(x - mean) / sqrt(var + eps) * scale + bias over the last axis, in float32, cast to `dtype`.
-
-  Its backward pass keeps x in its own dtype and two float32 numbers a row, and remakes the
-  normalised x from them. Autodiff of the same function (flax's nn.LayerNorm) keeps three
-  float32 [tokens, width] tensors a norm, and RoBERTa-large has 49 norms."""
-  return _normalize_fwd(x, scale, bias, eps, dtype)[0]
-
-
-def _row_stats(x32, eps: float):
-  mean = x32.mean(-1, keepdims=True)
-  centred = x32 - mean
-  return mean, jax.lax.rsqrt(jnp.mean(centred * centred, -1, keepdims=True) + eps)
-
-
-def _normalize_fwd(x, scale, bias, eps, dtype):
-  x32 = x.astype(jnp.float32)
-  mean, rstd = _row_stats(x32, eps)
-  return ((x32 - mean) * rstd * scale + bias).astype(dtype), (x, mean, rstd, scale)
-
-
-def _normalize_bwd(eps, dtype, residuals, g):
-  del eps, dtype
-  x, mean, rstd, scale = residuals
-  xhat = (x.astype(jnp.float32) - mean) * rstd
-  g32 = g.astype(jnp.float32)
-  rows = tuple(range(g.ndim - 1))
-  dxhat = g32 * scale
-  dx = rstd * (dxhat - dxhat.mean(-1, keepdims=True)
-               - xhat * jnp.mean(dxhat * xhat, -1, keepdims=True))
-  return dx.astype(x.dtype), jnp.sum(g32 * xhat, rows), jnp.sum(g32, rows)
-
-
-normalize.defvjp(_normalize_fwd, _normalize_bwd)
+def layer_norm(config: ModelConfig, name: str | None = None) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=config.ln_eps, dtype=dtype_of(config.dtype), param_dtype=jnp.float32, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
 
 
 def embed_grad_method(setting: str) -> str:
