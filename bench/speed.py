@@ -71,7 +71,6 @@ VARIANTS = {
     "xent-12k": (["train.loss_chunk=12288"], "", "device"),
     # Variants of code rather than config: PATCHES below swaps the function in the child.
     "autodiff-gelu": ([], "", "device"),
-    "rbg-dropout": ([], "", "device"),
 }
 
 
@@ -82,20 +81,7 @@ def _autodiff_gelu():
   encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=False)
 
 
-def _rbg_dropout():
-  # Dropout (and masking) bits from XLA's RngBitGenerator (Philox on GPU) instead of threefry,
-  # which the profile of 2026-12-05 showed as 64-bit integer work over whole activations.
-  import jax
-  import jax.numpy as jnp
-  from tl_jax.tasks import classification, masked_lm, translation
-  threefry = masked_lm.step_rng
-  def rbg(state):
-    bits = jax.random.bits(threefry(state), (4,), jnp.uint32)
-    return jax.random.wrap_key_data(bits, impl="unsafe_rbg")
-  classification.step_rng = masked_lm.step_rng = translation.step_rng = rbg
-
-
-PATCHES = {"autodiff-gelu": _autodiff_gelu, "rbg-dropout": _rbg_dropout}
+PATCHES = {"autodiff-gelu": _autodiff_gelu}
 MLM_ONLY = {"all-positions"}
 TRANSLATE_ONLY = {"xent-3k", "xent-6k", "xent-12k"}
 

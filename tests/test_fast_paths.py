@@ -228,20 +228,18 @@ def test_speed_benchmark_runs_at_tiny_size(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   env["XLA_FLAGS"] = ""  # one CPU device, as on a one-GPU machine
   proc = subprocess.run([sys.executable, "bench/speed.py", "--size=tiny", "--no-peers", "--steps=1",
-                         "--variants=tl_jax,all-positions,autodiff-gelu,rbg-dropout", f"--out={tmp_path}"],
+                         "--variants=tl_jax,all-positions,autodiff-gelu", f"--out={tmp_path}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   report = json.loads((tmp_path / "speed.json").read_text())
   got = {(r["case"], r["variant"]) for r in report["results"]}
   assert got == {("base-128", "tl_jax"), ("base-128", "all-positions"), ("big-128", "tl_jax"),
-                 ("base-128", "autodiff-gelu"), ("big-128", "autodiff-gelu"),
-                 ("base-128", "rbg-dropout"), ("big-128", "rbg-dropout")}
+                 ("base-128", "autodiff-gelu"), ("big-128", "autodiff-gelu")}
   assert all(r["tokens_per_s"] > 0 and np.isfinite(r["loss"]) for r in report["results"])
   mlm = {r["variant"]: r for r in report["results"] if r["case"] == "base-128"}
   assert mlm["tl_jax"]["loss"] == pytest.approx(mlm["all-positions"]["loss"], rel=1e-4)
-  # The same function differentiated another way; other dropout (and mask) bits.
+  # The same function differentiated another way.
   assert mlm["tl_jax"]["loss"] == pytest.approx(mlm["autodiff-gelu"]["loss"], rel=1e-4)
-  assert mlm["tl_jax"]["loss"] != mlm["rbg-dropout"]["loss"]
   assert mlm["tl_jax"]["flops_per_token"] < mlm["all-positions"]["flops_per_token"]
   assert set(report["loader_tokens_per_s"]) == {"base-128", "big-128"}
   assert "| base-128 |" in (tmp_path / "speed.md").read_text()
