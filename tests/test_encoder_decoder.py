@@ -34,19 +34,23 @@ def init(cfg):
   return model, params, src, tgt
 
 
-@pytest.mark.parametrize("pre_ln", [False, True])
-def test_cached_decoding_equals_teacher_forcing(pre_ln):
-  model, params, src, tgt = init(config(pre_ln=pre_ln))
-  full = model.apply({"params": params}, unpacked(src, tgt))
+@pytest.mark.parametrize("pre_ln,beams", [(False, 1), (True, 1), (False, 3)])
+def test_cached_decoding_equals_teacher_forcing(pre_ln, beams):
+  """One position at a time against the key/value cache gives the teacher-forced logits; with
+  `beams`, each source's rows (each with its own target) read its keys and values, projected
+  once on the first step, as if the source were repeated for every row."""
+  model, params, src, _ = init(config(pre_ln=pre_ln))
+  tgt = jax.random.randint(jax.random.key(3), (src.shape[0] * beams, 8), 5, V)
+  full = model.apply({"params": params}, unpacked(jnp.repeat(src, beams, axis=0), tgt))
   segments = (src > 0).astype(jnp.int32)
   memory = model.apply({"params": params}, src, segments, method=Translator.encode)
-  cache = None
-  steps = []
+  variables, steps = {"params": params}, []
   for t in range(tgt.shape[1]):
-    variables = {"params": params} if cache is None else {"params": params, "cache": cache}
-    logits, mutated = model.apply(variables, memory, segments, tgt[:, t], t, 8,
-                                  method=Translator.decode_step, mutable=["cache"])
-    cache = mutated["cache"]
+    logits, mutated = model.apply(variables, memory, segments, tgt[:, t], t, 8, beams,
+                                  method=Translator.decode_step, mutable=["cache", "source_kv"])
+    if t == 0:
+      assert jax.tree.leaves(mutated["source_kv"])[0].shape[0] == src.shape[0]  # not per row
+    variables = {"params": params, **mutated}
     steps.append(logits)
   np.testing.assert_allclose(jnp.stack(steps, axis=1), full, rtol=1e-4, atol=1e-4)
 

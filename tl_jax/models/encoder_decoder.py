@@ -35,11 +35,13 @@ class DecoderLayer(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, y, memory, self_mask, cross_mask, decode_position=None, cache_len: int = 0):
+  def __call__(self, y, memory, self_mask, cross_mask, decode_position=None, cache_len: int = 0,
+               beams: int = 0):
     cfg, det = self.config, self.deterministic
     self_attention = lambda h: Attention(cfg, name="self_attention")(
         h, mask=self_mask, decode_position=decode_position, cache_len=cache_len)
-    cross_attention = lambda h: Attention(cfg, name="cross_attention")(h, kv=memory, mask=cross_mask)
+    cross_attention = lambda h: Attention(cfg, name="cross_attention")(h, kv=memory, mask=cross_mask,
+                                                                        beams=beams)
     mlp = lambda h: MLP(cfg, self.d_ff, name="mlp")(h, det)
     y = residual(cfg, det, "ln_self_attention", self_attention, y)
     y = residual(cfg, det, "ln_cross_attention", cross_attention, y)
@@ -53,13 +55,13 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, memory, self_mask, cross_mask, positions, *, deterministic: bool,
-               decode_position=None, cache_len: int = 0, project: bool = True):
+               decode_position=None, cache_len: int = 0, beams: int = 0, project: bool = True):
     cfg = self.config
     y = embed_tokens(cfg, self.token_embed, tokens, positions)
     y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
     for i in range(cfg.decoder_layers):
       y = DecoderLayer(cfg, d_ff(cfg), deterministic, name=f"layer_{i}")(
-          y, memory, self_mask, cross_mask, decode_position, cache_len)
+          y, memory, self_mask, cross_mask, decode_position, cache_len, beams)
     if cfg.pre_ln:
       y = layer_norm(cfg, "ln_final")(y)
     if not project:
@@ -89,12 +91,17 @@ class Translator(nn.Module):
                         segment_mask(tgt_segments, src_segments), tgt_positions,
                         deterministic=deterministic, project=project)
 
-  def decode_step(self, memory, src_segments, last_tokens, position, cache_len: int):
-    """Logits [N, V] for one new target position of unpacked rows; updates the `cache`."""
+  def decode_step(self, memory, src_segments, last_tokens, position, cache_len: int, beams: int = 1):
+    """Logits [B * beams, V] for one new target position of B unpacked sources (`memory`
+    [B, S, D], `src_segments` [B, S]) with `beams` rows each, beam-major within a source.
+    Updates the `cache` collection (keys and values of the target so far, one per row). The
+    source's keys and values are the `source_kv` collection: made on the first call, which must
+    let it change (`mutable=["cache", "source_kv"]`), and passed in unchanged after that."""
     positions = jnp.full((last_tokens.shape[0], 1), position)
     cross_mask = (src_segments > 0)[:, None, None, :]
     logits = self.decoder(last_tokens[:, None], memory, None, cross_mask, positions,
-                          deterministic=True, decode_position=position, cache_len=cache_len)
+                          deterministic=True, decode_position=position, cache_len=cache_len,
+                          beams=beams)
     return logits[:, 0].astype(jnp.float32)
 
   def __call__(self, batch: dict, *, deterministic: bool = True, project: bool = True):

@@ -167,17 +167,31 @@ class Attention(nn.Module):
   or as a boolean `mask` broadcastable to [batch, 1, queries, keys]. With
   `decode_position` set, `x` is one new position whose keys and values are written
   into the `cache` collection at that index; it then attends to positions up to it.
+
+  With `beams` set (a decode step's cross-attention), `x` is one position of each of
+  B * beams rows, beam-major within an example, and `kv` the B examples' source states. The
+  source's keys and values are projected once, on the call that creates the `source_kv`
+  collection, and read from it on every later step; each example's beams attend to them as
+  `beams` queries of one row, so the source is neither projected again nor copied per beam.
   """
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, kv=None, mask=None, lengths=None, decode_position=None, cache_len: int = 0):
+  def __call__(self, x, kv=None, mask=None, lengths=None, decode_position=None, cache_len: int = 0,
+               beams: int = 0):
     cfg = self.config
     head_dim = cfg.d_model // cfg.num_heads
     kv = x if kv is None else kv
     proj = lambda name, t: nn.with_logical_constraint(
         dense((cfg.num_heads, head_dim), ("embed", "heads", "kv"), cfg, name=name)(t),
         ("batch", "length", "heads", "kv"))
+    if beams:
+      q = proj("query", x)
+      k = self.variable("source_kv", "source_key", proj, "key", kv).value
+      v = self.variable("source_kv", "source_value", proj, "value", kv).value
+      q = q.reshape((k.shape[0], beams) + q.shape[2:])  # [B, beams, heads, kv]: beams as queries
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(x.shape[:2] + q.shape[2:])
+      return dense(cfg.d_model, ("heads", "kv", "embed"), cfg, name="out")(out)
     q, k, v = proj("query", x), proj("key", kv), proj("value", kv)
     implementation = attention_implementation(cfg)
     if decode_position is not None:

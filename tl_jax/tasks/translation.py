@@ -79,14 +79,14 @@ def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_siz
   segments = (src != PAD_ID).astype(jnp.int32)
   memory = model.apply({"params": params}, src, segments, method=Translator.encode)
   rows = src.shape[0] * beam_size
-  if beam_size > 1:
-    memory, segments = decoding.tile_beams((memory, segments), beam_size)
   # An empty cache of the right structure: run one step for its shapes, then zero it. It holds
-  # the first stage's positions; `grow` lengthens it (decoding.py's staged search).
+  # the first stage's positions; `grow` lengthens it (decoding.py's staged search). The same
+  # step projects the source's keys and values once (`source_kv`), for all beams of a source.
   _, fresh = model.apply({"params": params}, memory, segments, jnp.zeros((rows,), jnp.int32), 0,
-                         decoding.cache_stages(max_len)[0], method=Translator.decode_step,
-                         mutable=["cache"])
+                         decoding.cache_stages(max_len)[0], beam_size, method=Translator.decode_step,
+                         mutable=["cache", "source_kv"])
   cache = jax.tree.map(jnp.zeros_like, fresh["cache"])
+  source_kv = fresh["source_kv"]
 
   def grow(cache, length: int):  # every leaf is a key or value cache [rows, positions, heads, dim]
     return jax.tree.map(lambda x: jnp.pad(x, [(0, 0), (0, length - x.shape[1]), (0, 0), (0, 0)]),
@@ -94,8 +94,9 @@ def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_siz
 
   def step_fn(cache, tokens, position):
     cache_len = jax.tree.leaves(cache)[0].shape[1]
-    logits, mutated = model.apply({"params": params, "cache": cache}, memory, segments, tokens,
-                                  position, cache_len, method=Translator.decode_step, mutable=["cache"])
+    logits, mutated = model.apply({"params": params, "cache": cache, "source_kv": source_kv},
+                                  memory, segments, tokens, position, cache_len, beam_size,
+                                  method=Translator.decode_step, mutable=["cache"])
     # Never emit the embedding table's padding rows or the special tokens other than </s>.
     ids = jnp.arange(logits.shape[-1])
     banned = (ids >= vocab_size) | ((ids < 5) & ((ids != EOS_ID) | (position < min_len)))
