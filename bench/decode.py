@@ -35,6 +35,9 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "bench"))  # speed.py's profiler
+
+from speed import print_profile  # noqa: E402
 
 # case -> preset of configs/translate.py; the model shape, vocabulary and eval batch come from it.
 CASES = {"multi30k": "multi30k", "big": "big"}
@@ -111,6 +114,10 @@ def tl_jax_child(args) -> None:
         result = row("tl_jax", config.model.dtype, case, beam, length, batch, seconds, full,
                      compile_s=compile_seconds, device=jax.devices()[0].device_kind,
                      versions=f"jax {jax.__version__}")
+        if args.profile and jax.default_backend() == "gpu":
+          from speed import device_profile
+          result["profile"] = device_profile(lambda: compiled(params, src).block_until_ready(),
+                                             compiled.as_text(), calls=1)
         print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -215,6 +222,9 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=0,
                       help="sentences a call (default: the preset's eval.decode_batch_size)")
   parser.add_argument("--no-peer", action="store_true")
+  parser.add_argument("--profile", action="store_true",
+                      help="on a GPU, also profile one call of each tl_jax row: kernel times by group "
+                           "and the HLO of the costliest fusions (bench/speed.py's device_profile)")
   parser.add_argument("--timeout", type=int, default=280, help="seconds per child process")
   parser.add_argument("--child", choices=["tl_jax", "peer"], help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -236,7 +246,7 @@ def main() -> None:
   log_path = os.path.join(args.out, "decode.log")
   me = [sys.executable, "-u", os.path.abspath(__file__), f"--size={args.size}", f"--cases={args.cases}",
         f"--beams={args.beams}", f"--lengths={args.lengths}", f"--reps={args.reps}",
-        f"--batch={args.batch}"]
+        f"--batch={args.batch}"] + (["--profile"] if args.profile else [])
   results = []
   for child in ["tl_jax"] + ([] if args.no_peer else ["peer"]):
     start = time.perf_counter()
@@ -246,6 +256,8 @@ def main() -> None:
             f"B {r['batch']:3d}: {r['sentences_per_s']:9,.1f} sent/s {r['tokens_per_s']:11,.0f} tok/s"
             + (f"  compile {r['compile_s']:.1f}s" if "compile_s" in r else "")
             + ("" if r["full_length"] else "  NOT FULL LENGTH"), flush=True)
+      if "profile" in r:
+        print_profile(r["profile"], f"a search of {r['length']} steps")
     print(f"{child}: {time.perf_counter() - start:.0f}s", flush=True)
 
   devices = sorted({r["device"] for r in results})

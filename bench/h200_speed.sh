@@ -2,7 +2,7 @@
 # Issue 18's measurements still owed on a GPU, in one call under one deadline, each with its peer
 # where it has one; logs and JSON under $OUT (default ./bench_out):
 #   decode       bench/decode.py beam 4 at L=128, both shapes, against HF generate (the two rows
-#                below 2x before the staged key/value cache)
+#                below 2x before the staged key/value cache), and a profile of tl_jax's searches
 #   decode_eval  a multi30k translator trained for $TRAIN_S seconds, its BLEU eval padded to
 #                seq_len against batched by source width (bench/decode_eval.py)
 #   speed_zipf   bench/speed.py big-128 on Zipf ids, tl_jax and the Marian peers
@@ -35,7 +35,7 @@ run() {  # NAME COMMAND...: under what is left of the deadline, output to $out/N
 status=0
 for step in "${steps[@]}"; do
   case $step in
-    decode) run decode python3 -u bench/decode.py --beams=4 --lengths=128 --out="$out/decode" || status=$? ;;
+    decode) run decode python3 -u bench/decode.py --beams=4 --lengths=128 --profile --out="$out/decode" || status=$? ;;
     decode_eval)
       run decode_train tl-jax translate --config=configs/translate.py:multi30k --workdir=/tmp/h200_mt \
         --config.data.train_prefix="$data/multi30k/train" \

@@ -165,15 +165,16 @@ def random_loader(task: str, seq_len: int, batch: int, vocab: int, directory: st
   return TrainLoader(PackedPairs(rows, seq_len), batch, seed=0)
 
 
-def device_profile(step, state, batch, steps: int = 5) -> dict:
-  """Where the device time of `steps` steps goes: GPU kernels summed by name, grouped."""
+def device_profile(call, text: str, calls: int = 5) -> dict:
+  """Where the device time of `calls` calls of `call()` goes (it must block until its work is
+  done): GPU kernels summed by name, a call's milliseconds grouped; `text` is the compiled
+  program's optimized HLO, which names the costliest fusions' ops."""
   import jax
   from jax.profiler import ProfileData
   with tempfile.TemporaryDirectory() as directory:
     with jax.profiler.trace(directory):
-      for _ in range(steps):
-        state, metrics = step(state, batch)
-      jax.block_until_ready(metrics)
+      for _ in range(calls):
+        call()
     path = next(os.path.join(root, name) for root, _, names in os.walk(directory)
                 for name in names if name.endswith(".xplane.pb"))
     data = ProfileData.from_file(path)
@@ -185,7 +186,7 @@ def device_profile(step, state, batch, steps: int = 5) -> dict:
       if not line.name.startswith("Stream"):
         continue
       for event in line.events:
-        kernels[event.name] = kernels.get(event.name, 0.0) + event.duration_ns / 1e6 / steps
+        kernels[event.name] = kernels.get(event.name, 0.0) + event.duration_ns / 1e6 / calls
   groups = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
   for name, ms in kernels.items():
     lowered = name.lower()
@@ -198,11 +199,18 @@ def device_profile(step, state, batch, steps: int = 5) -> dict:
   top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
   # The HLO of the costliest fusions that are neither matmuls nor attention: what each reads,
   # computes and writes, so a profile names its memory-bound passes by their ops.
-  text = step.as_text()
   hlo = {name: fusion_hlo(text, name) for name, _ in top if "fusion" in name and "gemm" not in name}
-  return {"ms_per_step": {k: round(v, 2) for k, v in groups.items()},
+  return {"ms_per_call": {k: round(v, 2) for k, v in groups.items()},
           "top_kernels_ms": [(name[:90], round(ms, 2)) for name, ms in top],
           "fusion_hlo": {name: h for name, h in hlo.items() if h}}
+
+
+def print_profile(profile: dict, call: str) -> None:
+  print(f"  profile, ms in {call}:", profile["ms_per_call"], flush=True)
+  for name, ms in profile["top_kernels_ms"]:
+    print(f"    {ms:8.2f} ms  {name}", flush=True)
+  for name, hlo in profile.get("fusion_hlo", {}).items():
+    print(f"  {name}:\n    " + hlo.replace("\n", "\n    "), flush=True)
 
 
 def fusion_hlo(text: str, kernel: str, limit: int = 6000) -> str:
@@ -275,7 +283,11 @@ def child(args) -> None:
     stats = jax.local_devices()[0].memory_stats() or {}
     result["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30 or None
     if args.profile and jax.default_backend() == "gpu":
-      result["profile"] = device_profile(step, state, batch)
+      def one_step():  # the step donates its state: each call takes the last one's
+        nonlocal state
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+      result["profile"] = device_profile(one_step, step.as_text())
   print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -454,11 +466,7 @@ def main() -> None:
               f"{result['peak_memory_gib'] or 0:.1f} GiB  loss {result['loss']:.3f}  ({seconds:.0f}s)",
               flush=True)
         if "profile" in result:
-          print("  profile ms/step:", result["profile"]["ms_per_step"], flush=True)
-          for name, ms in result["profile"]["top_kernels_ms"]:
-            print(f"    {ms:8.2f} ms  {name}", flush=True)
-          for name, hlo in result["profile"].get("fusion_hlo", {}).items():
-            print(f"  {name}:\n    " + hlo.replace("\n", "\n    "), flush=True)
+          print_profile(result["profile"], "a step")
 
   if args.merge:
     with open(args.merge) as f:
