@@ -188,3 +188,24 @@ def test_rerunning_finished_command_changes_no_result(copy_of_finished):
   assert lines_after[-1]["loss"] == lines_before[-1]["loss"]
   assert (workdir / "config.json").read_bytes() == config_before
   assert checkpoint_steps(workdir) == [20]
+
+
+def test_runs_share_a_compilation_cache_unless_it_is_turned_off(tmp_path):
+  """tl-jax keeps jax's compiled programs under $TL_JAX_CACHE/xla: a second run of the same
+  shapes adds no entry (it loads them); JAX_COMPILATION_CACHE_DIR='' turns the cache off."""
+  env = cli_env()
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  env.update(TL_JAX_CACHE=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  entries = lambda: sorted(p.name for p in (tmp_path / "cache" / "xla").iterdir())
+  for name in ("first", "second"):
+    result = run(tl_jax("pretrain", f"--workdir={tmp_path / name}", *TINY), env, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if name == "first":
+      first = entries()
+      assert first, "the first run wrote no compiled program"
+  assert entries() == first
+  shutil.rmtree(tmp_path / "cache" / "xla")
+  result = run(tl_jax("pretrain", f"--workdir={tmp_path / 'off'}", *TINY),
+               {**env, "JAX_COMPILATION_CACHE_DIR": ""}, timeout=180)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert not (tmp_path / "cache" / "xla").exists()

@@ -132,6 +132,7 @@ def _compress(args, overrides: dict, command: str) -> int:
   config = config_lib.apply_overrides(config, overrides)
   config_lib.validate(config)
   _quiet_libraries()
+  _compilation_cache()
   from tl_jax import lock
   from tl_jax.tasks import compression
   # One job writes compress.jsonl and compressed/; a missing workdir is Workdir.open's to name
@@ -139,6 +140,18 @@ def _compress(args, overrides: dict, command: str) -> int:
   held = lock.hold(args.workdir, command) if os.path.isdir(args.workdir) else contextlib.nullcontext()
   with held:
     return compression.run(config, args.workdir)
+
+
+def _compilation_cache() -> None:
+  """jax's persistent compilation cache in `$TL_JAX_CACHE/xla` (default ~/.cache/tl_jax/xla): a
+  process that compiles a program some earlier run compiled (a second seed, a resumed run, the
+  next compression grid) loads it instead. JAX_COMPILATION_CACHE_DIR, where set, names another
+  place, and set empty turns the cache off."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return  # jax reads it itself
+  import jax
+  from tl_jax.data.cache import default_cache_dir
+  jax.config.update("jax_compilation_cache_dir", os.path.join(default_cache_dir(""), "xla"))
 
 
 def _quiet_libraries() -> None:
@@ -210,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
       if not (args.input and args.output):
         raise UserError("translate-file needs --input=FILE and --output=FILE.")
       _quiet_libraries()
+      _compilation_cache()
       from tl_jax.tasks.translation import translate_file
       return translate_file(args.workdir, args.input, args.output)
     if args.command == "import-hf":
@@ -226,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError(f"--workdir={args.workdir} is a file, not a directory; choose another --workdir.")
     os.makedirs(args.workdir, exist_ok=True)
     _quiet_libraries()
+    _compilation_cache()
     # Before any other jax call: a multi-host job (SLURM, Cloud TPU, TL_JAX_* variables) is joined
     # here; every process then runs the same command on its own devices.
     from tl_jax.parallel import distributed

@@ -41,8 +41,10 @@ def limited(command: list[str], file_size: int = -1, unprivileged: bool = False)
 
 def without_compile_cache(env: dict) -> dict:
   # The limits would also stop writes to the shared compilation cache, which jax reports.
-  return {k: v for k, v in env.items() if not k.startswith(("JAX_COMPILATION_CACHE",
-                                                            "JAX_PERSISTENT_CACHE"))}
+  # An empty JAX_COMPILATION_CACHE_DIR turns off tl-jax's default cache as well.
+  env = {k: v for k, v in env.items() if not k.startswith(("JAX_COMPILATION_CACHE",
+                                                           "JAX_PERSISTENT_CACHE"))}
+  return {**env, "JAX_COMPILATION_CACHE_DIR": ""}
 
 
 def saved(workdir) -> dict:
