@@ -25,6 +25,10 @@ def _token_cache(tmp_path_factory):
   """One tokenizer/token cache for the session, so runs after the first reuse it."""
   if "TL_JAX_CACHE" not in os.environ:
     os.environ["TL_JAX_CACHE"] = str(tmp_path_factory.mktemp("tl_jax_cache"))
+  # The tl-jax commands the tests start run without the compilation cache it keeps by default:
+  # the suite's workers share one TL_JAX_CACHE, and jax writes cache entries without a lock. The
+  # tests that want a cache give it its own folder (faults/harness.py, test_cli_errors.py).
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
 
 
 @pytest.fixture
