@@ -37,7 +37,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "bench"))  # speed.py's profiler
 
-from speed import print_profile  # noqa: E402
+from speed import device_profile, print_profile  # noqa: E402
 
 # case -> preset of configs/translate.py; the model shape, vocabulary and eval batch come from it.
 CASES = {"multi30k": "multi30k", "big": "big"}
@@ -115,7 +115,6 @@ def tl_jax_child(args) -> None:
                      compile_s=compile_seconds, device=jax.devices()[0].device_kind,
                      versions=f"jax {jax.__version__}")
         if args.profile and jax.default_backend() == "gpu":
-          from speed import device_profile
           result["profile"] = device_profile(lambda: compiled(params, src).block_until_ready(),
                                              compiled.as_text(), calls=1)
         print("RESULT " + json.dumps(result), flush=True)

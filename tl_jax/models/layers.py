@@ -213,9 +213,9 @@ class Attention(nn.Module):
 @jax.custom_vjp
 def gelu(x):
   """GELU with the exact (erf) form, as RoBERTa and Hugging Face use; its gradient is remade
-  from `x` alone. Autodiff of the same function keeps three [tokens, d_ff] tensors for the
-  backward pass and reads four; this keeps one and reads two (x and the incoming gradient):
-  on RoBERTa-large those two passes took 11 ms of a 92 ms step (H100, 2026-12-05)."""
+  from `x` alone, in float32. Autodiff of the same function keeps three [tokens, d_ff] tensors
+  for the backward pass; this keeps one. On RoBERTa-large S=512 B=32 that is 5.8 GiB less peak
+  memory at the same speed (H100, 2026-12-05, docs/BENCHMARKS.md "Third H100 lease")."""
   return jax.nn.gelu(x, approximate=False)
 
 
