@@ -46,6 +46,10 @@ class ModelConfig:
   # sorted (ids sorted, each run of one id summed, each row written once) |
   # auto (sorted on GPU, onehot on TPU, scatter on CPU: tl_jax/models/layers.py embed_grad_method)
   embed_grad: str = "auto"
+  # The training step's Dense matmuls in float8 (e4m3 operands, e5m2 gradients, per-tensor
+  # scales from each tensor's amax): a speed option for GPUs with fp8 matrix units (Hopper).
+  # Evaluation, decoding and compression compute in `dtype`. Parameters are unchanged.
+  fp8: bool = False
   ln_eps: float = 1e-5
   # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:
   type_vocab_size: int = 0  # token-type (segment) embeddings: BERT 2, RoBERTa 1, tl_jax 0 (none)
@@ -335,8 +339,8 @@ class PruneConfig:
 class FinetuneConfig(RunConfig):
   """Sentence(-pair) classification from a pretrained encoder (`tl-jax finetune`).
 
-  `model` is the init workdir's, copied when the run starts; only dropout, dtype,
-  attention and remat may be changed for finetuning.
+  `model` is the init workdir's, copied when the run starts; only the fields in
+  FINETUNE_MODEL_FIELDS (dropout, dtype, attention, remat, embed_grad, fp8) may be changed.
   """
   init: InitConfig = _section(InitConfig)
   head: HeadConfig = _section(HeadConfig)
@@ -723,7 +727,7 @@ def _validate_pretraining(config: Config) -> None:
 SYNTHETIC_VERSIONS = (3, 4)  # data.synthetic_version; tl_jax/data/synthetic.py VERSIONS
 MAX_LENGTH_BUCKETS = 32  # data.length_buckets: each bucket is one more compiled step
 # Finetuning may change these model fields; every other one must match the init workdir's.
-FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad")
+FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad", "fp8")
 
 
 def _validate_finetuning(config: FinetuneConfig) -> None:

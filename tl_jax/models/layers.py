@@ -151,9 +151,65 @@ class Dense(nn.Module):
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[n_in:]),
                       tuple(self.features), jnp.float32)
     dtype = dtype_of(self.config.dtype)
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
-    y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
-    return y + bias.astype(dtype)
+    product = fp8_contract if self.config.fp8 else contract
+    return product(x.astype(dtype), kernel.astype(dtype), n_in) + bias.astype(dtype)
+
+
+def contract(x, w, n_in: int, preferred_element_type=None):
+  """x's last `n_in` axes against w's first `n_in`: a Dense layer's product."""
+  dims = ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ()))
+  return jax.lax.dot_general(x, w, dims, preferred_element_type=preferred_element_type)
+
+
+def fp8_quantize(x, fp8_dtype):
+  """(q, scale) with q = x / scale in the float8 format `fp8_dtype` and scale = amax(|x|) / the
+  format's largest value, so the tensor's largest magnitude lands on it (current scaling: the
+  scale comes from this tensor, not from a history of earlier steps). float32 scale; 1 for an
+  all-zero tensor."""
+  largest = float(jnp.finfo(fp8_dtype).max)
+  amax = jnp.max(jnp.abs(x)).astype(jnp.float32)
+  scale = jnp.where(amax > 0, amax / largest, 1.0)
+  # Rounding can carry |x| / scale just past `largest`, which e4m3fn (no infinity) makes NaN.
+  return jnp.clip(x.astype(jnp.float32) / scale, -largest, largest).astype(fp8_dtype), scale
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def fp8_contract(x, w, n_in: int):
+  """`contract(x, w, n_in)` for operands of one dtype, with both rounded to float8 e4m3 and, in
+  the backward pass, the incoming gradient rounded to e5m2 (the format with range for
+  gradients), each with its own per-tensor scale.
+
+  Each product is a dot of two fp8 tensors, accumulated in float32 and written in the operands'
+  dtype, then multiplied by the two scales. This direct form is meant for cuBLASLt's fp8 matmul;
+  the other form, dequantized operands into a plain dot, relies on XLA matching the pattern,
+  which has broken between XLA versions. bench/speed.py's fp8 variant counts the fp8 matmuls
+  a compiled step runs. The residuals are the fp8 operands: half the bytes of bf16 ones."""
+  return _fp8_forward(x, w, n_in)[0]
+
+
+def _fp8_forward(x, w, n_in):
+  if x.dtype != w.dtype:
+    raise TypeError(f"fp8_contract needs operands of one dtype, got {x.dtype} and {w.dtype}")
+  xq, x_scale = fp8_quantize(x, jnp.float8_e4m3fn)
+  wq, w_scale = fp8_quantize(w, jnp.float8_e4m3fn)
+  y = contract(xq, wq, n_in, preferred_element_type=x.dtype) * (x_scale * w_scale).astype(x.dtype)
+  return y, (xq, x_scale, wq, w_scale)
+
+
+def _fp8_backward(n_in, residuals, g):
+  xq, x_scale, wq, w_scale = residuals
+  gq, g_scale = fp8_quantize(g, jnp.float8_e5m2)
+  n_out = wq.ndim - n_in
+  free = g.ndim - n_out  # the axes of x that are not contracted (batch, length, ...)
+  # dx: the gradient's output axes against the kernel's; dw: x's free axes against the gradient's.
+  out_axes = (tuple(range(free, g.ndim)), tuple(range(n_in, wq.ndim)))
+  free_axes = (tuple(range(free)), tuple(range(free)))
+  dx = jax.lax.dot_general(gq, wq, (out_axes, ((), ())), preferred_element_type=g.dtype)
+  dw = jax.lax.dot_general(xq, gq, (free_axes, ((), ())), preferred_element_type=g.dtype)
+  return (dx * (g_scale * w_scale).astype(g.dtype), dw * (x_scale * g_scale).astype(g.dtype))
+
+
+fp8_contract.defvjp(_fp8_forward, _fp8_backward)
 
 
 def dense(features, axes: tuple, config: ModelConfig, name: str | None = None) -> Dense:

@@ -76,10 +76,16 @@ class Task(abc.ABC):
 
   # -- the model and its step ---------------------------------------------------------
 
-  def model(self, vocab_size: int):
+  def model(self, vocab_size: int, *, training: bool = False):
     """The Flax module; `vocab_size` is the tokenizer's (the embedding pads it to a multiple
-    of 128 rows)."""
-    return self.module(self.config.model, padded_vocab(vocab_size))
+    of 128 rows). `training`: the train step's module (see `model_config`)."""
+    return self.module(self.model_config(training), padded_vocab(vocab_size))
+
+  def model_config(self, training: bool = False):
+    """The model config a module is built from. model.fp8 holds for the train step alone:
+    evaluation, decoding and compression compute in model.dtype (the parameters are the same)."""
+    config = self.config.model
+    return config if training else dataclasses.replace(config, fp8=False)
 
   @abc.abstractmethod
   def example_input(self):
@@ -123,7 +129,8 @@ class Task(abc.ABC):
     model = self.model(tokenizer.vocab_size)
     abstract, state_shardings, placed_init = self._sharded_state(model, mesh, rules)
     batch_sharding = self.batch_shardings(mesh, rules)
-    step = functools.partial(self.train_step, model=model, tx=optimizer(self.config.train),
+    step = functools.partial(self.train_step, model=self.model(tokenizer.vocab_size, training=True),
+                             tx=optimizer(self.config.train),
                              schedule=schedule(self.config.train), tokenizer=tokenizer)
     train_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, shd.replicated(mesh)), donate_argnums=0)

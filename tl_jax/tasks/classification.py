@@ -277,8 +277,8 @@ class ClassificationTask(Task):
       self._labels = tuple(self._source().label_names)
     return self._labels
 
-  def model(self, vocab_size: int):
-    return Classifier(self.config.model, padded_vocab(vocab_size), len(self.label_names),
+  def model(self, vocab_size: int, *, training: bool = False):
+    return Classifier(self.model_config(training), padded_vocab(vocab_size), len(self.label_names),
                       self.config.head.pooling)
 
   def example_input(self):
