@@ -69,6 +69,9 @@ VARIANTS = {
     "xent-3k": (["train.loss_chunk=3072"], "", "device"),
     "xent-6k": (["train.loss_chunk=6144"], "", "device"),
     "xent-12k": (["train.loss_chunk=12288"], "", "device"),
+    # The train step's Dense matmuls on fp8 operands (tl_jax/models/layers.py fp8_contract);
+    # its row's "fp8 mm" counts the matmuls the compiled step runs in fp8.
+    "fp8": (["model.fp8=true"], "", "device"),
     # Variants of code rather than config: PATCHES below swaps the function in the child.
     "autodiff-gelu": ([], "", "device"),
 }
@@ -88,6 +91,13 @@ TRANSLATE_ONLY = {"xent-3k", "xent-6k", "xent-12k"}
 
 # ---------------------------------------------------------------------------
 # Children: one timed case, or the peak.
+
+
+def fp8_matmuls(compiled_hlo: str) -> int:
+  """Matmuls a compiled program runs on float8 operands: XLA:GPU's cuBLASLt fp8 calls, or dots
+  that take f8 operands (0 where the backend widened them first, as XLA:CPU does)."""
+  return (compiled_hlo.count('custom_call_target="__cublas$lt$matmul$f8"')
+          + len(re.findall(r"\bdot\(f8e", compiled_hlo)))
 
 
 def measured_peak_tflops() -> float:
@@ -280,6 +290,8 @@ def child(args) -> None:
         "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
         "jax": jax.__version__, "ids": args.ids,
     }
+    if config.model.fp8:
+      result["fp8_matmuls"] = fp8_matmuls(step.as_text())
     stats = jax.local_devices()[0].memory_stats() or {}
     result["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30 or None
     if args.profile and jax.default_backend() == "gpu":
@@ -520,13 +532,15 @@ def main() -> None:
       name = PEER_NAMES[system][0] if cases[case][0] == "mlm" else PEER_NAMES[system][1]
       mfu = tps * peer_flops_per_token(args.peers, case) / (peak_tflops * 1e12) if peak_tflops else None
       peer_rows.append([name, case, f"{tps:,.0f}", f"{mfu:.3f}" if mfu else "-"])
-  variant_rows = [["case", "variant", "tok/s", "vs default", "MFU", "compile s", "peak GiB"]]
+  variant_rows = [["case", "variant", "tok/s", "vs default", "MFU", "compile s", "peak GiB",
+                   "fp8 mm"]]
   for r in results:
     base = next((b for b in results if b["case"] == r["case"] and b["variant"] == variants[0]), r)
     variant_rows.append([r["case"], r["variant"], f"{r['tokens_per_s']:,.0f}",
                          f"{r['tokens_per_s'] / base['tokens_per_s']:.3f}",
                          f"{r['mfu']:.3f}" if r["mfu"] else "-", f"{r['compile_s']:.1f}",
-                         f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] else "-"])
+                         f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] else "-",
+                         str(r.get("fp8_matmuls", "-"))])
 
   device = results[0]["device"] if results else "?"
   header = (f"device {device}, jax {results[0]['jax'] if results else '?'}, "
