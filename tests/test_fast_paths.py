@@ -228,21 +228,37 @@ def test_speed_benchmark_runs_at_tiny_size(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   env["XLA_FLAGS"] = ""  # one CPU device, as on a one-GPU machine
   proc = subprocess.run([sys.executable, "bench/speed.py", "--size=tiny", "--no-peers", "--steps=1",
-                         "--variants=tl_jax,all-positions,autodiff-gelu", f"--out={tmp_path}"],
+                         "--variants=tl_jax,all-positions,autodiff-gelu,fp8", f"--out={tmp_path}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   report = json.loads((tmp_path / "speed.json").read_text())
   got = {(r["case"], r["variant"]) for r in report["results"]}
   assert got == {("base-128", "tl_jax"), ("base-128", "all-positions"), ("big-128", "tl_jax"),
-                 ("base-128", "autodiff-gelu"), ("big-128", "autodiff-gelu")}
+                 ("base-128", "autodiff-gelu"), ("big-128", "autodiff-gelu"), ("base-128", "fp8"),
+                 ("big-128", "fp8")}
   assert all(r["tokens_per_s"] > 0 and np.isfinite(r["loss"]) for r in report["results"])
   mlm = {r["variant"]: r for r in report["results"] if r["case"] == "base-128"}
   assert mlm["tl_jax"]["loss"] == pytest.approx(mlm["all-positions"]["loss"], rel=1e-4)
   # The same function differentiated another way.
   assert mlm["tl_jax"]["loss"] == pytest.approx(mlm["autodiff-gelu"]["loss"], rel=1e-4)
+  # fp8 rounds the operands: near the same loss, and XLA:CPU widens them (no fp8 matmul).
+  assert mlm["fp8"]["loss"] == pytest.approx(mlm["tl_jax"]["loss"], rel=2e-2)
+  assert mlm["fp8"]["fp8_matmuls"] == 0 and "fp8_matmuls" not in mlm["tl_jax"]
   assert mlm["tl_jax"]["flops_per_token"] < mlm["all-positions"]["flops_per_token"]
   assert set(report["loader_tokens_per_s"]) == {"base-128", "big-128"}
   assert "| base-128 |" in (tmp_path / "speed.md").read_text()
+
+
+def test_fp8_matmuls_are_counted_in_gpu_and_plain_hlo():
+  sys.path.insert(0, str(REPO / "bench"))
+  import speed
+  gpu = ('%a = (bf16[64,32]{1,0}, s8[0]{0}) custom-call(f8e4m3fn[64,16]{1,0} %x, f8e4m3fn[32,16]{1,0} '
+         '%w), custom_call_target="__cublas$lt$matmul$f8"\n'
+         '%b = bf16[64,32]{1,0} custom-call(bf16[64,16]{1,0} %y, bf16[32,16]{1,0} %v), '
+         'custom_call_target="__cublas$gemm"')
+  plain = ("%d = bf16[64,32]{1,0} dot(f8e5m2[64,16]{1,0} %g, f8e4m3fn[16,32]{1,0} %w)\n"
+           "%e = f32[64,32]{1,0} dot(f32[64,16]{1,0} %g, f32[16,32]{1,0} %w)")
+  assert (speed.fp8_matmuls(gpu), speed.fp8_matmuls(plain), speed.fp8_matmuls("")) == (1, 1, 0)
 
 
 def test_zipf_ids_repeat_like_text_for_tl_jax_and_the_torch_peer():
