@@ -122,3 +122,18 @@ def test_fp8_training_learns_like_the_default(tmp_path):
     assert losses[-1] < losses[0] - 2.0, (fp8, losses)
     finals[fp8] = losses[-1]
   assert abs(finals[True] - finals[False]) < 0.15, finals
+
+
+def test_a_sharded_fp8_step_agrees_with_one_device(tmp_path):
+  """Under data x fsdp x tensor (2 x 2 x 2) each tensor's scale is its global amax: the losses
+  match one device's up to the float rounding that moves a few fp8 roundings."""
+  curves = {}
+  for name, mesh in (("single", (1, 1, 1)), ("sharded", (2, 2, 2))):
+    c = tiny(True, 24)
+    c.parallel.data, c.parallel.fsdp, c.parallel.tensor = mesh
+    c.data.max_train_tokens, c.train.log_every = 200_000, 8
+    workdir = str(tmp_path / name)
+    assert tasks.run(c, workdir, jax.devices("cpu")[:int(np.prod(mesh))]) == 0
+    curves[name] = [l["loss"] for l in metrics.read(workdir) if "loss" in l]
+  assert len(curves["single"]) == 3 and curves["single"][-1] < curves["single"][0]
+  np.testing.assert_allclose(curves["sharded"], curves["single"], rtol=5e-4)
