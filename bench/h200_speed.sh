@@ -11,6 +11,8 @@
 #                memory-bound fusions (no peer: where tl_jax's own step time goes)
 #   fp8          bench/speed.py large-512 and big-128, bf16 against model.fp8 (the train step's
 #                Dense matmuls in fp8) with the peers; each fp8 row counts its fp8 matmuls
+#   compile      bench/speed.py large-512: what XLA's autotuning and its Triton GEMMs cost in
+#                compile seconds and give in step time (no peer: tl_jax against its own flags)
 #   . bench/gpu_env.sh; DEADLINE=540 bench/h200_speed.sh [STEP ...]   # default: the first four
 # Env: DEADLINE (540), OUT, TRAIN_S (90), PEERS (.data/peers), TL_JAX_DATA (.data when present).
 set -u
@@ -55,11 +57,14 @@ for step in "${steps[@]}"; do
                --profile=large-512 --out="$out/profile" || status=$? ;;
     fp8) run fp8 python3 -u bench/speed.py --cases=large-512,big-128 --variants=tl_jax,fp8 \
            --peers="$peers" --out="$out/fp8" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding profile fp8"; exit 2 ;;
+    compile) run compile python3 -u bench/speed.py --cases=large-512 --no-peers \
+               --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding profile fp8 compile"
+       exit 2 ;;
   esac
 done
 echo "== summary"
-for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
+for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
 grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
 tail -n 8 "$out"/padding.log 2>/dev/null
 exit "$status"  # the last failed step's (124: the deadline)

@@ -61,6 +61,9 @@ VARIANTS = {
     "bf16-mu": (["train.mu_dtype=bfloat16"], "", "device"),
     "xla-attention": (["model.attention=xla"], "", "device"),
     "no-triton-gemm": ([], "--xla_gpu_enable_triton_gemm=false", "device"),
+    # No timing of candidate kernels while compiling (cuBLAS's heuristics pick): compile seconds
+    # against step time, for issue 18's 60 s compile target.
+    "no-autotune": ([], "--xla_gpu_autotune_level=0", "device"),
     "latency-hiding": ([], "--xla_gpu_enable_latency_hiding_scheduler=true", "device"),
     # cuBLASLt matmuls, whose epilogues can take bias adds, GELU and bias gradients
     "cublaslt": ([], "--xla_gpu_enable_cublaslt=true", "device"),
