@@ -12,7 +12,6 @@ from tl_jax.models.layers import fp8_contract, fp8_quantize
 from tl_jax.train import metrics
 
 
-
 def rounded(x, fp8):
   """x rounded as fp8_quantize should: scaled so that amax lands on the format's largest
   value, rounded to the nearest fp8 number, scaled back (numpy and ml_dtypes, not jax)."""
