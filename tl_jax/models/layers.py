@@ -179,8 +179,8 @@ def fp8_contract(x, w, n_in: int):
   the backward pass, the incoming gradient rounded to e5m2 (the format with range for
   gradients), each with its own per-tensor scale.
 
-  Each product is a dot of two fp8 tensors, accumulated in float32 and written in the operands'
-  dtype, then multiplied by the two scales. This direct form is meant for cuBLASLt's fp8 matmul;
+  Each product is a dot of two fp8 tensors, written in the operands' dtype, then multiplied by
+  the two scales. This direct form is meant for cuBLASLt's fp8 matmul;
   the other form, dequantized operands into a plain dot, relies on XLA matching the pattern,
   which has broken between XLA versions. bench/speed.py's fp8 variant counts the fp8 matmuls
   a compiled step runs. The residuals are the fp8 operands: half the bytes of bf16 ones."""
