@@ -3,7 +3,7 @@
 # for both (issue 18: bf16 moments and fp8 matmuls, each "measured on a real pretraining curve").
 # Usage:
 #   bench/ab_curve.sh ROOT PRESET STEPS "SEEDS" FIELD "A B" [--config.SECTION.FIELD=VALUE ...]
-# e.g. (CPU, 2 cores, ~10 min)
+# e.g. (2-core CPU, tiny-wikitext: about 2.5 min a run; an fp8 run up to 5, its fp8 emulated)
 #   bench/ab_curve.sh /tmp/mu tiny-wikitext 1500 "0 1" train.mu_dtype "float32 bfloat16"
 #   bench/ab_curve.sh /tmp/fp8 tiny-wikitext 1500 "0 1" model.fp8 "false true"
 # Prints each run's eval loss at every eval. Re-running skips finished runs (each resumes).

@@ -180,10 +180,10 @@ def fp8_contract(x, w, n_in: int):
   gradients), each with its own per-tensor scale.
 
   Each product is a dot of two fp8 tensors, written in the operands' dtype, then multiplied by
-  the two scales. This direct form is meant for cuBLASLt's fp8 matmul;
-  the other form, dequantized operands into a plain dot, relies on XLA matching the pattern,
-  which has broken between XLA versions. bench/speed.py's fp8 variant counts the fp8 matmuls
-  a compiled step runs. The residuals are the fp8 operands: half the bytes of bf16 ones."""
+  the two scales. This direct form is meant for cuBLASLt's fp8 matmul; the other form,
+  dequantized operands into a plain dot, relies on XLA matching the pattern, which has broken
+  between XLA versions. bench/speed.py's fp8 variant counts the fp8 matmuls a compiled step
+  runs. The residuals are the fp8 operands: half the bytes of bf16 ones."""
   return _fp8_forward(x, w, n_in)[0]
 
 
@@ -199,8 +199,7 @@ def _fp8_forward(x, w, n_in):
 def _fp8_backward(n_in, residuals, g):
   xq, x_scale, wq, w_scale = residuals
   gq, g_scale = fp8_quantize(g, jnp.float8_e5m2)
-  n_out = wq.ndim - n_in
-  free = g.ndim - n_out  # the axes of x that are not contracted (batch, length, ...)
+  free = g.ndim - (wq.ndim - n_in)  # the axes of x that are not contracted (batch, length, ...)
   # dx: the gradient's output axes against the kernel's; dw: x's free axes against the gradient's.
   out_axes = (tuple(range(free, g.ndim)), tuple(range(n_in, wq.ndim)))
   free_axes = (tuple(range(free)), tuple(range(free)))
