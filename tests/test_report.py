@@ -487,6 +487,27 @@ def test_runs_of_one_size_that_differ_in_one_setting_are_compared_as_a_b(tmp_pat
   assert rows[0][1].startswith("2x64")
 
 
+def test_a_field_added_since_an_old_run_is_its_default_there(tmp_path):
+  """An old run's config.json lacks model.fp8 (added later); a new run of the same size sets it
+  to its default, False. The two are seeds of one group, not an A/B pair, as in the H200 study
+  (docs/results/h200_study). A new run with fp8 on is compared against both."""
+  def run(name, seed, final, **model):
+    config = _pretrain_config(2, 64)
+    config["model"].update(model)
+    config["train"] = {"seed": seed}
+    _write_workdir(tmp_path / name, config,
+                   _metrics([(0, 0.0, 8.0), (200, 20.0, final)], [(200, 20.0, 5.0)]))
+  run("old", 0, 4.70)
+  run("new", 1, 4.72, fp8=False)
+  [old, new] = sorted(load_runs([str(tmp_path)]), key=lambda r: r.name, reverse=True)
+  assert "fp8" not in old.config["model"] and old.settings["model.fp8"] is False
+  assert old.seed_group == new.seed_group
+  assert analysis.one_setting_comparisons([old, new], "eval_loss") == []
+  run("fp8", 0, 4.60, fp8=True)
+  [c] = analysis.one_setting_comparisons(load_runs([str(tmp_path)]), "eval_loss")
+  assert (c.setting, c.values, c.names) == ("model.fp8", (False, True), (("new", "old"), ("fp8",)))
+
+
 def test_no_a_b_section_without_a_one_setting_pair(tmp_path):
   _write_workdir(tmp_path / "a", _pretrain_config(2, 64), _metrics([(100, 10.0, 5.0)], []))
   _write_workdir(tmp_path / "b", _pretrain_config(4, 64), _metrics([(100, 10.0, 4.0)], []))

@@ -184,17 +184,6 @@ def welch_p(a: Spread, b: Spread) -> float | None:
                                           equal_var=False).pvalue)
 
 
-def flat_settings(config: dict, prefix: str = "") -> dict[str, object]:
-  """{"section.key": value} of a config's leaves."""
-  out = {}
-  for key, value in config.items():
-    if isinstance(value, dict):
-      out.update(flat_settings(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 @dataclasses.dataclass(frozen=True)
 class Comparison:
   """Two seed groups of one task and size whose configs differ in exactly one setting: each
@@ -219,7 +208,7 @@ def one_setting_comparisons(runs: Sequence[Run], key: str) -> list[Comparison]:
   for run in runs:
     evals = run.eval_lines(key)
     if evals:
-      settings = flat_settings(run.config)
+      settings = run.settings
       for name in SEED_SETTINGS:
         settings.pop(name, None)
       groups.setdefault(run.seed_group, []).append((run.name, settings, float(evals[-1][key])))

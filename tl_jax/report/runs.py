@@ -9,10 +9,12 @@ reads, through `Workdir`'s JSON readers (tl_jax/tasks/workdir.py): `config.json`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 
+from tl_jax import config as config_lib
 from tl_jax.errors import UserError
 from tl_jax.tasks.workdir import BEST, COMPRESSED, CONFIG, CHECKPOINTS, TOKENIZER, Workdir
 
@@ -89,19 +91,44 @@ class Run:
     return max((float(m.get("train_seconds") or 0.0) for m in self.metrics), default=0.0)
 
   @property
+  def settings(self) -> dict[str, object]:
+    """{"section.key": value} of the config, with each field the run's tl_jax version did not
+    yet have set to its default: a field added since (model.fp8, say) is not a difference
+    between an old run and a new one that left it at its default."""
+    return {**_default_settings(str(self.config.get("task") or "pretrain")),
+            **flat_settings(self.config)}
+
+  @property
   def seed_group(self) -> str:
-    """What runs that differ only by their seed share: the config without SEED_SETTINGS."""
-    config = json.loads(json.dumps(self.config))
+    """What runs that differ only by their seed share: the settings without SEED_SETTINGS."""
+    settings = self.settings
     for setting in SEED_SETTINGS:
-      section, key = setting.split(".")
-      (config.get(section) or {}).pop(key, None)
-    return json.dumps(config, sort_keys=True)
+      settings.pop(setting, None)
+    return json.dumps(settings, sort_keys=True, default=str)
 
   def train_lines(self) -> list[dict]:
     return [m for m in self.metrics if _finite(m.get("loss"))]
 
   def eval_lines(self, key: str) -> list[dict]:
     return [m for m in self.metrics if _finite(m.get(key))]
+
+
+def flat_settings(config: dict, prefix: str = "") -> dict[str, object]:
+  """{"section.key": value} of a config's leaves."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, dict):
+      out.update(flat_settings(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+@functools.cache
+def _default_settings(task: str) -> dict[str, object]:
+  root = config_lib.ROOTS.get(task)
+  # Through JSON, as config.json holds them (tuples become lists).
+  return flat_settings(json.loads(json.dumps(config_lib.to_dict(root())))) if root else {}
 
 
 def _finite(value) -> bool:
