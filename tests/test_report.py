@@ -285,7 +285,7 @@ def test_report_end_to_end(tmp_path):
   (root / "hf").mkdir()
   (root / "hf" / "config.json").write_text(json.dumps({"model_type": "roberta"}))
   out = tmp_path / "report"
-  assert main([str(root), "--out", str(out), "--budget-seconds=10,15", "--budget-seconds", "30"]) == 0
+  assert main([str(root), "--out", str(out), "--budget-seconds=10,15", "--budget-seconds", "30,100"]) == 0
 
   text = (out / "report.md").read_text()
   for size in ("2x64", "4x128", "3+2x96"):
@@ -306,6 +306,9 @@ def test_report_end_to_end(tmp_path):
   assert "no other size" in rows["15"].split("|")[5] and "4x128" in rows["15"].split("|")[9]
   assert "4x128" in rows["30"].split("|")[2]
   assert "2x64 (98K) d2-w64-t100000/pretrain" in rows["30"].split("|")[8]
+  # Budget 100 s: past every run (4x128 stopped at 50 s), so a prediction, not a row of names.
+  assert "100" not in rows and "No run reached 100 s: see the predictions below." in table
+  assert "#### Predictions past the longest run" in text  # here: no law fitted to 4 evals
   # Figures: referenced and real PNGs.
   pngs = sorted(p for p in os.listdir(out) if p.endswith(".png"))
   assert {"rq1_pretrain_loss.png", "rq1_translate_bleu.png", "rq2_synthetic.png",

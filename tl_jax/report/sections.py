@@ -404,7 +404,8 @@ def _rq1_curves(ctx: Context, runs: list[Run], key: str, base: str, what: str, t
   curves = _curves(ctx, runs, key)
   if not curves:
     return []
-  budgets = seconds_budgets(ctx, curves)
+  # Budgets past every run are predictions (section 2), not places on these curves.
+  budgets = [b for b in seconds_budgets(ctx, curves) if any(c.reaches(b) for c in curves)]
   singles, bands = A.seed_bands(curves)
   if compute:  # a band is drawn at its seeds' (equal) compute per step
     per_step = compute["per_step"]
@@ -465,9 +466,12 @@ def budgets(ctx: Context) -> str:
         "spread up to where the shortest run stopped (set them with --budget-seconds)"
     out.append(f"### Training budgets: best {metric.label} ({_TASK_NOUNS[task]})")
     out.append(f"Budgets {origin}; {'higher' if metric.higher_is_better else 'lower'} is better.")
-    rows = []
+    rows, past_all = [], []
     for b in budgets_s:
       ans = A.best_at_budget(curves, b, higher_is_better=metric.higher_is_better)
+      if len(ans.not_reached) == len(curves):  # a row of every run's name and nothing measured
+        past_all.append(md.num(b, 4))
+        continue
       groups = A.groups_at_budget(ans, curves, higher_is_better=metric.higher_is_better)
       best = groups[0] if groups else None
       runner = next((g for g in groups[1:] if g.size != best.size), None) if best else None
@@ -482,9 +486,13 @@ def budgets(ctx: Context) -> str:
           ", ".join(ans.not_reached) or "—",
           ", ".join(ans.no_eval) or "—",
           _verdict(best.spread, runner.spread if runner else None) if best else "—"])
-    out.append(md.table(["budget (train s)", "best", metric.label, "read at", "runner-up",
-                         f"runner-up {metric.label}", "margin", "not reached", "no eval by then",
-                         "verdict"], rows))
+    if rows:
+      out.append(md.table(["budget (train s)", "best", metric.label, "read at", "runner-up",
+                           f"runner-up {metric.label}", "margin", "not reached", "no eval by then",
+                           "verdict"], rows))
+    if past_all:
+      out.append(f"No run reached {', '.join(past_all)} s"
+                 + (": see the predictions below." if task == "pretrain" else "."))
     if task == "pretrain":
       out.extend(_regime_note(ctx))
       out.extend(budget_predictions(ctx, curves))
