@@ -37,6 +37,8 @@ def test_bad_overrides_name_the_field(key, value, fragment):
     ({"train.batch_size": "30", "train.grad_accum": "4"}, "grad_accum"),
     ({"parallel.data": "-1", "parallel.fsdp": "-1"}, "only one of"),
     ({"data.source": "text"}, "train_files"),
+    ({"train.warmup_fraction": "1.5"}, r"must be in \[0, 1\)"),
+    ({"train.warmup_fraction": "0.05", "train.schedule": "inverse_sqrt"}, "needs train.schedule=linear"),
 ])
 def test_validation_names_field_and_fix(overrides, fragment):
   with pytest.raises(UserError, match=fragment):

@@ -133,7 +133,7 @@ def test_a_moved_seconds_horizon_bends_the_decay_without_a_jump():
   t = TrainConfig(learning_rate=2.0, warmup_steps=10, schedule_horizon="seconds", grad_clip=0.0)
   tx = opt.optimizer(t)
   params = {"w": jnp.ones((2, 2))}
-  state = opt.with_horizon(tx.init(params), 100)
+  state = opt.with_horizon(tx.init(params), t, 100)
   rates = []
   for count in range(60):
     if count == 40:  # the end moves from 100 to 200 after 40 updates
@@ -149,6 +149,54 @@ def test_a_moved_seconds_horizon_bends_the_decay_without_a_jump():
   state = opt.refit_horizon(state, t, 100)
   _, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
   assert float(opt.applied_learning_rate(state, None)) == pytest.approx(at_40 * (200 - 60) / 160)
+
+
+def _horizon_rates(t, fix_at: int, end: int, count: int, refit: tuple[int, int] | None = None):
+  """The rates of `count` updates under a seconds horizon whose end is fixed at `end` after
+  `fix_at` updates (and moved to refit[1] after refit[0], if given), as the loop does it."""
+  from tl_jax.train import optimizer as opt
+  tx = opt.optimizer(t)
+  params = {"w": jnp.ones((2, 2))}
+  state, rates = tx.init(params), []
+  for c in range(count):
+    if c == fix_at:
+      state = opt.with_horizon(state, t, end)
+    if refit and c == refit[0]:
+      state = opt.refit_horizon(state, t, refit[1])
+    _, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
+    rates.append(float(opt.applied_learning_rate(state, None)))
+  return rates
+
+
+def test_a_warmup_fraction_is_a_share_of_the_steps_the_decay_ends_at():
+  from tl_jax.config import TrainConfig
+  from tl_jax.train import optimizer as opt
+  # Steps: 10% of max_steps (200), whatever warmup_steps says.
+  lr = opt.schedule(TrainConfig(learning_rate=1.0, warmup_steps=7, warmup_fraction=0.1, max_steps=200))
+  assert [float(lr(s)) for s in (10, 20, 110, 200)] == pytest.approx([0.5, 1.0, 0.5, 0.0])
+  # Seconds: warmup_steps' pace (100) until the end is fixed at step 200 after 5 updates; from
+  # there a straight line from the rate reached (0.05) to the peak at 10% of 200, then the decay.
+  t = TrainConfig(learning_rate=1.0, warmup_steps=100, warmup_fraction=0.1,
+                  schedule_horizon="seconds", max_train_seconds=10.0, grad_clip=0.0)
+  rates = _horizon_rates(t, 5, 200, 201)
+  assert rates[:5] == pytest.approx([0.0, 0.01, 0.02, 0.03, 0.04])
+  assert rates[5] == pytest.approx(0.05) and rates[20] == pytest.approx(1.0)  # no jump; peak at 20
+  assert rates[12] == pytest.approx(0.05 + 0.95 * 7 / 15)
+  assert rates[110] == pytest.approx(0.5) and rates[200] == 0.0
+  # A slow model (end 100) and a fast one (end 1000) warm up over the same share of their steps.
+  fast = _horizon_rates(t, 5, 1000, 101)
+  assert fast[100] == pytest.approx(1.0) and fast[50] < 1.0
+
+
+def test_an_end_moved_during_the_warmup_finishes_the_warmup():
+  """The end moves at update 5 of a 10-step warmup: the rate still climbs to the peak at step 10
+  and only then decays, to 0 at the new end (before, it fell from 0.5 straight to 0)."""
+  from tl_jax.config import TrainConfig
+  t = TrainConfig(learning_rate=1.0, warmup_steps=10, schedule_horizon="seconds",
+                  max_train_seconds=10.0, grad_clip=0.0)
+  rates = _horizon_rates(t, 2, 100, 200, refit=(5, 200))
+  assert rates[4:11] == pytest.approx([0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+  assert rates[105] == pytest.approx((200 - 105) / 190) and rates[199] > 0.0
 
 
 def test_the_horizon_moves_only_past_its_tolerance():

@@ -157,6 +157,35 @@ def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path, monkey
   assert metrics.read(workdir) == before
 
 
+def test_a_warmup_fraction_under_a_seconds_horizon_warms_up_over_that_share_of_the_steps(
+    tmp_path, monkeypatch):
+  """train.warmup_fraction=0.2 with a seconds horizon: until the end is fixed the rate rises at
+  warmup_steps' pace (1,000, slower than the fraction's); from the step that fixes it, a straight
+  line up to the peak at 20% of the end's steps, then the decay to 0 at the end."""
+  monkeypatch.setattr(loop, "HORIZON_REFIT_SHARE", 1.0)  # the end is fixed once, never moved
+  c = config_lib.load_preset("configs/mlm.py:tiny")
+  c.train.max_steps, c.train.max_train_seconds, c.train.log_every = 100_000, 4.0, 5
+  c.train.schedule_horizon, c.train.warmup_steps, c.train.warmup_fraction = "seconds", 1000, 0.2
+  c.eval.every_steps, c.checkpoint.every_steps, c.parallel.data = 0, 100_000, 1
+  config_lib.validate(c)
+  workdir = str(tmp_path / "share")
+  assert tasks.run(c, workdir, jax.devices()[:1]) == 0
+  train = [l for l in metrics.read(workdir) if "loss" in l]
+  [fixed] = [l for l in train if "schedule_end_step" in l]
+  end, peak, anchor = fixed["schedule_end_step"], c.train.learning_rate, fixed["step"]
+  warmup = round(0.2 * end)
+  assert anchor < warmup < end and train[-1]["step"] == end
+  for line in train[:train.index(fixed) + 1]:  # the update of step s used the rate of count s - 1
+    assert line["learning_rate"] == pytest.approx(peak * (line["step"] - 1) / 1000, rel=1e-5)
+  start = anchor / 1000  # the rate reached where the end was fixed, as a share of the peak
+  for line in train[train.index(fixed) + 1:]:
+    used = line["step"] - 1
+    share = (start + (1 - start) * (used - anchor) / (warmup - anchor) if used < warmup
+             else (end - used) / (end - warmup))
+    assert line["learning_rate"] == pytest.approx(peak * share, rel=1e-4, abs=1e-9), line
+  assert max(l["learning_rate"] for l in train) > 0.9 * peak
+
+
 def command(workdir, mesh, extra=()):
   data, fsdp = mesh
   return [sys.executable, "-m", "tl_jax.cli", "pretrain", "--config=configs/mlm.py:tiny",

@@ -100,6 +100,11 @@ class TrainConfig:
   grad_accum: int = 1  # micro-batches per optimizer step
   learning_rate: float = 6e-4
   warmup_steps: int = 100
+  # The warmup as a fraction of the steps the decay ends at (max_steps, decay_steps, or a seconds
+  # horizon's end once fixed), replacing warmup_steps when > 0: a seconds budget then gives a
+  # slow model and a fast one the same share of their steps. Before a seconds horizon's end is
+  # fixed, the rate rises at warmup_steps' pace.
+  warmup_fraction: float = 0.0
   decay_steps: int = 0  # linear decay to 0 over this many steps; 0 = max_steps
   b1: float = 0.9
   b2: float = 0.98
@@ -289,7 +294,7 @@ class FinetuneTrainConfig(TrainConfig):
   weight_decay: float = 0.1
   b2: float = 0.98
   epochs: float = 3.0  # 0 = train.max_steps decides
-  warmup_fraction: float = 0.06  # of the run's steps; replaces warmup_steps when > 0
+  warmup_fraction: float = 0.06  # RoBERTa's
   batch_size: int = 32
   log_every: int = 50
 
@@ -654,6 +659,11 @@ def validate(config) -> None:
   if t.schedule_horizon == "seconds" and (t.schedule != "linear" or t.decay_steps):
     raise UserError("train.schedule_horizon=seconds needs train.schedule=linear and no "
                     "train.decay_steps (the budget sets where the decay ends).")
+  if not 0.0 <= t.warmup_fraction < 1.0:
+    raise UserError(f"train.warmup_fraction={t.warmup_fraction} must be in [0, 1).")
+  if t.warmup_fraction and t.schedule != "linear":
+    raise UserError(f"train.warmup_fraction={t.warmup_fraction} needs train.schedule=linear; "
+                    f"{t.schedule} has no end to take a fraction of: use train.warmup_steps.")
   if not 0.0 <= t.label_smoothing < 1.0:
     raise UserError(f"train.label_smoothing={t.label_smoothing} must be in [0, 1).")
   if t.loss_chunk < 0 or (t.loss_chunk and config.task != "translate"):
@@ -738,8 +748,6 @@ def _validate_finetuning(config: FinetuneConfig) -> None:
     raise UserError("finetuning needs an encoder; the --init workdir holds a translation model.")
   if t.epochs < 0:
     raise UserError(f"train.epochs={t.epochs} must be >= 0 (0 lets train.max_steps decide).")
-  if not 0.0 <= t.warmup_fraction < 1.0:
-    raise UserError(f"train.warmup_fraction={t.warmup_fraction} must be in [0, 1).")
   if not 0 <= d.length_buckets <= MAX_LENGTH_BUCKETS:
     raise UserError(f"data.length_buckets={d.length_buckets} is outside 0..{MAX_LENGTH_BUCKETS}; set "
                     "it to a few lengths (each compiles once), or 0 to pad every row to data.seq_len.")

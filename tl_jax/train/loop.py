@@ -329,7 +329,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
         if syncs >= 2 and watch.train >= fix_horizon_at:
           horizon = end_step(cfg.train.max_train_seconds, step, watch.train, pace,
                              cfg.train.max_steps)
-          state = state.replace(opt_state=with_horizon(state.opt_state, horizon))
+          state = state.replace(opt_state=with_horizon(state.opt_state, cfg.train, horizon))
           extra["schedule_end_step"] = horizon
           fix_horizon_at = None
           set_at = (step, watch.train)

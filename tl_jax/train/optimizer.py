@@ -32,15 +32,21 @@ class HorizonState(NamedTuple):
 
 def horizon_learning_rate(train: TrainConfig, step, end, anchor=0, anchor_scale=1.0):
   """Warmup, then linear decay to 0 at `end`; at the peak while `end` is 0 (not yet fixed).
-  A warmup given as a fraction (finetuning) is that fraction of `end` once it is fixed. From
-  a step `anchor` > 0 where the end was moved, a straight line from `anchor_scale` x the peak."""
-  fraction = getattr(train, "warmup_fraction", 0.0)
-  warmup = jnp.where((end > 0) & (fraction > 0), jnp.round(fraction * end), train.warmup_steps)
+  A warmup given as a fraction (`train.warmup_fraction`) is that fraction of `end` once it is
+  fixed. From a step `anchor` > 0 where the end was set or moved, straight lines from
+  `anchor_scale` x the peak: up to the peak where the warmup ends (if it is still ahead), then
+  down to 0 at `end`."""
+  warmup = jnp.where((end > 0) & (train.warmup_fraction > 0), jnp.round(train.warmup_fraction * end),
+                     train.warmup_steps)
   warmup = jnp.maximum(warmup, 1.0)
   step = jnp.asarray(step, jnp.float32)
   falling = jnp.where(end > 0, (end - step) / jnp.maximum(end - warmup, 1.0), 1.0)
   scale = jnp.clip(jnp.minimum(step / warmup, falling), 0.0, 1.0)
-  moved = anchor_scale * (end - step) / jnp.maximum(end - anchor, 1)
+  # From the anchor: still warming up, rise to the peak at `warmup`, then fall as above; past
+  # the warmup, fall from the anchor's rate to 0 at `end`.
+  rising = anchor_scale + (1.0 - anchor_scale) * (step - anchor) / jnp.maximum(warmup - anchor, 1.0)
+  moved = jnp.where(anchor < warmup, jnp.where(step < warmup, rising, falling),
+                    anchor_scale * (end - step) / jnp.maximum(end - anchor, 1))
   return train.learning_rate * jnp.where((anchor > 0) & (step >= anchor),
                                          jnp.clip(moved, 0.0, 1.0), scale)
 
@@ -81,8 +87,12 @@ def _replaced(opt_state, **values):
   return jax.tree.map(fix, opt_state, is_leaf=_is_horizon)
 
 
-def with_horizon(opt_state, end: int):
-  """`opt_state` with the decay's end fixed at step `end`."""
+def with_horizon(opt_state, train: TrainConfig, end: int):
+  """`opt_state` with the decay's end fixed at step `end`. A warmup that is a fraction of `end`
+  goes on from the rate this step has reached (`refit_horizon`), not from where that fraction
+  would have put it."""
+  if train.warmup_fraction > 0:
+    return refit_horizon(opt_state, train, end)
   return _replaced(opt_state, end=end)
 
 
@@ -108,7 +118,8 @@ def schedule(train: TrainConfig) -> optax.Schedule:
     return lambda step: train.learning_rate * jnp.minimum(
         (step + 1) / warmup, jnp.sqrt(warmup / jnp.maximum(step + 1, 1)))
   decay_steps = train.decay_steps or train.max_steps
-  warmup = min(train.warmup_steps, decay_steps)
+  steps = round(train.warmup_fraction * decay_steps) if train.warmup_fraction > 0 else train.warmup_steps
+  warmup = min(steps, decay_steps)
   return optax.join_schedules(
       [optax.linear_schedule(0.0, train.learning_rate, max(warmup, 1)),
        optax.linear_schedule(train.learning_rate, 0.0, max(decay_steps - warmup, 1))],
