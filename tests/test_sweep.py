@@ -99,7 +99,7 @@ def test_module_entry_point_prints_the_shipped_sweeps(tmp_path):
 
 @pytest.mark.parametrize("spec", ["demo.py:30", "gpu_reduced.py:300", "paper_mlm.py:6h",
                                   "paper_translate.py:1h", "rq4_data.py:gpu", "rq4_data.py:cpu-30",
-                                  "h200_study.py:rq1-90", "h200_study.py:sst2",
+                                  "h200_study.py:rq1-90", "h200_study.py:rq1share-40", "h200_study.py:sst2",
                                   "h200_study.py:translate-compress"])
 def test_shipped_sweeps_and_variants_load(spec, in_repo):
   sweep = sweep_lib.load_sweep(f"configs/sweeps/{spec}")
@@ -261,7 +261,16 @@ def test_study_parts_share_the_stages_they_start_from(in_repo, tmp_path):
   assert {s.overrides["data.max_train_tokens"] for s in rq1.values()} == {"600000000"}
   assert {s.overrides["data.max_train_tokens"]
           for s in load("rq1-45").values()} == {"450000000"}
+  # rq1share: the same runs but for the warmup, as a share of each run's steps, under names of
+  # their own, so one root holds both parts.
+  share = load("rq1share")
+  assert [n.replace("rq1share/", "rq1/", 1) for n in share] == list(rq1)
+  for name, stage in share.items():
+    rest = dict(stage.overrides)
+    assert rest.pop("train.warmup_fraction") == "0.1"
+    assert rest == rq1[name.replace("rq1share/", "rq1/", 1)].overrides
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1"), str(tmp_path))
+  sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1share"), str(tmp_path))
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetune"), str(tmp_path))
   with pytest.raises(UserError, match="already ran stage"):
     sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetune-90"), str(tmp_path))
