@@ -186,6 +186,10 @@ def test_a_warmup_fraction_is_a_share_of_the_steps_the_decay_ends_at():
   # A slow model (end 100) and a fast one (end 1000) warm up over the same share of their steps.
   fast = _horizon_rates(t, 5, 1000, 101)
   assert fast[100] == pytest.approx(1.0) and fast[50] < 1.0
+  # An end fixed after the fraction's warmup (30 updates, 10% of 200 = 20): the rate leaves the
+  # slow ramp for the decay at once, rather than decaying from 0.3 and never reaching the peak.
+  late = _horizon_rates(t, 30, 200, 40)
+  assert late[29] == pytest.approx(0.29) and late[30] == pytest.approx((200 - 30) / 180)
 
 
 def test_an_end_moved_during_the_warmup_finishes_the_warmup():

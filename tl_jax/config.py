@@ -103,7 +103,7 @@ class TrainConfig:
   # The warmup as a fraction of the steps the decay ends at (max_steps, decay_steps, or a seconds
   # horizon's end once fixed), replacing warmup_steps when > 0: a seconds budget then gives a
   # slow model and a fast one the same share of their steps. Before a seconds horizon's end is
-  # fixed, the rate rises at warmup_steps' pace.
+  # fixed, the rate rises at warmup_steps' pace (optimizer.with_horizon says what follows).
   warmup_fraction: float = 0.0
   decay_steps: int = 0  # linear decay to 0 over this many steps; 0 = max_steps
   b1: float = 0.9

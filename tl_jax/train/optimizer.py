@@ -89,9 +89,11 @@ def _replaced(opt_state, **values):
 
 def with_horizon(opt_state, train: TrainConfig, end: int):
   """`opt_state` with the decay's end fixed at step `end`. A warmup that is a fraction of `end`
-  goes on from the rate this step has reached (`refit_horizon`), not from where that fraction
-  would have put it."""
-  if train.warmup_fraction > 0:
+  and not yet over goes on from the rate this step has reached (`refit_horizon`), not from
+  where that fraction would have put it; one already over (a fraction smaller than the share of
+  the budget that fixes the end) gives way to the decay at once."""
+  count = int(jax.device_get(_horizon(opt_state).count))
+  if train.warmup_fraction > 0 and count < round(train.warmup_fraction * end):
     return refit_horizon(opt_state, train, end)
   return _replaced(opt_state, end=end)
 
