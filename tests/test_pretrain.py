@@ -174,7 +174,9 @@ def test_a_warmup_fraction_under_a_seconds_horizon_warms_up_over_that_share_of_t
   [fixed] = [l for l in train if "schedule_end_step" in l]
   end, peak, anchor = fixed["schedule_end_step"], c.train.learning_rate, fixed["step"]
   warmup = round(0.2 * end)
-  assert anchor < warmup < end and train[-1]["step"] == end
+  assert anchor < warmup < end
+  # It stops at the end, or at the budget if the pace slowed after the end was fixed.
+  assert train[-1]["step"] == end or train[-1]["train_seconds"] >= 4.0, (train[-1], end)
   for line in train[:train.index(fixed) + 1]:  # the update of step s used the rate of count s - 1
     assert line["learning_rate"] == pytest.approx(peak * (line["step"] - 1) / 1000, rel=1e-5)
   start = anchor / 1000  # the rate reached where the end was fixed, as a share of the peak
