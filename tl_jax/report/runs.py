@@ -104,7 +104,7 @@ class Run:
     settings = self.settings
     for setting in SEED_SETTINGS:
       settings.pop(setting, None)
-    return json.dumps(settings, sort_keys=True, default=str)
+    return json.dumps(settings, sort_keys=True)
 
   def train_lines(self) -> list[dict]:
     return [m for m in self.metrics if _finite(m.get("loss"))]

@@ -30,15 +30,20 @@ class HorizonState(NamedTuple):
   anchor_scale: jax.Array  # float32
 
 
+def _horizon_warmup(train: TrainConfig, end):
+  # The step the warmup ends at: the fraction of `end` once it is fixed, else warmup_steps.
+  warmup = jnp.where((end > 0) & (train.warmup_fraction > 0), jnp.round(train.warmup_fraction * end),
+                     train.warmup_steps)
+  return jnp.maximum(warmup, 1.0)
+
+
 def horizon_learning_rate(train: TrainConfig, step, end, anchor=0, anchor_scale=1.0):
   """Warmup, then linear decay to 0 at `end`; at the peak while `end` is 0 (not yet fixed).
   A warmup given as a fraction (`train.warmup_fraction`) is that fraction of `end` once it is
   fixed. From a step `anchor` > 0 where the end was set or moved, straight lines from
   `anchor_scale` x the peak: up to the peak where the warmup ends (if it is still ahead), then
   down to 0 at `end`."""
-  warmup = jnp.where((end > 0) & (train.warmup_fraction > 0), jnp.round(train.warmup_fraction * end),
-                     train.warmup_steps)
-  warmup = jnp.maximum(warmup, 1.0)
+  warmup = _horizon_warmup(train, end)
   step = jnp.asarray(step, jnp.float32)
   falling = jnp.where(end > 0, (end - step) / jnp.maximum(end - warmup, 1.0), 1.0)
   scale = jnp.clip(jnp.minimum(step / warmup, falling), 0.0, 1.0)
@@ -93,7 +98,7 @@ def with_horizon(opt_state, train: TrainConfig, end: int):
   where that fraction would have put it; one already over (a fraction smaller than the share of
   the budget that fixes the end) gives way to the decay at once."""
   count = int(jax.device_get(_horizon(opt_state).count))
-  if train.warmup_fraction > 0 and count < round(train.warmup_fraction * end):
+  if train.warmup_fraction > 0 and count < float(_horizon_warmup(train, end)):
     return refit_horizon(opt_state, train, end)
   return _replaced(opt_state, end=end)
 
