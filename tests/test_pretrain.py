@@ -73,7 +73,8 @@ def test_wikitext_pretraining_learns(tmp_path, shared_data, monkeypatch):
 
 def test_training_seconds_budget_stops_on_time(tmp_path):
   """A budget ends the run at the first step past it, not at the next log line (here 10,000
-  steps away), and timed evals fall due the same way."""
+  steps away), and timed evals fall due the same way, on multiples of eval.every_seconds (so
+  their lateness does not add up)."""
   c = config_lib.load_preset("configs/mlm.py:tiny")
   c.train.max_steps, c.train.max_train_seconds, c.train.log_every = 100_000, 4.0, 10_000
   c.eval.every_steps, c.eval.every_seconds = 0, 1.5
@@ -86,8 +87,18 @@ def test_training_seconds_budget_stops_on_time(tmp_path):
   assert 4.0 <= last["train_seconds"] <= 4.0 + 3 * step_seconds + 0.5, (last, step_seconds)
   timed_evals = [l["train_seconds"] for l in lines if "eval_loss" in l and l["step"] > 0]
   assert len(timed_evals) >= 2, timed_evals
-  for before, after in zip([0.0] + timed_evals, timed_evals[:-1]):  # the final eval ends the run
-    assert 1.5 <= after - before <= 1.5 + 3 * step_seconds + 0.5, timed_evals
+  for mark, seconds in enumerate(timed_evals[:-1], start=1):  # the final eval ends the run
+    assert 1.5 * mark <= seconds <= 1.5 * mark + 3 * step_seconds + 0.5, timed_evals
+
+
+def test_timed_evals_fall_on_multiples_of_their_interval():
+  """An eval that came 0.08 s late does not push the next one 0.08 s later (over six evals of
+  the H100 study that drift reached 0.5 s), and a resumed run keeps the same marks."""
+  assert loop.next_mark(10.08, 10.0) == 20.0
+  assert loop.next_mark(19.99, 10.0) == 20.0
+  assert loop.next_mark(20.0, 10.0) == 30.0  # a mark met is spent
+  assert loop.next_mark(0.0, 1.5) == 1.5
+  assert loop.next_mark(7.0, 0.0) == float("inf")  # timed evals off
 
 
 @pytest.mark.parametrize("refit_share", [1.0, 0.0], ids=["end-fixed-once", "end-moves"])

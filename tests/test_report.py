@@ -217,6 +217,20 @@ def test_the_demos_budget_rows_name_the_right_winner(tmp_path):
   assert early.no_eval == ("2x64", "2x128") and early.margin is None
 
 
+def test_an_eval_timed_for_a_budget_reads_at_it_though_a_few_steps_late(tmp_path):
+  """The loop syncs on the step its pace predicts for a timed eval, which lands a few steps past
+  the mark (on an H100, 10.08 s for a 10 s mark at 5 ms a step): that eval is the budget's
+  reading. One 2% past the budget is not."""
+  run = load_run(_write_workdir(tmp_path / "r", _pretrain_config(2, 64), _metrics(
+      [(0, 0.0, 8.0), (1700, 10.08, 2.3), (3800, 20.4, 1.8)],
+      [(3800, 20.4, 1.9)])), "r")
+  curve = analysis.eval_curve(run, "eval_loss", "r")
+  assert curve.step_seconds == pytest.approx(20.4 / 3800)  # 15 steps are 0.08 s
+  assert analysis.value_at(curve, 10.0).step == 1700
+  assert analysis.value_at(curve, 20.0).step == 1700
+  assert analysis.value_at(curve, 20.2).step == 3800
+
+
 def test_budget_without_an_eval_yet_is_not_not_reached(tmp_path):
   run = load_run(_write_workdir(tmp_path / "r", _pretrain_config(2, 64), _metrics(
       [(100, 10.0, 5.0)], [(50, 5.0, 6.0), (100, 10.0, 5.1)])), "r")

@@ -160,7 +160,7 @@ class CheckpointConfig:
 @dataclasses.dataclass
 class EvalConfig:
   every_steps: int = 200  # 0 = off
-  every_seconds: float = 0.0  # evaluate every T training seconds; 0 = off
+  every_seconds: float = 0.0  # evaluate at every multiple of T training seconds; 0 = off
   num_batches: int = 8
   batch_size: int = 32
   seed: int = 1234  # fixed masks: the same positions every evaluation

@@ -21,6 +21,10 @@ from tl_jax.report.runs import SEED_SETTINGS, Run, Shape
 T = TypeVar("T")
 # Slack for comparing float seconds and byte budgets written with a few digits.
 _EPS = 1e-9
+# How far past a budget an eval may land and still read as at it: the loop syncs on the step its
+# recent pace predicts for a timed eval or budget, and a changing pace makes that a few steps late
+# (up to 0.8% of a 10 s mark on an H100, for the fastest size).
+READ_SLACK = 0.01
 
 
 # ---------------------------------------------------------------------------
@@ -88,13 +92,14 @@ class Reading:
 def value_at(curve: Curve, budget: float, held: float = 0.0) -> Reading | None:
   """The last eval at or before `budget` seconds; None if training stopped short of it
   (or no eval came before it). The step-0 eval of the untrained model is never a reading; an
-  eval less than one step past the budget is (it ends the step that crossed the budget, as a
-  run held to that budget ends)."""
+  eval up to one step or READ_SLACK of the budget past it (whichever is more) is: it is the eval
+  the loop timed for that budget, or the end of a run held to it."""
   if not curve.reaches(budget, held):
     return None
   last = None
+  late = max(curve.step_seconds, READ_SLACK * budget)
   for s, step, v in zip(curve.seconds, curve.steps, curve.values):
-    if step > 0 and s <= budget + curve.step_seconds + _EPS:
+    if step > 0 and s <= budget + late + _EPS:
       last = Reading(curve.label, v, s, step, curve.size)
   return last
 

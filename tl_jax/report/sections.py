@@ -442,7 +442,9 @@ def _by_time(lines: list[dict]) -> list[dict]:
 def budgets(ctx: Context) -> str:
   out = ["## 2. Which size to train and deploy under a budget",
          "For a training budget of S seconds each run counts with its last eval after step 0 at or "
-         "before S training seconds (the row names the step and second of each reading); a run "
+         "before S training seconds, or up to one step or "
+         f"{A.READ_SLACK:.0%} of S past it, where an eval timed for "
+         "S lands (the row names the step and second of each reading); a run "
          "within one step of S, or held to S by its own train.max_train_seconds, reached it, and one "
          "whose training stopped earlier is listed as *not reached* and never extrapolated. The "
          "runner-up is the best run of another size, and the margin how much the best run beats it "

@@ -256,7 +256,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
 
     last_sync = time.perf_counter()
     last_ckpt_time = last_sync
-    last_eval_seconds = watch.train
+    next_eval_at = next_mark(watch.train, cfg.eval.every_seconds)
     window_start_step = start
     # Where a seconds-based limit (budget, timed eval) falls due; the first step measures the pace.
     timed = cfg.train.max_train_seconds or cfg.eval.every_seconds
@@ -285,15 +285,14 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       state, metrics = train_fn(state, shd.global_batch(host_batch, program.batch_sharding))
       step += 1
 
-      eval_due = (cfg.eval.every_steps and step % cfg.eval.every_steps == 0) or (
-          cfg.eval.every_seconds and watch.train - last_eval_seconds >= cfg.eval.every_seconds)
+      eval_by_steps = bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0
       ckpt_by_steps = step % cfg.checkpoint.every_steps == 0
       ckpt_by_clock = bool(cfg.checkpoint.every_seconds) and (
           time.perf_counter() - last_ckpt_time >= cfg.checkpoint.every_seconds)
       last = step == cfg.train.max_steps
       # Only step counts and agreed seconds (below) say when to sync, so every process syncs at
       # the same steps; one process alone may also sync on its own clock or on SIGTERM.
-      sync_due = (step % cfg.train.log_every == 0 or eval_due or ckpt_by_steps or last
+      sync_due = (step % cfg.train.log_every == 0 or eval_by_steps or ckpt_by_steps or last
                   or step >= next_timed_step or step == horizon)
       if not (sync_due or (single_process and (ckpt_by_clock or preemption.requested))):
         continue
@@ -306,6 +305,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       window, preempted = agreed["window"], agreed["preempted"]
       ckpt_due = ckpt_by_steps or bool(agreed["ckpt_by_clock"])
       watch.train += window
+      # Timed evals read the clock just synced, so one falls on the step its mark comes due.
+      eval_due = eval_by_steps or bool(cfg.eval.every_seconds) and watch.train >= next_eval_at
       steps_done = step - window_start_step
       finite = math.isfinite(float(values["loss"])) and math.isfinite(float(values["grad_norm"]))
       extra = {}
@@ -371,7 +372,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
             f"config needs --override), then re-run: the run resumes from {ckpt.kept()}.")
 
       if eval_due:
-        last_eval_seconds, last_eval_step = watch.train, step
+        last_eval_step = step
+        next_eval_at = next_mark(watch.train, cfg.eval.every_seconds)
         eval_line = run_eval(step)
         if cfg.train.target_eval_loss and eval_line["eval_loss"] <= cfg.train.target_eval_loss:
           stop_reason = f"eval_loss reached train.target_eval_loss={cfg.train.target_eval_loss}"
@@ -393,7 +395,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       ckpt_owed = wants_ckpt and not finite
       if wants_ckpt and finite:
         last_ckpt_time = checkpoint(step)
-      next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, last_eval_seconds,
+      next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, next_eval_at,
                                    fix_horizon_at)
       last_sync = time.perf_counter()
       window_start_step = step
@@ -432,8 +434,15 @@ def moved_horizon(budget: float, step: int, train_seconds: float, horizon: int,
   return end_step(budget, step, train_seconds, pace, max_steps)
 
 
+def next_mark(train_seconds: float, every: float) -> float:
+  """The first multiple of `every` training seconds after `train_seconds` (inf when 0). Timed
+  evals fall on these marks rather than `every` after the last eval, so their small lateness
+  does not add up over a run, and a resumed run keeps the uninterrupted run's marks."""
+  return (math.floor(train_seconds / every) + 1) * every if every else math.inf
+
+
 def timed_step(cfg, step: int, step_seconds: float, train_seconds: float,
-               last_eval_seconds: float, fix_horizon_at: float | None = None) -> float:
+               next_eval_at: float, fix_horizon_at: float | None = None) -> float:
   """The step at which the training-seconds budget, the next timed eval or the fixing of a
   seconds horizon (at `fix_horizon_at` training seconds) falls due, at the pace measured since
   the last sync. Training seconds are only counted at syncs, so waiting for the next log line
@@ -444,7 +453,7 @@ def timed_step(cfg, step: int, step_seconds: float, train_seconds: float,
   if cfg.train.max_train_seconds:
     waits.append(cfg.train.max_train_seconds - train_seconds)
   if cfg.eval.every_seconds:
-    waits.append(cfg.eval.every_seconds - (train_seconds - last_eval_seconds))
+    waits.append(next_eval_at - train_seconds)
   if not waits:
     return math.inf
   return step + max(1, math.ceil(min(waits) / max(step_seconds, 1e-9)))
