@@ -87,6 +87,23 @@ def test_loader_covers_an_epoch_without_repeats(prepared):
   assert len(firsts) == steps * 16  # distinct sequences within one epoch
 
 
+def test_a_batch_across_an_epoch_boundary_ends_one_permutation_and_starts_the_next(prepared):
+  """Each row is the cache's tokens of the sequence the epoch's permutation names at that
+  position, also where one batch holds the end of an epoch and the start of the next."""
+  *_, train = prepared
+  seqs = PackedSequences(train, 64)
+  loader = TrainLoader(seqs, 7, seed=2)
+  n = seqs.num_sequences
+  step = n // 7  # starts in epoch 0; n is not a multiple of 7 here, so it ends in epoch 1
+  assert n % 7, n
+  positions = range(step * 7, step * 7 + 7)
+  expected = [np.random.default_rng([2, p // n]).permutation(n)[p % n] for p in positions]
+  np.testing.assert_array_equal(loader.indices(step), expected)
+  for row, i in zip(loader.batch(step), expected):
+    assert row[0] == tok.BOS_ID
+    np.testing.assert_array_equal(row[1:], train.tokens[i * 63:(i + 1) * 63])
+
+
 def test_hosts_get_disjoint_slices_of_the_global_batch(prepared):
   *_, train = prepared
   seqs = PackedSequences(train, 64)

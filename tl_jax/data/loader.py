@@ -30,11 +30,13 @@ class PackedSequences:
     self.num_sequences = len(cache) // (seq_len - 1)
 
   def get(self, indices: np.ndarray) -> np.ndarray:
+    # One gather, not a Python loop over rows: the loader thread holds the GIL while it builds a
+    # batch, and the smallest models take a step every few milliseconds.
     body = self.seq_len - 1
     out = np.empty((len(indices), self.seq_len), np.int32)
     out[:, 0] = BOS_ID
-    for row, i in enumerate(indices):
-      out[row, 1:] = self.tokens[i * body:(i + 1) * body]
+    starts = np.asarray(indices, np.int64)[:, None] * body
+    out[:, 1:] = self.tokens[starts + np.arange(body)]
     return out
 
 
@@ -64,7 +66,12 @@ class TrainLoader:
     """Which sequences make this host's rows of global batch `step`."""
     n = self.sequences.num_sequences
     positions = np.arange(step * self.global_batch, (step + 1) * self.global_batch)[self.rows]
-    return np.array([self._permutation(int(p // n))[p % n] for p in positions])
+    epochs = positions // n  # a batch spans at most two epochs (it holds no more than n rows)
+    out = np.empty(len(positions), np.int64)
+    for epoch in np.unique(epochs):
+      here = epochs == epoch
+      out[here] = self._permutation(int(epoch))[positions[here] % n]
+    return out
 
   def batch(self, step: int) -> np.ndarray:
     """This host's rows of global batch `step`, int32 [B/processes, S]."""
