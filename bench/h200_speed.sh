@@ -7,6 +7,8 @@
 #                seq_len against batched by source width (bench/decode_eval.py)
 #   speed_zipf   bench/speed.py big-128 on Zipf ids, tl_jax and the Marian peers
 #   padding      bench/finetune_padding.py, d6-w512 on SST-2 (GPU tokens/s before and after)
+#   padding_nocb the same with XLA's command buffers (CUDA graphs) off: whether switching between
+#                the buckets' executables is what slows the bucketed steps (0.53x on an H100)
 #   profile      bench/speed.py large-512 with --profile: kernel times and the HLO of the costliest
 #                memory-bound fusions (no peer: where tl_jax's own step time goes)
 #   fp8          bench/speed.py large-512 and big-128, bf16 against model.fp8 (the train step's
@@ -53,18 +55,21 @@ for step in "${steps[@]}"; do
     # 300 steps a round: the first GPU run's rounds of 50 lasted 0.2-0.4 s, too short to trust
     padding) run padding python3 -u bench/finetune_padding.py --data="$data" --model=d6-w512 \
                --steps=300 --out="$out/finetune_padding.json" || status=$? ;;
+    padding_nocb) XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=" run padding_nocb \
+               python3 -u bench/finetune_padding.py --data="$data" --model=d6-w512 --steps=300 \
+               --out="$out/finetune_padding_nocb.json" || status=$? ;;
     profile) run profile python3 -u bench/speed.py --cases=large-512 --variants=tl_jax --no-peers \
                --profile=large-512 --out="$out/profile" || status=$? ;;
     fp8) run fp8 python3 -u bench/speed.py --cases=large-512,big-128 --variants=tl_jax,fp8 \
            --peers="$peers" --out="$out/fp8" || status=$? ;;
     compile) run compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding profile fp8 compile"
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8 compile"
        exit 2 ;;
   esac
 done
 echo "== summary"
 for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
 grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
-tail -n 8 "$out"/padding.log 2>/dev/null
+tail -n 8 "$out"/padding.log "$out"/padding_nocb.log 2>/dev/null
 exit "$status"  # the last failed step's (124: the deadline)
