@@ -82,6 +82,9 @@ def test_training_seconds_budget_stops_on_time(tmp_path):
   workdir = str(tmp_path / "budget")
   assert tasks.run(c, workdir, jax.devices()[:1]) == 0
   lines = metrics.read(workdir)
+  # The session's first line names its devices (the report compares seconds within one kind).
+  assert [l.get("devices") for l in lines if "devices" in l] == [f"1 x {jax.devices()[0].device_kind}"]
+  assert "devices" in lines[0]
   last = lines[-1]
   step_seconds = last["train_seconds"] / last["step"]
   assert 4.0 <= last["train_seconds"] <= 4.0 + 3 * step_seconds + 0.5, (last, step_seconds)

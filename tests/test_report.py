@@ -231,6 +231,32 @@ def test_an_eval_timed_for_a_budget_reads_at_it_though_a_few_steps_late(tmp_path
   assert analysis.value_at(curve, 20.2).step == 3800
 
 
+def test_runs_of_different_devices_are_named_and_their_budget_rows_flagged(tmp_path):
+  """The H200 study's second part ran on an H100 (2026-12-06): a report over both parts would
+  have set seconds of one device beside seconds of the other without a word."""
+  def run(name, layers, devices):
+    lines = _metrics([(0, 0.0, 8.0), (100, 10.0, 5.0 - layers / 10)], [(100, 10.0, 5.0)])
+    for line, session in zip((lines[0], lines[-1]), devices):  # a second session resumed at 100
+      line["devices"] = session
+    return _write_workdir(tmp_path / "runs" / name, _pretrain_config(layers, 64), lines)
+  h100, h200 = "1 x NVIDIA H100 80GB HBM3", "1 x NVIDIA H200"
+  run("a", 2, [h100]), run("b", 4, [h100, h100])
+  assert load_run(str(tmp_path / "runs" / "b"), "b").devices == (h100,)
+  assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "one")]) == 0
+  text = (tmp_path / "one" / "report.md").read_text()
+  assert f"Every run trained on {h100}" in text and "different devices" not in text
+
+  run("c", 6, [h200])
+  run("d", 8, [h100, h200])  # resumed on another kind
+  assert load_run(str(tmp_path / "runs" / "d"), "d").devices == (h100, h200)
+  assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "two")]) == 0
+  text = (tmp_path / "two" / "report.md").read_text()
+  assert (f"**The runs trained on different devices** (metrics.jsonl's `devices`; *not recorded* "
+          f"before 2026-12-06): {h100}: a, b; {h100} then {h200}: d; {h200}: c.") in text
+  budget = text.split("### Training budgets")[1]
+  assert "**These rows set runs of different devices side by side**" in budget
+
+
 def test_budget_without_an_eval_yet_is_not_not_reached(tmp_path):
   run = load_run(_write_workdir(tmp_path / "r", _pretrain_config(2, 64), _metrics(
       [(100, 10.0, 5.0)], [(50, 5.0, 6.0), (100, 10.0, 5.1)])), "r")

@@ -106,6 +106,12 @@ class Run:
       settings.pop(setting, None)
     return json.dumps(settings, sort_keys=True)
 
+  @property
+  def devices(self) -> tuple[str, ...]:
+    """The devices it trained on ("8 x TPU v5 lite"), one entry per distinct value in the order
+    of its sessions; () for a run whose tl_jax version did not record them (before 2026-12-06)."""
+    return tuple(dict.fromkeys(str(m["devices"]) for m in self.metrics if m.get("devices")))
+
   def train_lines(self) -> list[dict]:
     return [m for m in self.metrics if _finite(m.get("loss"))]
 

@@ -200,7 +200,31 @@ def overview(ctx: Context) -> str:
       "accuracy's 95% interval is the eval set's binomial error, p ± 1.96 √(p(1−p)/n), n = "
       "`eval_examples` of its eval lines.",
       md.table(["workdir", "task", "preset", "size", "evals", "train s", "final",
-                "compressed points"], rows)] + repeated_seeds(ctx.runs) + regime_table(ctx))
+                "compressed points"], rows)] + repeated_seeds(ctx.runs) + devices_note(ctx.runs)
+      + regime_table(ctx))
+
+
+def devices_note(runs: Sequence[Run], compared: str = "") -> list[str]:
+  """What the runs trained on (metrics.jsonl's `devices`), with a warning where that differs
+  between runs or between the sessions of one: a training second on one device is not one on
+  another. With `compared` (what the caller sets side by side), only the warning, if any."""
+  by_devices = collections.defaultdict(list)
+  for run in runs:
+    by_devices[" then ".join(run.devices) or "not recorded"].append(run.name)
+  known = [d for d in by_devices if d != "not recorded"]
+  differ = len(known) > 1 or any(len(run.devices) > 1 for run in runs)
+  listed = "; ".join(f"{d}: {', '.join(names)}" for d, names in sorted(by_devices.items()))
+  if compared:
+    return [f"**These {compared} set runs of different devices side by side** ({listed}): "
+            "compare their seconds only within one device."] if differ else []
+  if not known:
+    return []
+  if not differ:
+    return [f"Every run trained on {known[0]} (metrics.jsonl's `devices`)." if len(by_devices) == 1
+            else f"Devices (metrics.jsonl's `devices`; *not recorded* before 2026-12-06): {listed}."]
+  return ["**The runs trained on different devices** (metrics.jsonl's `devices`; *not recorded* "
+          f"before 2026-12-06): {listed}. Training seconds measure the device as much as the "
+          "model: compare runs by seconds only within one device."]
 
 
 def repeated_seeds(runs: Sequence[Run]) -> list[str]:
@@ -468,6 +492,7 @@ def budgets(ctx: Context) -> str:
         "spread up to where the shortest run stopped (set them with --budget-seconds)"
     out.append(f"### Training budgets: best {metric.label} ({_TASK_NOUNS[task]})")
     out.append(f"Budgets {origin}; {'higher' if metric.higher_is_better else 'lower'} is better.")
+    out += devices_note(ctx.of_task(task), "rows")
     rows, past_all = [], []
     for b in budgets_s:
       ans = A.best_at_budget(curves, b, higher_is_better=metric.higher_is_better)

@@ -1,7 +1,8 @@
 """A run directory and everything in it, opened once.
 
     config.json      the resolved config tree (its `task` says which Task ran)
-    metrics.jsonl    one JSON object a line: train lines and eval lines
+    metrics.jsonl    one JSON object a line: train lines and eval lines (each session's first
+                     also names its devices)
     tokenizer/       the run's own tokenizer
     checkpoints/     orbax train states, for resuming (train/checkpoint.py)
     best/            the parameters of the best eval, named in best/best.json (train/best.py)

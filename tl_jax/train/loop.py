@@ -202,8 +202,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       train_fn = program.train_fn.lower(state, example).compile()
       evaluate = setup.compile_eval(state)
     watch.compile += t.seconds
-    log(f"compiled in {t.seconds:.1f}s on {mesh.devices.size} x {jax.devices()[0].device_kind} "
-        f"(mesh {dict(mesh.shape)})")
+    devices = f"{mesh.devices.size} x {mesh.devices.flat[0].device_kind}"
+    log(f"compiled in {t.seconds:.1f}s on {devices} (mesh {dict(mesh.shape)})")
 
     tokens_per_step = setup.tokens_per_step
     flops_per_step = tokens_per_step * program.flops_per_token
@@ -219,7 +219,11 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       watch.checkpoint += t.seconds
       return time.perf_counter()
 
-    first_line = {"train_tokens": setup.train_tokens} if setup.train_tokens else {}
+    # Each session's first line says what it ran on: training seconds measure the devices as much
+    # as the model, and a report must not set seconds of an H100 beside seconds of an H200.
+    first_line = {"devices": devices}
+    if setup.train_tokens:
+      first_line["train_tokens"] = setup.train_tokens
 
     def record(step: int, values: dict):
       line = {"step": step, **watch.to_dict(), **values, **first_line}
