@@ -1,5 +1,6 @@
 """End to end: the command learns, and a killed run resumes to the same bits."""
 
+import json
 import os
 import shutil
 import signal
@@ -92,6 +93,28 @@ def test_training_seconds_budget_stops_on_time(tmp_path):
   assert len(timed_evals) >= 2, timed_evals
   for mark, seconds in enumerate(timed_evals[:-1], start=1):  # the final eval ends the run
     assert 1.5 * mark <= seconds <= 1.5 * mark + 3 * step_seconds + 0.5, timed_evals
+
+
+def test_a_run_resumed_on_other_devices_says_so(tmp_path, capsys):
+  """A lease may hand out another kind of GPU: the resumed session names both, in its log and
+  in its first metrics line (which the report reads)."""
+  c = config_lib.load_preset("configs/mlm.py:tiny")
+  c.train.max_steps, c.train.log_every, c.eval.every_steps = 20, 10, 0
+  c.checkpoint.every_steps, c.checkpoint.keep, c.parallel.data = 10, 3, 1
+  workdir = str(tmp_path / "run")
+  assert tasks.run(c, workdir, jax.devices()[:1]) == 0
+  here = f"1 x {jax.devices()[0].device_kind}"
+  assert metrics.last_devices(workdir) == here
+  # As if steps 1-10 had run elsewhere and the session after them had been lost.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "20"))
+  lines = [dict(l, devices="1 x NVIDIA H200") if "devices" in l else l for l in metrics.read(workdir)]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(l) + "\n" for l in lines)
+  capsys.readouterr()
+  assert tasks.run(c, workdir, jax.devices()[:1]) == 0
+  out = capsys.readouterr().out
+  assert f"warning: this run trained on 1 x NVIDIA H200 up to step 10 and resumes on {here}" in out
+  assert [l["devices"] for l in metrics.read(workdir) if "devices" in l] == ["1 x NVIDIA H200", here]
 
 
 def test_timed_evals_fall_on_multiples_of_their_interval():

@@ -25,7 +25,7 @@ from tl_jax.parallel import distributed
 from tl_jax.parallel import sharding as shd
 from tl_jax.train import flops
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
-from tl_jax.train.metrics import MetricWriter, format_seconds, truncate_after
+from tl_jax.train.metrics import MetricWriter, format_seconds, last_devices, truncate_after
 from tl_jax.train.optimizer import applied_updates, horizon_end, refit_horizon, with_horizon
 from tl_jax.train.stopwatch import Stopwatch, Timer
 
@@ -204,6 +204,11 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     watch.compile += t.seconds
     devices = f"{mesh.devices.size} x {mesh.devices.flat[0].device_kind}"
     log(f"compiled in {t.seconds:.1f}s on {devices} (mesh {dict(mesh.shape)})")
+    before = last_devices(workdir) if start and is_main else None  # only the main one writes it
+    if before and before != devices:
+      log(f"warning: this run trained on {before} up to step {start} and resumes on {devices}; "
+          "its training seconds mix the two, so compare them with other runs' only with that in "
+          "mind (the report names both)")
 
     tokens_per_step = setup.tokens_per_step
     flops_per_step = tokens_per_step * program.flops_per_token

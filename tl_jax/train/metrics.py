@@ -34,6 +34,14 @@ def read(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def last_devices(workdir: str) -> str | None:
+  """The devices the run's latest session that recorded them trained on (each session's first
+  line names them); None where no line does or there are no lines."""
+  if not os.path.exists(os.path.join(workdir, _JSONL)):
+    return None
+  return next((line["devices"] for line in reversed(read(workdir)) if line.get("devices")), None)
+
+
 class MetricWriter:
   """Appends JSON lines and TensorBoard scalars; only process 0 writes."""
 
