@@ -744,6 +744,26 @@ def test_seeds_of_a_size_are_one_curve_with_a_band(tmp_path, monkeypatch):
   assert "min..max, not a standard deviation" in text
 
 
+def test_seeds_held_to_one_budget_keep_their_last_eval_in_the_band(tmp_path, monkeypatch):
+  """6x768 of the H100 study: seed 0 ended at 59.745 s, seed 1 at 59.698 s, both held to 60 s.
+  The band once stopped at the 50 s evals (seed 0's end lay past seed 1's), and the compute
+  panel drew the untrained step-0 eval far to the left, as a flat line."""
+  def run(name, seed, evals):
+    config = {**_pretrain_config(6, 768), "train": {"seed": seed, "max_train_seconds": 60}}
+    _write_workdir(tmp_path / "sweep" / name, config,
+                   _metrics([(0, 0.0, 8.4)] + evals, [(evals[-1][0], evals[-1][1], 1.5)]))
+  run("seed0", 0, [(1795, 50.25, 1.570), (2135, 59.745, 1.544)])
+  run("seed1", 1, [(1794, 50.30, 1.589), (2131, 59.698, 1.547)])
+  calls = _capture(monkeypatch, "training_curves")
+  assert main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
+  (band,) = calls[0]["bands"]
+  assert band.aligned == "seconds" and band.seconds[-1] == 59.745
+  assert band.values[-1] == pytest.approx((1.544 + 1.547) / 2)  # seed 1's last eval
+  from tl_jax.report import figures  # the compute panel's points: none at zero compute
+  assert figures.positive_x([0.0, 2.0, 4.0], [8.4, 1.6, 1.5], [8.3, 1.5, 1.4]) == (
+      [2.0, 4.0], [1.6, 1.5], [1.5, 1.4])
+
+
 # ---------------------------------------------------------------------------
 # The fitted scaling law.
 

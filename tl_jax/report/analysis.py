@@ -265,7 +265,8 @@ class Band:
   largest seed's value (the band). `aligned` says how the seeds' evals were matched: "step"
   where every seed evaluated at the same steps (their seconds are averaged), "seconds" where
   they did not (timed evals): each seed's curve is then interpolated linearly at the first
-  seed's eval seconds, within the span every seed covers."""
+  seed's eval seconds, within the span every seed covers (its end stretched by the reading
+  slack)."""
   label: str  # 'size (n seeds)'
   size: str
   seeds: int
@@ -295,7 +296,11 @@ def seed_bands(curves: Sequence[Curve]) -> tuple[list[Curve], list[Band]]:
       steps, values, aligned = np.asarray(first.steps, float), np.array([c.values for c in members]), "step"
     else:
       start = max(c.seconds[0] for c in members)
+      # Seeds held to one budget end a step or two apart: the first seed's last eval counts
+      # where it is within the reading slack of every seed's end (the others' values are then
+      # their last evals), as a budget reads it.
       stop = min(c.seconds[-1] for c in members)
+      stop += max(max(c.step_seconds for c in members), READ_SLACK * stop)
       seconds = np.array([s for s in first.seconds if start - _EPS <= s <= stop + _EPS])
       if not len(seconds):
         singles += members

@@ -53,6 +53,13 @@ def _save(fig, path: str) -> str:
   return path
 
 
+def positive_x(xs, *columns):
+  """(xs, *columns) without the points at x <= 0: the step-0 eval has no compute, and a log axis
+  would draw it far off to the left, as a flat line into the first real point."""
+  keep = [i for i, x in enumerate(xs) if x > 0]
+  return tuple([col[i] for i in keep] for col in (xs, *columns))
+
+
 def _styles(curves: Sequence[Curve], colors: dict) -> list[dict]:
   """Colour by run (shades of its size's colour); runs sharing a size also differ by line
   style."""
@@ -86,16 +93,18 @@ def training_curves(curves: Sequence[Curve], path: str, *, colors: dict, title: 
     by_time.plot(curve.seconds, curve.values, **kw)
     by_step.plot(curve.steps, curve.values, **kw)
     if curve.label in per_step:
-      axes[2].plot([per_step[curve.label] * s for s in curve.steps], curve.values, **kw)
+      axes[2].plot(*positive_x([per_step[curve.label] * s for s in curve.steps], curve.values), **kw)
   for band in bands:
     color = colors.get(band.size, "black")
     label = f"{band.label}: mean, band min..max"
-    panels = [(by_time, band.seconds), (by_step, band.steps)]
+    panels = [(by_time, band.seconds, band.values, band.lo, band.hi),
+              (by_step, band.steps, band.values, band.lo, band.hi)]
     if band.label in per_step:
-      panels.append((axes[2], [per_step[band.label] * s for s in band.steps]))
-    for ax, xs in panels:
-      ax.plot(xs, band.values, color=color, marker="o", markersize=3, linewidth=1.8, label=label)
-      ax.fill_between(xs, band.lo, band.hi, color=color, alpha=0.22, linewidth=0)
+      panels.append((axes[2], *positive_x([per_step[band.label] * s for s in band.steps],
+                                           band.values, band.lo, band.hi)))
+    for ax, xs, values, lo, hi in panels:
+      ax.plot(xs, values, color=color, marker="o", markersize=3, linewidth=1.8, label=label)
+      ax.fill_between(xs, lo, hi, color=color, alpha=0.22, linewidth=0)
   for b in budgets:
     by_time.axvline(b, color="0.45", linestyle=_LEVEL, linewidth=1.0)
   if budgets:
