@@ -38,6 +38,10 @@ run() {  # NAME COMMAND...: under what is left of the deadline, output to $out/N
   return "$rc"
 }
 
+# Which GPU this call got: a lease may hand out another kind than the one asked for, and
+# training seconds on one kind do not compare with another's.
+gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | sort | uniq -c | xargs)
+echo "device: ${gpus:-no GPU found by nvidia-smi}"
 status=0
 for step in "${steps[@]}"; do
   case $step in

@@ -19,6 +19,10 @@ export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/tl_jax_xla_ca
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=${JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS:-2}
 read -r -a stages <<< "${ONLY:-}"
 [ "${#stages[@]}" -gt 0 ] || stages=("")  # "": the whole part
+# Which GPU this call got: a lease may hand out another kind than the one asked for, and
+# training seconds on one kind do not compare with another's.
+gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | sort | uniq -c | xargs)
+echo "device: ${gpus:-no GPU found by nvidia-smi}"
 rc=0
 for part in "$@"; do
   for only in "${stages[@]}"; do
