@@ -1,7 +1,7 @@
 """Decoding speed of tl_jax against Hugging Face `MarianMTModel.generate`, on one GPU, in one call.
 
   python3 -u bench/decode.py [--out=DIR] [--cases=multi30k,big] [--beams=1,4] [--lengths=32,128]
-                             [--reps=3] [--no-peer]
+                             [--reps=3] [--no-peer] [--reorder]
   python3 -u bench/decode.py --size=tiny      # a CPU smoke run, peer included (~1 minute)
   python3 -u bench/decode.py --cases=multi30k --lengths=32,128 --batch=32 --no-peer --reps=2  # CPU
 
@@ -102,22 +102,25 @@ def tl_jax_child(args) -> None:
     for length in lengths:
       src = jax.device_put(source_ids(batch, length, vocab))
       for beam in [int(b) for b in args.beams.split(",")]:
-        search = jax.jit(functools.partial(
-            translate_batch, model=model, vocab_size=vocab, beam_size=beam,
-            length_penalty=config.eval.length_penalty, max_len=length, min_len=length))
-        start = time.perf_counter()
-        compiled = search.lower(params, src).compile()
-        compile_seconds = time.perf_counter() - start
-        seconds, out = timed(lambda: compiled(params, src).block_until_ready(), args.reps)
-        # Forced length: every position an ordinary token (no </s>, no padding after it).
-        full = bool(np.all(np.asarray(out) >= FIRST_ORDINARY_ID))
-        result = row("tl_jax", config.model.dtype, case, beam, length, batch, seconds, full,
-                     compile_s=compile_seconds, device=jax.devices()[0].device_kind,
-                     versions=f"jax {jax.__version__}")
-        if args.profile and jax.default_backend() == "gpu":
-          result["profile"] = device_profile(lambda: compiled(params, src).block_until_ready(),
-                                             compiled.as_text(), calls=1)
-        print("RESULT " + json.dumps(result), flush=True)
+        for reorder in [False, True] if args.reorder and beam > 1 else [False]:
+          search = jax.jit(functools.partial(
+              translate_batch, model=model, vocab_size=vocab, beam_size=beam,
+              length_penalty=config.eval.length_penalty, max_len=length, min_len=length,
+              reorder_cache=reorder))
+          start = time.perf_counter()
+          compiled = search.lower(params, src).compile()
+          compile_seconds = time.perf_counter() - start
+          seconds, out = timed(lambda: compiled(params, src).block_until_ready(), args.reps)
+          # Forced length: every position an ordinary token (no </s>, no padding after it).
+          full = bool(np.all(np.asarray(out) >= FIRST_ORDINARY_ID))
+          variant = config.model.dtype + (" reorder" if reorder else "")
+          result = row("tl_jax", variant, case, beam, length, batch, seconds, full,
+                       compile_s=compile_seconds, device=jax.devices()[0].device_kind,
+                       versions=f"jax {jax.__version__}")
+          if args.profile and jax.default_backend() == "gpu":
+            result["profile"] = device_profile(lambda: compiled(params, src).block_until_ready(),
+                                               compiled.as_text(), calls=1)
+          print("RESULT " + json.dumps(result), flush=True)
 
 
 def peer_child(args) -> None:
@@ -197,12 +200,12 @@ def table(rows: list[list[str]]) -> str:
 def summary_rows(results: list[dict]) -> list[list[str]]:
   """One line per (case, beam, length): tl_jax and each peer variant, and tl_jax's ratio to each."""
   key = lambda r: (r["case"], r["beam"], r["length"])
-  rows = [["case", "beam", "L", "batch", "tl_jax sent/s", "tl_jax tok/s", "tl_jax ms/step"]
+  rows = [["case", "beam", "L", "batch", "tl_jax", "tl_jax sent/s", "tl_jax tok/s", "tl_jax ms/step"]
           + [f"HF {v} tok/s" for v in PEER_VARIANTS] + [f"vs HF {v}" for v in PEER_VARIANTS]]
   for mine in (r for r in results if r["system"] == "tl_jax"):
     peers = {r["variant"]: r for r in results if r["system"] != "tl_jax" and key(r) == key(mine)}
     rows.append([mine["case"], str(mine["beam"]), str(mine["length"]), str(mine["batch"]),
-                 f"{mine['sentences_per_s']:,.1f}", f"{mine['tokens_per_s']:,.0f}",
+                 mine["variant"], f"{mine['sentences_per_s']:,.1f}", f"{mine['tokens_per_s']:,.0f}",
                  f"{mine['seconds_per_batch'] / mine['length'] * 1e3:.3f}"]
                 + [f"{peers[v]['tokens_per_s']:,.0f}" if v in peers else "-" for v in PEER_VARIANTS]
                 + [f"{mine['tokens_per_s'] / peers[v]['tokens_per_s']:.2f}x" if v in peers else "-"
@@ -224,6 +227,9 @@ def main() -> None:
   parser.add_argument("--profile", action="store_true",
                       help="on a GPU, also profile one call of each tl_jax row: kernel times by group "
                            "and the HLO of the costliest fusions (bench/speed.py's device_profile)")
+  parser.add_argument("--reorder", action="store_true",
+                      help="also time each beam row with the whole cache reordered every step "
+                           "(translate_batch's reorder_cache: the search before the lineage table)")
   parser.add_argument("--timeout", type=int, default=280, help="seconds per child process")
   parser.add_argument("--child", choices=["tl_jax", "peer"], help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -245,7 +251,8 @@ def main() -> None:
   log_path = os.path.join(args.out, "decode.log")
   me = [sys.executable, "-u", os.path.abspath(__file__), f"--size={args.size}", f"--cases={args.cases}",
         f"--beams={args.beams}", f"--lengths={args.lengths}", f"--reps={args.reps}",
-        f"--batch={args.batch}"] + (["--profile"] if args.profile else [])
+        f"--batch={args.batch}"] + (["--profile"] if args.profile else []) \
+      + (["--reorder"] if args.reorder else [])
   results = []
   for child in ["tl_jax"] + ([] if args.no_peer else ["peer"]):
     start = time.perf_counter()

@@ -2,7 +2,8 @@
 # Issue 18's measurements still owed on a GPU, in one call under one deadline, each with its peer
 # where it has one; logs and JSON under $OUT (default ./bench_out):
 #   decode       bench/decode.py beam 4 at L=128, both shapes, against HF generate (the two rows
-#                below 2x before the staged key/value cache), and a profile of tl_jax's searches
+#                below 2x before the staged key/value cache), tl_jax's search through the lineage
+#                table and the one that reorders its cache, and a profile of each
 #   decode_eval  a multi30k translator trained for $TRAIN_S seconds, its BLEU eval padded to
 #                seq_len against batched by source width (bench/decode_eval.py)
 #   speed_zipf   bench/speed.py big-128 on Zipf ids, tl_jax and the Marian peers
@@ -45,7 +46,7 @@ echo "device: ${gpus:-no GPU found by nvidia-smi}"
 status=0
 for step in "${steps[@]}"; do
   case $step in
-    decode) run decode python3 -u bench/decode.py --beams=4 --lengths=128 --profile --out="$out/decode" || status=$? ;;
+    decode) run decode python3 -u bench/decode.py --beams=4 --lengths=128 --reorder --profile --out="$out/decode" || status=$? ;;
     decode_eval)
       run decode_train tl-jax translate --config=configs/translate.py:multi30k --workdir=/tmp/h200_mt \
         --config.data.train_prefix="$data/multi30k/train" \

@@ -36,10 +36,10 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, y, memory, self_mask, cross_mask, decode_position=None, cache_len: int = 0,
-               beams: int = 0):
+               beams: int = 0, lineage=None):
     cfg, det = self.config, self.deterministic
     self_attention = lambda h: Attention(cfg, name="self_attention")(
-        h, mask=self_mask, decode_position=decode_position, cache_len=cache_len)
+        h, mask=self_mask, decode_position=decode_position, cache_len=cache_len, lineage=lineage)
     cross_attention = lambda h: Attention(cfg, name="cross_attention")(h, kv=memory, mask=cross_mask,
                                                                         beams=beams)
     mlp = lambda h: MLP(cfg, self.d_ff, name="mlp")(h, det)
@@ -55,13 +55,14 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, memory, self_mask, cross_mask, positions, *, deterministic: bool,
-               decode_position=None, cache_len: int = 0, beams: int = 0, project: bool = True):
+               decode_position=None, cache_len: int = 0, beams: int = 0, lineage=None,
+               project: bool = True):
     cfg = self.config
     y = embed_tokens(cfg, self.token_embed, tokens, positions)
     y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
     for i in range(cfg.decoder_layers):
       y = DecoderLayer(cfg, d_ff(cfg), deterministic, name=f"layer_{i}")(
-          y, memory, self_mask, cross_mask, decode_position, cache_len, beams)
+          y, memory, self_mask, cross_mask, decode_position, cache_len, beams, lineage)
     if cfg.pre_ln:
       y = layer_norm(cfg, "ln_final")(y)
     if not project:
@@ -91,17 +92,20 @@ class Translator(nn.Module):
                         segment_mask(tgt_segments, src_segments), tgt_positions,
                         deterministic=deterministic, project=project)
 
-  def decode_step(self, memory, src_segments, last_tokens, position, cache_len: int, beams: int = 1):
+  def decode_step(self, memory, src_segments, last_tokens, position, cache_len: int, beams: int = 1,
+                  lineage=None):
     """Logits [B * beams, V] for one new target position of B unpacked sources (`memory`
     [B, S, D], `src_segments` [B, S]) with `beams` rows each, beam-major within a source.
-    Updates the `cache` collection (keys and values of the target so far, one per row). The
-    source's keys and values are the `source_kv` collection: made on the first call, which must
-    let it change (`mutable=["cache", "source_kv"]`), and passed in unchanged after that."""
+    Updates the `cache` collection (keys and values of the target so far, one per row; with
+    `lineage` [B, beams, >= cache_len], each row reads its earlier positions from the rows the
+    table names: decoding.py). The source's keys and values are the `source_kv` collection: made
+    on the first call, which must let it change (`mutable=["cache", "source_kv"]`), and passed
+    in unchanged after that."""
     positions = jnp.full((last_tokens.shape[0], 1), position)
     cross_mask = (src_segments > 0)[:, None, None, :]
     logits = self.decoder(last_tokens[:, None], memory, None, cross_mask, positions,
                           deterministic=True, decode_position=position, cache_len=cache_len,
-                          beams=beams)
+                          beams=beams, lineage=lineage)
     return logits[:, 0].astype(jnp.float32)
 
   def __call__(self, batch: dict, *, deterministic: bool = True, project: bool = True):

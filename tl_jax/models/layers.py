@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig
+from tl_jax.models import decoding
 
 INIT = nn.initializers.normal(stddev=0.02)  # BERT/RoBERTa initialisation
 
@@ -228,12 +229,16 @@ class Attention(nn.Module):
   source's keys and values are projected once, on the call that creates the `source_kv`
   collection, and read from it on every later step; each example's beams attend to them as
   `beams` queries of one row, so the source is neither projected again nor copied per beam.
+
+  With `lineage` set as well as `decode_position` (a beam search that does not reorder the
+  cache), each row reads position t of its prefix from the row `lineage` names for it
+  (`decoding.read_through_lineage`).
   """
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x, kv=None, mask=None, lengths=None, decode_position=None, cache_len: int = 0,
-               beams: int = 0):
+               beams: int = 0, lineage=None):
     cfg = self.config
     head_dim = cfg.d_model // cfg.num_heads
     kv = x if kv is None else kv
@@ -256,6 +261,8 @@ class Attention(nn.Module):
       at = (0, decode_position, 0, 0)
       cached_k.value = k = jax.lax.dynamic_update_slice(cached_k.value, k, at)
       cached_v.value = v = jax.lax.dynamic_update_slice(cached_v.value, v, at)
+      if lineage is not None:
+        k, v = decoding.read_through_lineage(k, lineage), decoding.read_through_lineage(v, lineage)
       mask = (jnp.arange(cache_len) <= decode_position)[None, None, None, :]
       implementation = None  # one query row: XLA's kernel, and cuDNN refuses such masks
     out = jax.nn.dot_product_attention(

@@ -70,11 +70,15 @@ def loss_metrics(sums: dict) -> dict:
 
 
 def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_size: int,
-                    length_penalty: float, max_len: int, min_len: int = 0):
+                    length_penalty: float, max_len: int, min_len: int = 0,
+                    reorder_cache: bool = False):
   """Best target ids [B, max_len] for source rows `src` [B, S] (right-padded with PAD_ID).
 
   </s> is never emitted before position `min_len` (Hugging Face's min_length); min_len =
-  max_len forces every output to its full length, as bench/decode.py times it."""
+  max_len forces every output to its full length, as bench/decode.py times it. Beam search
+  reads the key/value cache through its lineage table (decoding.py); `reorder_cache` instead
+  moves the whole cache into beam order every step, the generic search, kept as the reference
+  that the tests and bench/decode.py compare with."""
   TRACES["decode"] += 1
   segments = (src != PAD_ID).astype(jnp.int32)
   memory = model.apply({"params": params}, src, segments, method=Translator.encode)
@@ -92,10 +96,10 @@ def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_siz
     return jax.tree.map(lambda x: jnp.pad(x, [(0, 0), (0, length - x.shape[1]), (0, 0), (0, 0)]),
                         cache)
 
-  def step_fn(cache, tokens, position):
+  def step_fn(cache, tokens, position, lineage=None):
     cache_len = jax.tree.leaves(cache)[0].shape[1]
     logits, mutated = model.apply({"params": params, "cache": cache, "source_kv": source_kv},
-                                  memory, segments, tokens, position, cache_len, beam_size,
+                                  memory, segments, tokens, position, cache_len, beam_size, lineage,
                                   method=Translator.decode_step, mutable=["cache"])
     # Never emit the embedding table's padding rows or the special tokens other than </s>.
     ids = jnp.arange(logits.shape[-1])
@@ -106,7 +110,8 @@ def translate_batch(params, src, *, model: Translator, vocab_size: int, beam_siz
     return decoding.greedy_decode(step_fn, cache, src.shape[0], max_len, BOS_ID, EOS_ID, PAD_ID,
                                   grow)
   sequences, _ = decoding.beam_search(step_fn, cache, src.shape[0], beam_size, max_len, BOS_ID,
-                                      EOS_ID, length_penalty, PAD_ID, grow)
+                                      EOS_ID, length_penalty, PAD_ID, grow,
+                                      lineage=not reorder_cache)
   return sequences[:, 0]
 
 
