@@ -127,6 +127,24 @@ def test_timed_evals_fall_on_multiples_of_their_interval():
   assert loop.next_mark(7.0, 0.0) == float("inf")  # timed evals off
 
 
+def test_a_timed_eval_lands_on_its_mark_though_the_pace_slows_after_the_aim():
+  """The loop's syncs, simulated: the pace drops from 10 to 15 ms a step right after the first
+  aim at a 10 s mark. Aiming once from the first pace would land the eval 1,000 steps on, at
+  about 15 s; approaching by halves lands it within a step of 10 s, in a dozen syncs."""
+  cfg = config_lib.load_preset("configs/mlm.py:tiny")
+  cfg.train.max_train_seconds, cfg.eval.every_seconds = 0, 10.0
+  pace = lambda step: 0.010 if step < 1 else 0.015
+  step, seconds, window_pace, syncs = 0, 0.0, 0.010, 0
+  while seconds < 10.0:
+    target = loop.timed_step(cfg, step, window_pace, seconds, next_eval_at=10.0)
+    window = sum(pace(s) for s in range(step, target))
+    step, seconds, window_pace = target, seconds + window, window / (target - step)
+    syncs += 1
+  assert seconds - 10.0 <= 0.015 + 1e-9, (step, seconds)
+  assert syncs <= 12, syncs
+  assert loop.timed_step(cfg, 0, 0.010, 0.0, next_eval_at=0.05) == 5  # near: one aim, no halving
+
+
 @pytest.mark.parametrize("refit_share", [1.0, 0.0], ids=["end-fixed-once", "end-moves"])
 def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path, monkeypatch, refit_share):
   """train.schedule_horizon=seconds: the decay ends at the budget (a steps schedule over
