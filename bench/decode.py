@@ -1,9 +1,10 @@
 """Decoding speed of tl_jax against Hugging Face `MarianMTModel.generate`, on one GPU, in one call.
 
   python3 -u bench/decode.py [--out=DIR] [--cases=multi30k,big] [--beams=1,4] [--lengths=32,128]
-                             [--reps=3] [--no-peer] [--reorder]
+                             [--reps=3] [--no-peer] [--both-searches]
   python3 -u bench/decode.py --size=tiny      # a CPU smoke run, peer included (~1 minute)
   python3 -u bench/decode.py --cases=multi30k --lengths=32,128 --batch=32 --no-peer --reps=2  # CPU
+  python3 -u bench/decode.py --beams=4 --lengths=128 --both-searches   # lineage table vs reorder
 
 Times the search that BLEU evaluation and `tl-jax translate-file` run (`translate_batch` of
 tl_jax/tasks/translation.py: encoder, key/value cache, greedy or beam search in one
@@ -90,7 +91,7 @@ def tl_jax_child(args) -> None:
   import jax
   import numpy as np
   from tl_jax.tasks import task_for
-  from tl_jax.tasks.translation import translate_batch
+  from tl_jax.tasks.translation import reorders_cache, translate_batch
 
   for case in args.cases.split(","):
     config, vocab, batch = case_setup(case, args.size, args.batch)
@@ -102,7 +103,9 @@ def tl_jax_child(args) -> None:
     for length in lengths:
       src = jax.device_put(source_ids(batch, length, vocab))
       for beam in [int(b) for b in args.beams.split(",")]:
-        for reorder in [False, True] if args.reorder and beam > 1 else [False]:
+        default = reorders_cache()
+        for reorder in ([default, not default] if args.both_searches else [default]) if beam > 1 \
+            else [None]:
           search = jax.jit(functools.partial(
               translate_batch, model=model, vocab_size=vocab, beam_size=beam,
               length_penalty=config.eval.length_penalty, max_len=length, min_len=length,
@@ -113,7 +116,7 @@ def tl_jax_child(args) -> None:
           seconds, out = timed(lambda: compiled(params, src).block_until_ready(), args.reps)
           # Forced length: every position an ordinary token (no </s>, no padding after it).
           full = bool(np.all(np.asarray(out) >= FIRST_ORDINARY_ID))
-          variant = config.model.dtype + (" reorder" if reorder else "")
+          variant = config.model.dtype + {None: "", True: " reorder", False: " lineage"}[reorder]
           result = row("tl_jax", variant, case, beam, length, batch, seconds, full,
                        compile_s=compile_seconds, device=jax.devices()[0].device_kind,
                        versions=f"jax {jax.__version__}")
@@ -227,9 +230,10 @@ def main() -> None:
   parser.add_argument("--profile", action="store_true",
                       help="on a GPU, also profile one call of each tl_jax row: kernel times by group "
                            "and the HLO of the costliest fusions (bench/speed.py's device_profile)")
-  parser.add_argument("--reorder", action="store_true",
-                      help="also time each beam row with the whole cache reordered every step "
-                           "(translate_batch's reorder_cache: the search before the lineage table)")
+  parser.add_argument("--both-searches", action="store_true",
+                      help="time each beam row both ways: the cache read through the lineage "
+                           "table and reordered every step (translate_batch's reorder_cache; "
+                           "the backend's default first)")
   parser.add_argument("--timeout", type=int, default=280, help="seconds per child process")
   parser.add_argument("--child", choices=["tl_jax", "peer"], help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -252,7 +256,7 @@ def main() -> None:
   me = [sys.executable, "-u", os.path.abspath(__file__), f"--size={args.size}", f"--cases={args.cases}",
         f"--beams={args.beams}", f"--lengths={args.lengths}", f"--reps={args.reps}",
         f"--batch={args.batch}"] + (["--profile"] if args.profile else []) \
-      + (["--reorder"] if args.reorder else [])
+      + (["--both-searches"] if args.both_searches else [])
   results = []
   for child in ["tl_jax"] + ([] if args.no_peer else ["peer"]):
     start = time.perf_counter()

@@ -46,7 +46,7 @@ echo "device: ${gpus:-no GPU found by nvidia-smi}"
 status=0
 for step in "${steps[@]}"; do
   case $step in
-    decode) run decode python3 -u bench/decode.py --beams=4 --lengths=128 --reorder --profile --out="$out/decode" || status=$? ;;
+    decode) run decode python3 -u bench/decode.py --beams=4 --lengths=128 --both-searches --profile --out="$out/decode" || status=$? ;;
     decode_eval)
       run decode_train tl-jax translate --config=configs/translate.py:multi30k --workdir=/tmp/h200_mt \
         --config.data.train_prefix="$data/multi30k/train" \

@@ -103,6 +103,20 @@ class CacheModel(HistoryModel):
     return params["table"][last] + jnp.tanh(h) @ params["proj"], {"emb": emb}
 
 
+class LineageModel(CacheModel):
+  """CacheModel for a search that never reorders the cache: each row writes its own slot and
+  reads its prefix through the lineage table, as the translator's self-attention does."""
+
+  @staticmethod
+  def apply(params, cache, last, position, lineage):
+    slots = jnp.arange(cache["emb"].shape[1])
+    emb = lax.dynamic_update_slice(cache["emb"], cache["emb"][:, position][:, None] +
+                                   params["emb"][last][:, None], (0, position, 0))
+    weights = jnp.where(slots <= position, 0.8 ** (position - slots), 0.0)
+    h = jnp.einsum("nld,l->nd", decoding.read_through_lineage(emb, lineage), weights)
+    return params["table"][last] + jnp.tanh(h) @ params["proj"], {"emb": emb}
+
+
 class TableModel(ToyModel):
   """Logits = log(probs[position, last]); probs given as {(pos or None, last): {token: p}}."""
 
@@ -461,3 +475,72 @@ def test_a_cache_grown_in_stages_decodes_as_one_cache_of_max_len(monkeypatch, eo
   assert not np.array_equal(beams(short, None)[0], seqs)
   lengths = (np.asarray(seqs[:, 0]) != PAD).sum(axis=1)  # eos free: the search stops at 6
   assert (lengths.max() == max_len) == (eos == "never"), lengths
+
+
+@pytest.mark.parametrize("eos,staged", [("free", False), ("never", False), ("free", True)])
+def test_a_search_through_the_lineage_table_equals_one_that_reorders_the_cache(monkeypatch, eos,
+                                                                              staged):
+  """The same history model, its cache reordered every step or left in place and read through
+  the lineage table: the same hypotheses and scores, with the cache grown in stages or not.
+  Reading in place without the table (a model that ignores it) gives other outputs, so the
+  comparison can tell."""
+  monkeypatch.setattr(decoding, "FIRST_CACHE_STAGE", 2)
+  kwargs = dict(eos=eos, eos_bias=3.5)
+  reordered, in_place = CacheModel(7, **kwargs), LineageModel(7, **kwargs)
+  batch, beam, max_len = 3, 3, 11
+  cache = tile_beams(reordered.init_cache(batch, seed=2, length=2 if staged else max_len), beam)
+  grow = CacheModel.grow if staged else None
+  search = lambda step, lineage: jax.jit(functools.partial(
+      beam_search, step, batch_size=batch, beam_size=beam, max_len=max_len, bos_id=BOS,
+      eos_id=EOS, grow=grow, lineage=lineage))(cache)
+  seqs, scores = search(reordered.step, False)
+  table_seqs, table_scores = search(in_place.step, True)
+  np.testing.assert_array_equal(table_seqs, seqs)
+  np.testing.assert_allclose(table_scores, scores, rtol=1e-6)
+  ignored = lambda cache, last, position, lineage: reordered.step(cache, last, position)
+  assert not np.array_equal(search(ignored, True)[0], seqs)
+
+
+def test_read_through_lineage_reads_each_position_from_the_row_the_table_names():
+  B, K, C = 2, 3, 4
+  cache = jnp.arange(B * K * C * 2).reshape(B * K, C, 2)
+  lineage = jnp.asarray(np.random.RandomState(0).randint(0, K, (B, K, C + 3)), jnp.int32)
+  out = np.asarray(decoding.read_through_lineage(cache, lineage))
+  for b in range(B):
+    for k in range(K):
+      for t in range(C):
+        np.testing.assert_array_equal(out[b * K + k, t], cache[b * K + lineage[b, k, t], t])
+
+
+@pytest.mark.parametrize("min_len", [0, 10])
+def test_translate_batch_reads_through_the_lineage_table_as_the_reordering_search(monkeypatch,
+                                                                                 min_len):
+  """A random float32 translator: beam 4 through the lineage table gives the outputs of the
+  search that reorders its cache, outputs ending early (min_len 0) and forced to full length.
+  Reading each row's own cache, as if the table were not there, changes some outputs, so the
+  comparison can tell."""
+  import flax.linen as nn
+  from tl_jax.config import ModelConfig
+  from tl_jax.data.tokenizer import EOS_ID, PAD_ID
+  from tl_jax.models.encoder_decoder import Translator
+  from tl_jax.tasks.translation import translate_batch
+
+  vocab, max_len = 40, 10
+  model = Translator(ModelConfig(num_layers=2, decoder_layers=2, d_model=32, num_heads=4,
+                                 max_len=16, dropout=0.0, dtype="float32", positions="sinusoidal"), 48)
+  src = jnp.asarray(np.random.RandomState(0).randint(5, vocab, (8, 6)), jnp.int32)
+  src = src.at[:, -1].set(EOS_ID).at[2, 3:].set(PAD_ID)
+  segments = (src != PAD_ID).astype(jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.key(0), {
+      "src": src, "src_segments": segments, "src_positions": src, "tgt_in": src,
+      "tgt_segments": segments, "tgt_positions": src})["params"])
+  # BERT's initial scale gives every source nearly the same flat logits; larger weights make
+  # the beams trade places, so a beam reading another's cache would change the outputs.
+  params = jax.tree.map(lambda x: x * 10.0, params)
+  search = lambda reorder: np.asarray(jax.jit(functools.partial(
+      translate_batch, model=model, vocab_size=vocab, beam_size=4, length_penalty=0.6,
+      max_len=max_len, min_len=min_len, reorder_cache=reorder))(params, src))
+  reference = search(True)
+  np.testing.assert_array_equal(search(False), reference)
+  monkeypatch.setattr(decoding, "read_through_lineage", lambda cache, lineage: cache)
+  assert not np.array_equal(search(False), reference)

@@ -332,7 +332,8 @@ def test_a_profiled_kernel_is_named_by_its_fusions_hlo():
 
 @pytest.mark.slow
 def test_decode_benchmark_runs_at_tiny_size(tmp_path):
-  """bench/decode.py end to end on the CPU: tl_jax's rows, and the Hugging Face peer's where
+  """bench/decode.py end to end on the CPU: tl_jax's rows (beam 4 both ways: the CPU's default,
+  reordering the cache, then through the lineage table), and the Hugging Face peer's where
   transformers is installed; every output decoded to its full, forced length."""
   try:
     import torch, transformers  # noqa: F401, E401
@@ -341,19 +342,20 @@ def test_decode_benchmark_runs_at_tiny_size(tmp_path):
     peer = False
   env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="")  # one CPU device
   proc = subprocess.run([sys.executable, "bench/decode.py", "--size=tiny", "--cases=multi30k",
-                         "--reps=1", f"--out={tmp_path}"] + ([] if peer else ["--no-peer"]),
+                         "--reps=1", "--both-searches", f"--out={tmp_path}"]
+                        + ([] if peer else ["--no-peer"]),
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   results = json.loads((tmp_path / "decode.json").read_text())["results"]
   got = {(r["system"], r["variant"], r["beam"]) for r in results}
-  want = {("tl_jax", "float32", 1), ("tl_jax", "float32", 4)}
+  want = {("tl_jax", "float32", 1), ("tl_jax", "float32 reorder", 4), ("tl_jax", "float32 lineage", 4)}
   if peer:
     want |= {("hf_marian", v, b) for v in ("autocast", "bf16 weights") for b in (1, 4)}
   assert got == want
   assert all(r["full_length"] and r["length"] == 8 and r["tokens_per_s"] > 0 for r in results)
   assert all(r["tokens_per_s"] == pytest.approx(8 * r["sentences_per_s"]) for r in results)
   summary = (tmp_path / "decode.md").read_text()
-  assert "| multi30k | 4    | 8 |" in summary
+  assert "| multi30k | 4    | 8 | 3     | float32 lineage |" in summary
   assert bool(re.search(r"\| \d+\.\d\dx +\|", summary)) == peer  # tl_jax's ratio to the peer
 
 

@@ -17,9 +17,11 @@ A model that reads its cache by position can spare beam search the reordering: w
 (int32[B, beams, max_len]), and the search never moves the cache. Each row keeps what it
 computed where it computed it; `lineage[b, k, t]` says which beam of example b wrote position t
 of beam k's prefix, and the model reads that position from there. Re-gathering a key/value cache
-by the surviving beams' parents copies all of it every step (on an H100 that copy and the
-memcpy after it took 177 ms of a 417 ms beam-4 search of the multi30k model, 2026-12-06); the
-lineage table is a few hundred kilobytes.
+by the surviving beams' parents copies all of it every step: on one H100 those gathers and a
+memcpy after them took 177 of the 420 ms of kernels in a beam-4 search of the multi30k model
+(L = 128), and the search through the table ran 1.90x as fast (2026-12-06, docs/BENCHMARKS.md).
+The table itself is a few hundred kilobytes. On the CPU the table's gather is the slower way
+(`translation.reorders_cache` picks by backend).
 """
 
 from __future__ import annotations
