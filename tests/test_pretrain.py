@@ -93,6 +93,10 @@ def test_training_seconds_budget_stops_on_time(tmp_path):
   assert len(timed_evals) >= 2, timed_evals
   for mark, seconds in enumerate(timed_evals[:-1], start=1):  # the final eval ends the run
     assert 1.5 * mark <= seconds <= 1.5 * mark + 3 * step_seconds + 0.5, timed_evals
+  # The syncs that approach a mark by halves write no line: with log_every this far off, every
+  # train line is at an eval.
+  train_steps = [l["step"] for l in lines if "loss" in l]
+  assert train_steps and set(train_steps) <= {l["step"] for l in lines if "eval_loss" in l}, lines
 
 
 def test_a_run_resumed_on_other_devices_says_so(tmp_path, capsys):

@@ -355,18 +355,25 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
               f"at the pace of steps {set_at[0]}-{step}")
           horizon, set_at = moved, (step, watch.train)
           extra["schedule_end_step"] = horizon
-      tokens_per_second = steps_done * tokens_per_step / window
-      mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
-      line = record(step, {"loss": float(values["loss"]), "learning_rate": float(values["learning_rate"]),
-                           "grad_norm": float(values["grad_norm"]),
-                           "tokens_per_second": tokens_per_second, "mfu": mfu, **extra})
-      remaining = (cfg.train.max_steps - step) * window / steps_done
-      if cfg.train.max_train_seconds:
-        remaining = min(remaining, cfg.train.max_train_seconds - watch.train)
-      log(f"step {step}/{cfg.train.max_steps} | loss {line['loss']:.4f} | "
-          f"{tokens_per_second / 1e3:.1f}k tok/s" + (f" | mfu {mfu:.2f}" if mfu else "") +
-          (f" | skipped {skipped}" if skipped else "") +
-          f" | train {format_seconds(watch.train)} | ETA {format_seconds(remaining)}")
+      # A sync on the way to a timed step (timed_step's halves) with nothing else due writes no
+      # line: those come every few steps near a mark and would crowd the log.
+      budget_spent = bool(cfg.train.max_train_seconds) and watch.train >= cfg.train.max_train_seconds
+      if (step % cfg.train.log_every == 0 or eval_due or ckpt_due or ckpt_owed or last or preempted
+          or not finite or budget_spent or (horizon and step >= horizon)
+          or "schedule_end_step" in extra):
+        tokens_per_second = steps_done * tokens_per_step / window
+        mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
+        line = record(step, {"loss": float(values["loss"]),
+                             "learning_rate": float(values["learning_rate"]),
+                             "grad_norm": float(values["grad_norm"]),
+                             "tokens_per_second": tokens_per_second, "mfu": mfu, **extra})
+        remaining = (cfg.train.max_steps - step) * window / steps_done
+        if cfg.train.max_train_seconds:
+          remaining = min(remaining, cfg.train.max_train_seconds - watch.train)
+        log(f"step {step}/{cfg.train.max_steps} | loss {line['loss']:.4f} | "
+            f"{tokens_per_second / 1e3:.1f}k tok/s" + (f" | mfu {mfu:.2f}" if mfu else "") +
+            (f" | skipped {skipped}" if skipped else "") +
+            f" | train {format_seconds(watch.train)} | ETA {format_seconds(remaining)}")
 
       if not finite and not skip_nonfinite:
         when = f"step {step}" if steps_done == 1 else f"a step in {window_start_step + 1}..{step}"
