@@ -60,7 +60,7 @@ def tile_beams(tree, beam_size: int):
 def read_through_lineage(cache: jax.Array, lineage: jax.Array) -> jax.Array:
   """[B*K, C, ...]: position t of row b*K + k read from row b*K + lineage[b, k, t] of `cache`
   [B*K, C, ...], for a lineage table [B, K, >= C] (module docstring). The beams of one example
-  read only each other's rows, so a cache sharded by example needs no communication."""
+  read only each other's rows: the gather runs along the beam axis, example by example."""
   B, K = lineage.shape[:2]
   C = cache.shape[1]
   by_example = cache.reshape((B, K) + cache.shape[1:])
