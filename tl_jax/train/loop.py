@@ -356,10 +356,11 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
           horizon, set_at = moved, (step, watch.train)
           extra["schedule_end_step"] = horizon
       # A sync on the way to a timed step (timed_step's halves) with nothing else due writes no
-      # line: those come every few steps near a mark and would crowd the log.
+      # line: those come every few steps near a mark and would crowd the log. A session's first
+      # sync (after its first, slower, step) does.
       budget_spent = bool(cfg.train.max_train_seconds) and watch.train >= cfg.train.max_train_seconds
-      if (step % cfg.train.log_every == 0 or eval_due or ckpt_due or ckpt_owed or last or preempted
-          or not finite or budget_spent or (horizon and step >= horizon)
+      if (syncs == 1 or step % cfg.train.log_every == 0 or eval_due or ckpt_due or ckpt_owed or last
+          or preempted or not finite or budget_spent or (horizon and step >= horizon)
           or "schedule_end_step" in extra):
         tokens_per_second = steps_done * tokens_per_step / window
         mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
