@@ -358,7 +358,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       # A sync on the way to a timed step (timed_step's halves) with nothing else due writes no
       # line: those come every few steps near a mark and would crowd the log. A session's first
       # sync (after its first, slower, step) does.
-      budget_spent = bool(cfg.train.max_train_seconds) and watch.train >= cfg.train.max_train_seconds
+      budget = cfg.train.max_train_seconds
+      budget_spent = bool(budget) and watch.train >= budget
       if (syncs == 1 or step % cfg.train.log_every == 0 or eval_due or ckpt_due or ckpt_owed or last
           or preempted or not finite or budget_spent or (horizon and step >= horizon)
           or "schedule_end_step" in extra):
