@@ -471,7 +471,7 @@ def timed_step(cfg, step: int, step_seconds: float, train_seconds: float,
   so waiting for the next log line would overshoot a budget by up to `log_every` steps: equal
   budgets would not be equal. A wait of more than APPROACH_STEPS steps syncs halfway and aims
   again from there, so the last aim spans a few steps at the latest pace: on an H100 the pace
-  of a 12+12 x 512 translator swung 1.5x between log lines, and aiming once put its timed
+  of a 12+12 x 512 translator swung up to 2x between log lines, and aiming once put its timed
   evals up to 1.3 s past their marks (2026-12-06). Each halving costs one sync."""
   waits = []
   if fix_horizon_at is not None and fix_horizon_at > train_seconds:
