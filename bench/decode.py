@@ -103,9 +103,10 @@ def tl_jax_child(args) -> None:
     for length in lengths:
       src = jax.device_put(source_ids(batch, length, vocab))
       for beam in [int(b) for b in args.beams.split(",")]:
+        # reorder_cache for each row: greedy has no cache order; beam search the backend's, or both
         default = reorders_cache()
-        for reorder in ([default, not default] if args.both_searches else [default]) if beam > 1 \
-            else [None]:
+        searches = [default, not default] if args.both_searches else [default]
+        for reorder in searches if beam > 1 else [None]:
           search = jax.jit(functools.partial(
               translate_batch, model=model, vocab_size=vocab, beam_size=beam,
               length_penalty=config.eval.length_penalty, max_len=length, min_len=length,
