@@ -86,6 +86,9 @@ def test_training_seconds_budget_stops_on_time(tmp_path):
   # The session's first line names its devices (the report compares seconds within one kind).
   assert [l.get("devices") for l in lines if "devices" in l] == [f"1 x {jax.devices()[0].device_kind}"]
   assert "devices" in lines[0]
+  # ...and the model's size, which the report labels sizes by: the masked LM's formula agrees.
+  from tl_jax.report import regime
+  assert lines[0]["params"] == regime.mlm_params(config_lib.to_dict(c))[0]
   last = lines[-1]
   step_seconds = last["train_seconds"] / last["step"]
   assert 4.0 <= last["train_seconds"] <= 4.0 + 3 * step_seconds + 0.5, (last, step_seconds)

@@ -13,7 +13,7 @@ import pytest
 
 from tl_jax.errors import UserError
 from tl_jax.report import analysis, main
-from tl_jax.report.runs import load_run, load_runs
+from tl_jax.report.runs import load_run, load_runs, size_labels
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -420,6 +420,14 @@ def test_load_runs_finds_each_workdir_once(tmp_path):
   assert "d2-w64/finetune" in names and "mt" in names
   ft = next(r for r in runs if r.name == "d2-w64/finetune")
   assert ft.params == 12 * 2 * 64 ** 2 and len(ft.points) == 7
+  # A translator's size is known only where training logged it (its first metrics line), and a
+  # logged count comes before one a config or a compression grid implies.
+  mt = next(r for r in runs if r.name == "mt")
+  assert mt.params is None and size_labels([mt])[mt.shape] == mt.shape.label
+  mt.metrics[0]["params"] = 12_345_678
+  ft.metrics.insert(0, {"step": 0, "params": 1_000})
+  assert (mt.params, ft.params) == (12_345_678, 1_000)
+  assert size_labels([mt])[mt.shape] == f"{mt.shape.label} (12M)"
 
 
 def test_more_than_eight_sizes_are_paged(tmp_path):

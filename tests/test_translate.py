@@ -148,6 +148,8 @@ def test_translator_compresses_with_bleu_per_point_and_exact_exports(translated)
   assert base["metric"] == "bleu" and base["higher_is_better"] is True
   assert base["bleu"] == pytest.approx(best["bleu"]) and base["value"] == base["bleu"]
   assert base["memory_bytes"] == base["float32_bytes"] == 4 * base["model"]["params"]
+  # Training logged the same count on its first line; the report labels the size by it.
+  assert metrics.read(workdir)[0]["params"] == base["model"]["params"]
   assert base["model"]["decoder_layers"] == c.model.decoder_layers
   for name, line in lines.items():
     assert 0.0 <= line["bleu"] <= 100.0 and line["drop"] == pytest.approx(base["bleu"] - line["bleu"])

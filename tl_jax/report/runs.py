@@ -67,8 +67,11 @@ class Run:
 
   @property
   def params(self) -> int | None:
-    """The run's own parameter count: a masked LM's from its config (report/regime.py), any
-    other model's where its compress.jsonl records one."""
+    """The run's own parameter count: as training logged it (since 2026-12-06), else a masked
+    LM's from its config (report/regime.py), else where its compress.jsonl records one."""
+    logged = next((int(m["params"]) for m in self.metrics if m.get("params")), None)
+    if logged:
+      return logged
     if self.task == "pretrain" and (self.config.get("data") or {}).get("vocab_size"):
       from tl_jax.report.regime import mlm_params
       try:

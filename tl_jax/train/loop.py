@@ -226,7 +226,10 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
 
     # Each session's first line says what it ran on: training seconds measure the devices as much
     # as the model, and a report must not set seconds of an H100 beside seconds of an H200.
-    first_line = {"devices": devices}
+    # The model's size too: the report labels sizes by it, and only a masked LM's can be
+    # counted from its config alone.
+    first_line = {"devices": devices,
+                  "params": sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))}
     if setup.train_tokens:
       first_line["train_tokens"] = setup.train_tokens
 
