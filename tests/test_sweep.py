@@ -247,8 +247,8 @@ def test_study_parts_share_the_stages_they_start_from(in_repo, tmp_path):
   """A later part of the H200 study names its source part's runs exactly, so one root holds
   both and the later part skips them; a different budget would be refused by the root."""
   load = lambda part: {s.name: s for s in sweep_lib.load_sweep(f"configs/sweeps/h200_study.py:{part}").stages}
-  for later, source in (("finetune", "rq1"), ("sst2", "rq4"), ("translate-compress", "translate"),
-                        ("finetune-90", "rq1-90")):
+  for later, source in (("finetune", "rq1"), ("finetuneshare", "rq1share"), ("sst2", "rq4"),
+                        ("translate-compress", "translate"), ("finetune-90", "rq1-90")):
     later_stages, source_stages = load(later), load(source)
     shared = [n for n in later_stages if n in source_stages]
     assert shared and all(later_stages[n] == source_stages[n] for n in shared)

@@ -27,6 +27,9 @@ and a part that starts from another's runs takes that part's budget):
                     :synthetic, 20,000 training and 5,000 dev examples, a standard error of
                     0.005 at accuracy 0.85; SST-2 would meet a tokenizer trained on the
                     synthetic language), each compressed with the `paper` grid (GPTQ included).
+  finetuneshare     the same from rq1share's runs (its warmup share): at 40 s with rq1's 300
+                    warmup steps, 12x768 pretrained too little for its finetune to test RQ2/RQ3
+                    (docs/results/h200_study/README.md, part finetune).
   sst2              the same on SST-2, from rq4's all-data runs: English pretraining, data-bound.
   translate[-SECONDS]  RQ1 for translation: Multi30k En->Fr at 3+3 x 512, deeper 12+12 x 512 and
                     wider 3+3 x 1024 (four times the non-embedding parameters each), seeds 0 and
@@ -69,7 +72,8 @@ TRANSLATE_SHAPES = {
                     "model.num_heads": 16, "model.d_ff": 4096},
 }
 DEFAULT_SECONDS = {"rq1": 60, "rq1share": 60, "rq4": 60, "translate": 120}
-PARTS = ("rq1", "rq1share", "rq4", "finetune", "sst2", "translate", "translate-compress")
+PARTS = ("rq1", "rq1share", "rq4", "finetune", "finetuneshare", "sst2", "translate",
+         "translate-compress")
 # rq1share's warmup, of each run's steps: twice the 5% of the budget over which a seconds
 # horizon measures the pace before it fixes the end, so the end is known before the warmup is
 # over (until then the rate rises at the 300 steps' pace). RoBERTa's finetuning uses 6%.
@@ -178,12 +182,14 @@ def get_sweep(variant: str | None) -> Sweep:
     raise UserError(f"h200_study needs a part: one of {', '.join(PARTS)}, optionally with the "
                     f"training budget in seconds of its runs, e.g. rq1-90; got {variant!r}.")
   part = m["part"]
-  # finetune/sst2/translate-compress start from rq1/rq4/translate stages: the same budget names
-  # the same stages, which the root then already holds.
-  source = {"finetune": "rq1", "sst2": "rq4", "translate-compress": "translate"}.get(part, part)
+  # finetune/finetuneshare/sst2/translate-compress start from rq1/rq1share/rq4/translate stages:
+  # the same budget names the same stages, which the root then already holds.
+  source = {"finetune": "rq1", "finetuneshare": "rq1share", "sst2": "rq4",
+            "translate-compress": "translate"}.get(part, part)
   seconds = parse_seconds(m["budget"], "budget") if m["budget"] else DEFAULT_SECONDS[source]
-  if part in ("rq1", "rq1share", "finetune"):
-    stages = rq1_stages(seconds, finetune=part == "finetune", share=part == "rq1share")
+  if part in ("rq1", "rq1share", "finetune", "finetuneshare"):
+    stages = rq1_stages(seconds, finetune=part.startswith("finetune"),
+                        share=part in ("rq1share", "finetuneshare"))
   elif part in ("rq4", "sst2"):
     stages = rq4_stages(seconds, sst2=part == "sst2")
   else:
