@@ -870,3 +870,21 @@ def test_the_report_fits_the_law_and_labels_predictions(tmp_path, monkeypatch):
   assert float(rows["beta"]) == pytest.approx(0.28, rel=0.01)
   assert "20 evals of 4 runs" in section and "**predictions** (not measurements)" in section
   assert "predicted at 2x tokens" in section
+
+
+def test_a_bleu_grid_keeps_its_metric_name_in_figure_titles(tmp_path, monkeypatch):
+  points = []
+  for name, bleu, mem, kw in (("float32", 30.0, 8.0, {}),
+                              ("uniform4b-sym-channel", 29.0, 1.0, {"bits": 4, "quant": "uniform"})):
+    p = _point(name, 2, 64, 0.0, 0.0, mem, **kw)
+    del p["accuracy"], p["accuracy_drop"]
+    p.update(metric="bleu", bleu=bleu, value=bleu, higher_is_better=True, drop=30.0 - bleu)
+    p["model"].update(name="multi30k", task="translate", decoder_layers=2)
+    points.append(p)
+  _write_workdir(tmp_path / "mt", {"task": "translate", "name": "multi30k",
+                                   "model": {"num_layers": 2, "decoder_layers": 2, "d_model": 64}},
+                 [{"step": 100, "train_seconds": 9.0, "eval_loss": 2.0, "bleu": 30.0}], points)
+  sweeps, memory = _capture(monkeypatch, "compression_sweeps"), _capture(monkeypatch, "memory_frontier")
+  assert main([str(tmp_path / "mt"), "--out", str(tmp_path / "report")]) == 0
+  assert memory[0]["title"].startswith("BLEU against memory"), memory[0]["title"]
+  assert sweeps[0]["title"].startswith("BLEU under quantization"), sweeps[0]["title"]

@@ -28,6 +28,10 @@ _TASK_NOUNS = {"finetune": "finetuned", "translate": "translation", "pretrain": 
 _LABELS = {m.key: m.label for m in TASK_METRICS.values()}
 
 
+def _first_upper(text: str) -> str:
+  return text[:1].upper() + text[1:]  # str.capitalize would lower the rest: "BLEU" -> "Bleu"
+
+
 @dataclasses.dataclass
 class CompressGroup:
   """The compressed runs of one task and preset, and the metric their grids recorded."""
@@ -740,7 +744,7 @@ def quantization_pruning(ctx: Context) -> str:
                        {k: v for k, v in prune.items() if k[0] in page},
                        {s: b.value for s in page if (b := A.baseline(points, s))}, path,
                        colors={s: ctx.colors[s] for s in page},
-                       title=f"{group.label.capitalize()} under quantization and pruning ({group.title})",
+                       title=f"{_first_upper(group.label)} under quantization and pruning ({group.title})",
                        ylabel=f"{group.label} ({group.direction})",
                        higher_is_better=group.higher_is_better))
     rows = []
@@ -790,7 +794,7 @@ def memory_frontier(ctx: Context) -> str:
                    lambda page, path: F.memory_frontier(
                        [p for p in points if p.size in page], frontier, path,
                        colors={s: ctx.colors[s] for s in page},
-                       title=f"{group.label.capitalize()} against memory, all sizes ({group.title})",
+                       title=f"{_first_upper(group.label)} against memory, all sizes ({group.title})",
                        ylabel=f"{group.label} ({group.direction})", budgets_mib=mib_budgets))
     if len(out) > len(_pages(labels)):
       out[-1] += " Each figure draws the frontier of all sizes."
