@@ -200,7 +200,8 @@ def overview(ctx: Context) -> str:
       "## Runs", f"{len(ctx.runs)} workdirs were read. Training seconds are `train_seconds` of "
       "metrics.jsonl: time spent training, without compilation, evaluation or checkpointing. "
       "Sizes are layers x width (encoder+decoder layers x width for translation), with the "
-      "parameter count: a masked LM's own, else where a compression grid recorded it. A best "
+      "parameter count: as training logged it (metrics.jsonl `params`), else a masked LM's "
+      "counted from its config, else where a compression grid recorded it. A best "
       "accuracy's 95% interval is the eval set's binomial error, p ± 1.96 √(p(1−p)/n), n = "
       "`eval_examples` of its eval lines.",
       md.table(["workdir", "task", "preset", "size", "evals", "train s", "final",
