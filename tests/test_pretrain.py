@@ -295,6 +295,11 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(tmp_path, mesh, extr
   env = dict(os.environ, JAX_PLATFORMS="cpu")  # bitwise equality is promised on CPU
   if mesh == (1, 1):
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  # A compilation cache of this test's own (as tests/faults/conftest.py gives the fault suite):
+  # the interrupted and resumed sessions load the reference's programs instead of compiling them
+  # again, about 14 s each on 2 cores. A program that differed would miss and compile afresh.
+  env.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   reference = str(tmp_path / "reference")
   subprocess.run(command(reference, mesh, extra), cwd=REPO, env=env, check=True, capture_output=True)
 
