@@ -24,7 +24,9 @@ def command(workdir) -> list[str]:
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_same_command_resumes(tmp_path, reliability):
   workdir = tmp_path / "run"
-  env = cli_env()
+  # A compilation cache of its own, as the fault suite's: the second session loads the programs
+  # the first compiled (a program that differed would miss and compile afresh).
+  env = cli_env(compile_cache=str(tmp_path / "xla"))
 
   # First session: terminated once it has trained a little.
   out_path, err_path = tmp_path / "first.out", tmp_path / "first.err"
