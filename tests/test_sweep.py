@@ -147,7 +147,13 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_finished_stages_are_skipped_and_an_interrupted_one_resumes(tmp_path, in_repo, capsys):
+def test_finished_stages_are_skipped_and_an_interrupted_one_resumes(tmp_path, in_repo, capsys,
+                                                                   monkeypatch):
+  # The stages' own compilation cache (as the fault suite's restarts have): the resumed stage
+  # loads the programs its first session compiled.
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "xla"))
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
   spec = write_sweep(tmp_path, """[Stage("one", "pretrain", "configs/mlm.py:tiny", TINY),
                                    Stage("two", "pretrain", "configs/mlm.py:tiny",
                                          {**TINY, "model.num_layers": 1})]""")
