@@ -67,8 +67,12 @@ def test_a_second_job_on_the_workdir_is_refused_and_the_first_runs_alone(tmp_pat
   with open(out, "w") as f:
     first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
     try:
-      wait_for(lambda: (workdir / "lock.json").exists(), first, 120, "the first job's lock")
-      holder = json.loads((workdir / "lock.json").read_text())
+      def written_lock():
+        try:
+          return json.loads((workdir / "lock.json").read_text())
+        except (FileNotFoundError, ValueError):  # not created yet, or created and not yet written
+          return None
+      holder = wait_for(written_lock, first, 120, "the first job's lock")
       started = time.monotonic()
       second = run(argv, env)
       seconds = time.monotonic() - started
