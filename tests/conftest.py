@@ -31,6 +31,32 @@ def _token_cache(tmp_path_factory):
   os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
 
 
+@pytest.fixture(scope="module")
+def in_process_compile_cache(tmp_path_factory):
+  """jax's persistent compilation cache, in a folder of the module's own, for the runs its tests
+  make in this process (`pytestmark = pytest.mark.usefixtures("in_process_compile_cache")`): a
+  run that repeats an earlier one's programs (a resumed session, the same model finetuned from
+  other weights, a compression grid run again) loads them instead of compiling them again. A
+  program that differs misses and compiles afresh, so nothing a test checks changes. The
+  commands the tests start keep the suite's default (no cache, see _token_cache), and this
+  process gets it back after the module."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+  settings = {"jax_compilation_cache_dir": str(tmp_path_factory.mktemp("xla_cache")),
+              "jax_persistent_cache_min_compile_time_secs": 0.0,
+              "jax_persistent_cache_min_entry_size_bytes": 0}
+  before = {name: getattr(jax.config, name) for name in settings}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+  try:
+    yield settings["jax_compilation_cache_dir"]
+  finally:
+    for name, value in before.items():
+      jax.config.update(name, value)
+    compilation_cache.reset_cache()
+
+
 @pytest.fixture
 def shared_data():
   if not SHARED_DATA.is_dir():

@@ -23,6 +23,9 @@ from tl_jax.tasks import compression, scoring
 from tl_jax.tasks.workdir import Workdir
 from tl_jax.train.checkpoint import Checkpointer
 
+# The in-process runs share compiled programs: the same evaluations in grid after grid.
+pytestmark = pytest.mark.usefixtures("in_process_compile_cache")
+
 
 def small_finetune(init: str, workdir: str, **sections) -> config_lib.FinetuneConfig:
   """A short synthetic finetuning run (100 steps, checkpoints every 20)."""

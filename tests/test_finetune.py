@@ -23,6 +23,10 @@ from tl_jax.train import metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# The in-process runs share compiled programs: the two finetunings of one model, a resumed
+# run and its first session.
+pytestmark = pytest.mark.usefixtures("in_process_compile_cache")
+
 
 def pretrain_tiny(workdir: str, steps: int) -> None:
   c = config_lib.load_preset("configs/mlm.py:tiny")

@@ -17,7 +17,8 @@ from tl_jax import tasks
 from tl_jax.train import loop, metrics
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 
-pytestmark = pytest.mark.slow
+# The in-process runs share compiled programs (the tiny preset on one device, again and again).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("in_process_compile_cache")]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
