@@ -253,7 +253,8 @@ def test_study_parts_share_the_stages_they_start_from(in_repo, tmp_path):
   """A later part of the H200 study names its source part's runs exactly, so one root holds
   both and the later part skips them; a different budget would be refused by the root."""
   load = lambda part: {s.name: s for s in sweep_lib.load_sweep(f"configs/sweeps/h200_study.py:{part}").stages}
-  for later, source in (("finetune", "rq1"), ("finetuneshare", "rq1share"), ("sst2", "rq4"),
+  for later, source in (("finetune", "rq1"), ("finetuneshare", "rq1share"),
+                        ("finetunelr", "rq1share"), ("sst2", "rq4"),
                         ("translate-compress", "translate"), ("finetune-90", "rq1-90")):
     later_stages, source_stages = load(later), load(source)
     shared = [n for n in later_stages if n in source_stages]
@@ -280,6 +281,29 @@ def test_study_parts_share_the_stages_they_start_from(in_repo, tmp_path):
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetune"), str(tmp_path))
   with pytest.raises(UserError, match="already ran stage"):
     sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetune-90"), str(tmp_path))
+
+
+def test_the_finetuning_rate_part_adds_a_lower_rate_and_a_scratch_baseline(in_repo, tmp_path):
+  """finetunelr: each pretraining run of finetuneshare finetuned at 1e-4 (compressed), at the
+  preset's rate (finetuneshare's own stage, uncompressed here) and from scratch."""
+  load = lambda part: {s.name: s for s in sweep_lib.load_sweep(f"configs/sweeps/h200_study.py:{part}").stages}
+  lr, share = load("finetunelr"), load("finetuneshare")
+  base = "rq1share/d6-w512/seed1/"
+  low, scratch = lr[base + "finetune-lr1e-4"], lr[base + "finetune-scratch"]
+  preset = share[base + "finetune"].overrides
+  assert low.overrides == {**preset, "train.learning_rate": "0.0001"}
+  assert scratch.overrides == {**preset, "init.from_scratch": "true"}
+  assert low.init == scratch.init == base + "pretrain"
+  assert lr[base + "finetune"] == share[base + "finetune"]
+  assert lr[base + "compress-lr1e-4"].target == base + "finetune-lr1e-4"
+  # Only the 1e-4 finetunes are compressed: one grid per pretraining run.
+  compressed = [s.target for s in lr.values() if s.command == "compress"]
+  assert len(compressed) == 6 and all(t.endswith("/finetune-lr1e-4") for t in compressed)
+  assert sorted(n for n in lr if "seed1" in n and "d6-w512" in n) == sorted(
+      base + s for s in ("pretrain", "finetune", "finetune-lr1e-4", "compress-lr1e-4",
+                         "finetune-scratch"))
+  sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetuneshare"), str(tmp_path))
+  sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetunelr"), str(tmp_path))
 
 
 def test_seeded_stages_get_a_workdir_and_a_train_seed_each():

@@ -30,6 +30,13 @@ and a part that starts from another's runs takes that part's budget):
   finetuneshare     the same from rq1share's runs (its warmup share): at 40 s with rq1's 300
                     warmup steps, 12x768 pretrained too little for its finetune to test RQ2/RQ3
                     (docs/results/h200_study/README.md, part finetune).
+  finetunelr        finetuneshare's sizes finetuned at FINETUNE_LR (1e-4) as well as the
+                    synthetic preset's 1e-3, and from scratch (no pretraining, 1e-3); only the
+                    1e-4 finetunes are compressed. At 1e-3, twice pretraining's peak rate, the
+                    6x512 encoders that pretrained better than 3x256 finetuned 5 points worse and
+                    lost nothing to 90% pruning (part finetuneshare): the step may overwrite what
+                    pretraining learned. Stages finetune-lr1e-4, compress-lr1e-4,
+                    finetune-scratch, beside finetuneshare's finetune.
   sst2              the same on SST-2, from rq4's all-data runs: English pretraining, data-bound.
   translate[-SECONDS]  RQ1 for translation: Multi30k En->Fr at 3+3 x 512, deeper 12+12 x 512 and
                     wider 3+3 x 1024 (four times the non-embedding parameters each), seeds 0 and
@@ -72,12 +79,16 @@ TRANSLATE_SHAPES = {
                     "model.num_heads": 16, "model.d_ff": 4096},
 }
 DEFAULT_SECONDS = {"rq1": 60, "rq1share": 60, "rq4": 60, "translate": 120}
-PARTS = ("rq1", "rq1share", "rq4", "finetune", "finetuneshare", "sst2", "translate",
-         "translate-compress")
+PARTS = ("rq1", "rq1share", "rq4", "finetune", "finetuneshare", "finetunelr", "sst2",
+         "translate", "translate-compress")
 # rq1share's warmup, of each run's steps: twice the 5% of the budget over which a seconds
 # horizon measures the pace before it fixes the end, so the end is known before the warmup is
 # over (until then the rate rises at the 300 steps' pace). RoBERTa's finetuning uses 6%.
 WARMUP_SHARE = 0.1
+# finetunelr's rate: a fifth of the masked-LM presets' pretraining peak (5e-4). Published
+# recipes finetune below the pretraining peak: BERT at 2e-5 to 5e-5 after 1e-4 (a fifth to a
+# half), RoBERTa at 1e-5 to 3e-5 after 6e-4. Set from that rule, not searched over results.
+FINETUNE_LR = 1e-4
 
 RECIPE = {"model.pre_ln": True, "train.warmup_steps": 300, "train.max_steps": 100_000_000,
           "train.schedule_horizon": "seconds", "train.log_every": 100, "eval.every_steps": 0,
@@ -96,7 +107,8 @@ def _tokens(n: int) -> str:
   return "all" if n == 0 else f"{n / 1e6:g}M"
 
 
-def rq1_stages(seconds: float, finetune: bool = False, share: bool = False) -> list:
+def rq1_stages(seconds: float, finetune: bool = False, share: bool = False,
+               lr_variants: bool = False) -> list:
   pretrain = {**RECIPE, **_timed(seconds), "data.synthetic_version": 4, "data.vocab_size": 4096,
               "data.max_train_tokens": int(TOKENS_PER_SECOND * seconds)}
   if share:
@@ -112,9 +124,29 @@ def rq1_stages(seconds: float, finetune: bool = False, share: bool = False) -> l
   for size in MLM_SIZES:
     if finetune and size not in FINETUNE_SIZES:
       continue
-    stages += seeded(size_stages, size, SEEDS, label=f"{'rq1share' if share else 'rq1'}/{size}", mlm_overrides=pretrain,
-                     **finetune_args)
+    sized = seeded(size_stages, size, SEEDS, label=f"{'rq1share' if share else 'rq1'}/{size}",
+                   mlm_overrides=pretrain, **finetune_args)
+    stages += _with_lr_variants(sized) if lr_variants else sized
   return stages
+
+
+def _with_lr_variants(stages: list) -> list:
+  """size_stages' pretrain, finetune, compress per seed -> the pretraining; the finetune at
+  FINETUNE_LR and its compression (named -lr1e-4); the preset's finetune, uncompressed; a
+  finetune from scratch (the no-pretraining baseline at the preset's rate)."""
+  out = []
+  for pretrain, finetune, compress in zip(stages[::3], stages[1::3], stages[2::3]):
+    suffix = "-lr" + f"{FINETUNE_LR:.0e}".replace("e-0", "e-")  # -lr1e-4
+    out += [pretrain,
+            dataclasses.replace(
+                _renamed(finetune, "/finetune", f"/finetune{suffix}"),
+                overrides={**finetune.overrides, "train.learning_rate": FINETUNE_LR}),
+            dataclasses.replace(_renamed(compress, "/finetune", f"/finetune{suffix}"),
+                                name=compress.name + suffix),
+            finetune,
+            dataclasses.replace(_renamed(finetune, "/finetune", "/finetune-scratch"),
+                                overrides={**finetune.overrides, "init.from_scratch": True})]
+  return out
 
 
 def rq4_stages(seconds: float, sst2: bool = False) -> list:
@@ -182,14 +214,15 @@ def get_sweep(variant: str | None) -> Sweep:
     raise UserError(f"h200_study needs a part: one of {', '.join(PARTS)}, optionally with the "
                     f"training budget in seconds of its runs, e.g. rq1-90; got {variant!r}.")
   part = m["part"]
-  # finetune/finetuneshare/sst2/translate-compress start from rq1/rq1share/rq4/translate stages:
+  # finetune/finetuneshare/finetunelr/sst2/translate-compress start from rq1/rq1share/rq4/translate:
   # the same budget names the same stages, which the root then already holds.
-  source = {"finetune": "rq1", "finetuneshare": "rq1share", "sst2": "rq4",
+  source = {"finetune": "rq1", "finetuneshare": "rq1share", "finetunelr": "rq1share", "sst2": "rq4",
             "translate-compress": "translate"}.get(part, part)
   seconds = parse_seconds(m["budget"], "budget") if m["budget"] else DEFAULT_SECONDS[source]
-  if part in ("rq1", "rq1share", "finetune", "finetuneshare"):
+  if part in ("rq1", "rq1share", "finetune", "finetuneshare", "finetunelr"):
     stages = rq1_stages(seconds, finetune=part.startswith("finetune"),
-                        share=part in ("rq1share", "finetuneshare"))
+                        share=part in ("rq1share", "finetuneshare", "finetunelr"),
+                        lr_variants=part == "finetunelr")
   elif part in ("rq4", "sst2"):
     stages = rq4_stages(seconds, sst2=part == "sst2")
   else:
