@@ -134,9 +134,9 @@ def _with_lr_variants(stages: list) -> list:
   """size_stages' pretrain, finetune, compress per seed -> the pretraining; the finetune at
   FINETUNE_LR and its compression (named -lr1e-4); the preset's finetune, uncompressed; a
   finetune from scratch (the no-pretraining baseline at the preset's rate)."""
+  suffix = "-lr" + f"{FINETUNE_LR:.0e}".replace("e-0", "e-")  # -lr1e-4
   out = []
   for pretrain, finetune, compress in zip(stages[::3], stages[1::3], stages[2::3]):
-    suffix = "-lr" + f"{FINETUNE_LR:.0e}".replace("e-0", "e-")  # -lr1e-4
     out += [pretrain,
             dataclasses.replace(
                 _renamed(finetune, "/finetune", f"/finetune{suffix}"),
@@ -216,8 +216,8 @@ def get_sweep(variant: str | None) -> Sweep:
   part = m["part"]
   # finetune/finetuneshare/finetunelr/sst2/translate-compress start from rq1/rq1share/rq4/translate:
   # the same budget names the same stages, which the root then already holds.
-  source = {"finetune": "rq1", "finetuneshare": "rq1share", "finetunelr": "rq1share", "sst2": "rq4",
-            "translate-compress": "translate"}.get(part, part)
+  source = {"finetune": "rq1", "finetuneshare": "rq1share", "finetunelr": "rq1share",
+            "sst2": "rq4", "translate-compress": "translate"}.get(part, part)
   seconds = parse_seconds(m["budget"], "budget") if m["budget"] else DEFAULT_SECONDS[source]
   if part in ("rq1", "rq1share", "finetune", "finetuneshare", "finetunelr"):
     stages = rq1_stages(seconds, finetune=part.startswith("finetune"),
