@@ -219,11 +219,10 @@ def get_sweep(variant: str | None) -> Sweep:
   source = {"finetune": "rq1", "finetuneshare": "rq1share", "finetunelr": "rq1share",
             "sst2": "rq4", "translate-compress": "translate"}.get(part, part)
   seconds = parse_seconds(m["budget"], "budget") if m["budget"] else DEFAULT_SECONDS[source]
-  if part in ("rq1", "rq1share", "finetune", "finetuneshare", "finetunelr"):
-    stages = rq1_stages(seconds, finetune=part.startswith("finetune"),
-                        share=part in ("rq1share", "finetuneshare", "finetunelr"),
+  if source in ("rq1", "rq1share"):
+    stages = rq1_stages(seconds, finetune=part != source, share=source == "rq1share",
                         lr_variants=part == "finetunelr")
-  elif part in ("rq4", "sst2"):
+  elif source == "rq4":
     stages = rq4_stages(seconds, sst2=part == "sst2")
   else:
     stages = translate_study(seconds, compress=part == "translate-compress")
