@@ -16,6 +16,9 @@
 #                Dense matmuls in fp8) with the peers; each fp8 row counts its fp8 matmuls
 #   compile      bench/speed.py large-512: what XLA's autotuning and its Triton GEMMs cost in
 #                compile seconds and give in step time (no peer: tl_jax against its own flags)
+#   fp8_bound    bench/speed.py large-512 and big-128: bf16, fp8 (current scaling) and fp8 with
+#                fixed scales, the most that delayed scaling could gain (no peer: the fp8 section
+#                of docs/BENCHMARKS.md has them; this asks whether delayed scaling is worth building)
 #   . bench/gpu_env.sh; DEADLINE=540 bench/h200_speed.sh [STEP ...]   # default: the first four
 # Env: DEADLINE (540), OUT, TRAIN_S (90), PEERS (.data/peers), TL_JAX_DATA (.data when present).
 set -u
@@ -67,14 +70,17 @@ for step in "${steps[@]}"; do
                --profile=large-512 --out="$out/profile" || status=$? ;;
     fp8) run fp8 python3 -u bench/speed.py --cases=large-512,big-128 --variants=tl_jax,fp8 \
            --peers="$peers" --out="$out/fp8" || status=$? ;;
+    fp8_bound) run fp8_bound python3 -u bench/speed.py --cases=large-512,big-128 --no-peers \
+                 --variants=tl_jax,fp8,fp8-static --out="$out/fp8_bound" || status=$? ;;
     compile) run compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8 compile"
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8 fp8_bound compile"
        exit 2 ;;
   esac
 done
 echo "== summary"
-for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
+for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md "$out"/fp8_bound/speed.md \
+         "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
 grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
 tail -n 8 "$out"/padding.log "$out"/padding_nocb.log 2>/dev/null
 exit "$status"  # the last failed step's (124: the deadline)

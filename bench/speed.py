@@ -77,6 +77,10 @@ VARIANTS = {
     "fp8": (["model.fp8=true"], "", "device"),
     # Variants of code rather than config: PATCHES below swaps the function in the child.
     "autodiff-gelu": ([], "", "device"),
+    # fp8 with every scale fixed at 1 (no amax pass): the speed that delayed scaling, whose
+    # scales come from earlier steps, could reach at most. A bound, not a recipe: its loss is
+    # not trained, since magnitudes outside each format's range clip or round to zero.
+    "fp8-static": (["model.fp8=true"], "", "device"),
 }
 
 
@@ -87,7 +91,17 @@ def _autodiff_gelu():
   encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=False)
 
 
-PATCHES = {"autodiff-gelu": _autodiff_gelu}
+def _fp8_static_scales():
+  import jax.numpy as jnp
+  from tl_jax.models import layers
+
+  def quantize(x, fp8_dtype):  # fp8_quantize's contract, with the scale fixed instead of measured
+    largest = float(jnp.finfo(fp8_dtype).max)
+    return jnp.clip(x, -largest, largest).astype(fp8_dtype), jnp.ones((), jnp.float32)
+  layers.fp8_quantize = quantize
+
+
+PATCHES = {"autodiff-gelu": _autodiff_gelu, "fp8-static": _fp8_static_scales}
 MLM_ONLY = {"all-positions"}
 TRANSLATE_ONLY = {"xent-3k", "xent-6k", "xent-12k"}
 

@@ -228,14 +228,15 @@ def test_speed_benchmark_runs_at_tiny_size(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   env["XLA_FLAGS"] = ""  # one CPU device, as on a one-GPU machine
   proc = subprocess.run([sys.executable, "bench/speed.py", "--size=tiny", "--no-peers", "--steps=1",
-                         "--variants=tl_jax,all-positions,autodiff-gelu,fp8", f"--out={tmp_path}"],
+                         "--variants=tl_jax,all-positions,autodiff-gelu,fp8,fp8-static",
+                         f"--out={tmp_path}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   report = json.loads((tmp_path / "speed.json").read_text())
   got = {(r["case"], r["variant"]) for r in report["results"]}
   assert got == {("base-128", "tl_jax"), ("base-128", "all-positions"), ("big-128", "tl_jax"),
                  ("base-128", "autodiff-gelu"), ("big-128", "autodiff-gelu"), ("base-128", "fp8"),
-                 ("big-128", "fp8")}
+                 ("big-128", "fp8"), ("base-128", "fp8-static"), ("big-128", "fp8-static")}
   assert all(r["tokens_per_s"] > 0 and np.isfinite(r["loss"]) for r in report["results"])
   mlm = {r["variant"]: r for r in report["results"] if r["case"] == "base-128"}
   assert mlm["tl_jax"]["loss"] == pytest.approx(mlm["all-positions"]["loss"], rel=1e-4)
@@ -244,6 +245,8 @@ def test_speed_benchmark_runs_at_tiny_size(tmp_path):
   # fp8 rounds the operands: near the same loss, and XLA:CPU widens them (no fp8 matmul).
   assert mlm["fp8"]["loss"] == pytest.approx(mlm["tl_jax"]["loss"], rel=2e-2)
   assert mlm["fp8"]["fp8_matmuls"] == 0 and "fp8_matmuls" not in mlm["tl_jax"]
+  # The fixed scales are a different rounding of the same step, not the current-scaled one.
+  assert mlm["fp8-static"]["fp8_matmuls"] == 0 and mlm["fp8-static"]["loss"] != mlm["fp8"]["loss"]
   assert mlm["tl_jax"]["flops_per_token"] < mlm["all-positions"]["flops_per_token"]
   assert set(report["loader_tokens_per_s"]) == {"base-128", "big-128"}
   assert "| base-128 |" in (tmp_path / "speed.md").read_text()
