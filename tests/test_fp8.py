@@ -8,7 +8,8 @@ import pytest
 
 from tl_jax import config as config_lib
 from tl_jax import tasks
-from tl_jax.models.layers import fp8_contract, fp8_quantize
+from tl_jax.errors import UserError
+from tl_jax.models.layers import FP8_HISTORY, fp8_contract, fp8_contract_delayed, fp8_quantize
 from tl_jax.train import metrics
 
 
@@ -136,3 +137,130 @@ def test_a_sharded_fp8_step_agrees_with_one_device(tmp_path):
     curves[name] = [l["loss"] for l in metrics.read(workdir) if "loss" in l]
   assert len(curves["single"]) == 3 and curves["single"][-1] < curves["single"][0]
   np.testing.assert_allclose(curves["sharded"], curves["single"], rtol=5e-4)
+
+
+# ---------------------------------------------------------------------------
+# Delayed scaling (model.fp8_history): scales from earlier steps' amaxes, kept in the train state.
+
+
+def delayed(x, w, history, n_in, g):
+  y, vjp = jax.vjp(lambda a, b, h: fp8_contract_delayed(a, b, h, n_in), x, w, history)
+  return (y, *vjp(g))
+
+
+@pytest.mark.parametrize("x_shape,w_shape,n_in", SHAPES)
+def test_delayed_scaling_with_this_steps_amaxes_is_current_scaling(x_shape, w_shape, n_in):
+  x, w, g = operands(x_shape, w_shape, n_in, seed=2)
+  amaxes = jnp.stack([jnp.max(jnp.abs(t)) for t in (x, w, g)])
+  # The newest column holds this step's amaxes; older, smaller ones do not lower the scale.
+  history = jnp.stack([amaxes, 0.5 * amaxes, jnp.zeros(3)], axis=1)
+  y, dx, dw, newest = jax.jit(delayed, static_argnums=3)(x, w, history, n_in, g)
+  _, vjp = jax.vjp(lambda a, b: fp8_contract(a, b, n_in), x, w)
+  # The same roundings and products; the float32 rescaling may differ in the last bit.
+  np.testing.assert_allclose(y, fp8_contract(x, w, n_in), rtol=1e-6, atol=1e-6)
+  for got, want in zip((dx, dw), vjp(g)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  # What comes back for the history is this step's amaxes, in column 0 only.
+  np.testing.assert_array_equal(newest[:, 0], amaxes)
+  assert not np.asarray(newest[:, 1:]).any()
+
+
+def test_delayed_scales_come_from_the_history_and_saturate():
+  x, w, g = operands(*SHAPES[0], seed=3)
+  e4m3 = ml_dtypes.float8_e4m3fn
+  # The history says x is 4 times smaller than it is: x is cast with that scale, its largest
+  # values clip to e4m3's largest (448 x the scale), and nothing is NaN.
+  x_amax, w_amax = float(jnp.max(jnp.abs(x))), float(jnp.max(jnp.abs(w)))
+  history = jnp.array([[x_amax / 4], [w_amax], [1.0]], jnp.float32)
+  y, dx, dw, _ = delayed(x, w, history, 1, g)
+  x_scale, w_scale = x_amax / 4 / 448.0, w_amax / 448.0
+  xq = np.clip(np.asarray(x) / x_scale, -448, 448).astype(e4m3).astype(np.float32) * x_scale
+  assert np.abs(xq).max() == pytest.approx(x_amax / 4, rel=1e-6)
+  np.testing.assert_allclose(y, np.tensordot(xq, rounded(w, e4m3), 1), rtol=1e-5, atol=1e-5)
+  assert all(np.isfinite(np.asarray(t)).all() for t in (y, dx, dw))
+  # Nothing recorded yet: scale 1, as the first step of a run has it.
+  y0, *_ = delayed(x, w, jnp.zeros((3, 4)), 1, g)
+  ones = np.asarray(x).astype(e4m3).astype(np.float32)
+  np.testing.assert_allclose(y0, np.tensordot(ones, np.asarray(w).astype(e4m3).astype(np.float32), 1),
+                             rtol=1e-5, atol=1e-5)
+
+
+def delayed_program(grad_accum: int = 1, history: int = 4):
+  from tl_jax.parallel.mesh import make_mesh
+  from tl_jax.parallel.rules import rules_for
+  from tl_jax.tasks.base import Vocabulary
+  c = tiny(True, 30)
+  c.model.fp8_history, c.model.dropout, c.train.grad_accum = history, 0.0, grad_accum
+  config_lib.validate(c)
+  mesh, rules = make_mesh(c, jax.devices()[:1]), rules_for("default")
+  program = tasks.task_for(c).program(Vocabulary(c.data.vocab_size), mesh, rules)
+  tokens = jax.random.randint(jax.random.key(0), (c.train.batch_size, c.data.seq_len), 4,
+                              c.data.vocab_size)
+  return program, mesh, rules, tokens
+
+
+def run_steps(program, mesh, rules, tokens, n, state=None):
+  import flax.linen as nn
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state = program.init_fn() if state is None else state
+    losses = []
+    for _ in range(n):
+      state, m = program.train_fn(state, tokens)
+      losses.append(float(m["loss"]))
+  return state, losses
+
+
+def test_the_step_rolls_each_steps_amaxes_into_the_state_and_not_into_the_parameters():
+  program, mesh, rules, tokens = delayed_program()
+  names = {"/".join(str(getattr(k, "key", k)) for k in path)
+           for path, _ in jax.tree_util.tree_flatten_with_path(program.abstract_state.params)[0]}
+  assert not any(FP8_HISTORY in n for n in names)  # the optimizer and exports never see them
+  current, *_ = delayed_program(history=0)
+  with jax.set_mesh(mesh):  # the histories do not move any parameter's initial values
+    for a, b in zip(jax.tree.leaves(current.init_fn().params), jax.tree.leaves(program.init_fn().params)):
+      np.testing.assert_array_equal(a, b)
+  state, losses = run_steps(program, mesh, rules, tokens, 5)
+  assert losses[-1] < losses[0]
+  histories = [np.asarray(h) for h in jax.tree.leaves(state.fp8_history)]  # the step donates state
+  assert len(histories) == len(jax.tree.leaves(program.abstract_state.fp8_history)) > 0
+  for h in histories:  # 5 steps into a history of 4: full, every amax positive
+    assert h.shape == (3, 4) and (h > 0).all()
+  # Rolled, newest first: a fresh step's newest column becomes the next state's second.
+  next_state, _ = run_steps(program, mesh, rules, tokens, 1, state)
+  for before, after in zip(histories, jax.tree.leaves(next_state.fp8_history)):
+    np.testing.assert_array_equal(np.asarray(after)[:, 1:], before[:, :-1])
+
+
+def test_micro_batches_record_the_largest_amax_of_the_whole_batch():
+  """With dropout off, one step over two micro-batches sees the same tensors as one over the
+  whole batch, so the amax each layer records must match: the maximum, not the sum."""
+  recorded = {}
+  for accum in (1, 2):
+    program, mesh, rules, tokens = delayed_program(grad_accum=accum)
+    state, _ = run_steps(program, mesh, rules, tokens, 1)
+    recorded[accum] = [np.asarray(h)[:, 0] for h in jax.tree.leaves(state.fp8_history)]
+  for one, two in zip(recorded[1], recorded[2]):
+    np.testing.assert_allclose(two, one, rtol=1e-2)
+
+
+def test_a_checkpoint_keeps_the_histories_and_the_restored_step_is_exact(tmp_path):
+  from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+  program, mesh, rules, tokens = delayed_program()
+  state, _ = run_steps(program, mesh, rules, tokens, 3)
+  ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=1, async_save=False)
+  ckpt.save(3, state, {})
+  ckpt.wait()
+  restored, _ = ckpt.restore(abstract_with_shardings(program.abstract_state, program.state_shardings))
+  ckpt.close()
+  for a, b in zip(jax.tree.leaves(state.fp8_history), jax.tree.leaves(restored.fp8_history)):
+    np.testing.assert_array_equal(a, b)
+  _, straight = run_steps(program, mesh, rules, tokens, 1, state)
+  _, resumed = run_steps(program, mesh, rules, tokens, 1, restored)
+  assert straight == resumed
+
+
+def test_fp8_history_needs_fp8():
+  c = tiny(False, 30)
+  c.model.fp8_history = 16
+  with pytest.raises(UserError, match="model.fp8=true"):
+    config_lib.validate(c)
