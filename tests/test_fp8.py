@@ -199,6 +199,12 @@ def delayed_program(grad_accum: int = 1, history: int = 4):
   return program, mesh, rules, tokens
 
 
+@pytest.fixture(scope="module")
+def delayed4():
+  """The tiny masked LM with a 4-step history, one micro-batch: compiled once for the tests below."""
+  return delayed_program()
+
+
 def run_steps(program, mesh, rules, tokens, n, state=None):
   import flax.linen as nn
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -210,8 +216,8 @@ def run_steps(program, mesh, rules, tokens, n, state=None):
   return state, losses
 
 
-def test_the_step_rolls_each_steps_amaxes_into_the_state_and_not_into_the_parameters():
-  program, mesh, rules, tokens = delayed_program()
+def test_the_step_rolls_each_steps_amaxes_into_the_state_and_not_into_the_parameters(delayed4):
+  program, mesh, rules, tokens = delayed4
   names = {"/".join(str(getattr(k, "key", k)) for k in path)
            for path, _ in jax.tree_util.tree_flatten_with_path(program.abstract_state.params)[0]}
   assert not any(FP8_HISTORY in n for n in names)  # the optimizer and exports never see them
@@ -231,21 +237,21 @@ def test_the_step_rolls_each_steps_amaxes_into_the_state_and_not_into_the_parame
     np.testing.assert_array_equal(np.asarray(after)[:, 1:], before[:, :-1])
 
 
-def test_micro_batches_record_the_largest_amax_of_the_whole_batch():
+def test_micro_batches_record_the_largest_amax_of_the_whole_batch(delayed4):
   """With dropout off, one step over two micro-batches sees the same tensors as one over the
   whole batch, so the amax each layer records must match: the maximum, not the sum."""
   recorded = {}
   for accum in (1, 2):
-    program, mesh, rules, tokens = delayed_program(grad_accum=accum)
+    program, mesh, rules, tokens = delayed4 if accum == 1 else delayed_program(grad_accum=accum)
     state, _ = run_steps(program, mesh, rules, tokens, 1)
     recorded[accum] = [np.asarray(h)[:, 0] for h in jax.tree.leaves(state.fp8_history)]
   for one, two in zip(recorded[1], recorded[2]):
     np.testing.assert_allclose(two, one, rtol=1e-2)
 
 
-def test_a_checkpoint_keeps_the_histories_and_the_restored_step_is_exact(tmp_path):
+def test_a_checkpoint_keeps_the_histories_and_the_restored_step_is_exact(tmp_path, delayed4):
   from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
-  program, mesh, rules, tokens = delayed_program()
+  program, mesh, rules, tokens = delayed4
   state, _ = run_steps(program, mesh, rules, tokens, 3)
   ckpt = Checkpointer(str(tmp_path / "checkpoints"), keep=1, async_save=False)
   ckpt.save(3, state, {})
