@@ -17,7 +17,7 @@
 #   compile      bench/speed.py large-512: what XLA's autotuning and its Triton GEMMs cost in
 #                compile seconds and give in step time (no peer: tl_jax against its own flags)
 #   fp8_bound    bench/speed.py large-512 and big-128: bf16, fp8 with current scaling, with
-#                delayed scaling (model.fp8_history=16) and with fixed scales, the most that
+#                delayed scaling (model.fp8_history=1) and with fixed scales, the most that
 #                delayed scaling could gain (no peer: the fp8 section of docs/BENCHMARKS.md has them)
 #   . bench/gpu_env.sh; DEADLINE=540 bench/h200_speed.sh [STEP ...]   # default: the first four
 # Env: DEADLINE (540), OUT, TRAIN_S (90), PEERS (.data/peers), TL_JAX_DATA (.data when present).

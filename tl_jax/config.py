@@ -52,7 +52,8 @@ class ModelConfig:
   fp8: bool = False
   # With model.fp8, 0 scales each tensor by its own amax (current scaling); N > 0 by the largest
   # amax of the last N steps (delayed scaling, as Transformer Engine does), so no cast waits on
-  # a pass over its tensor. The histories are train state (checkpointed), not parameters.
+  # a pass over its tensor. The histories are train state (checkpointed), not parameters. On a
+  # 2 x 128 CPU curve N=1 trained as current scaling did and N=16 stalled one seed of three.
   fp8_history: int = 0
   ln_eps: float = 1e-5
   # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:
