@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tl_jax.train.optimizer import applied_learning_rate
 from tl_jax.models.layers import FP8_HISTORY
+from tl_jax.train.optimizer import applied_learning_rate
 from tl_jax.train.state import TrainState, mask_tree, merge_leaves, split_leaves
 
 
