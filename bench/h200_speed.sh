@@ -16,9 +16,9 @@
 #                Dense matmuls in fp8) with the peers; each fp8 row counts its fp8 matmuls
 #   compile      bench/speed.py large-512: what XLA's autotuning and its Triton GEMMs cost in
 #                compile seconds and give in step time (no peer: tl_jax against its own flags)
-#   fp8_bound    bench/speed.py large-512 and big-128: bf16, fp8 with current scaling, with
-#                delayed scaling (model.fp8_history=1) and with fixed scales, the most that
-#                delayed scaling could gain (no peer: the fp8 section of docs/BENCHMARKS.md has them)
+#   fp8_bound    bench/speed.py large-512 and big-128: bf16, fp8 with current scaling and fp8
+#                with every scale fixed at 1, the most that removing the amax passes could gain
+#                (no peer: the fp8 section of docs/BENCHMARKS.md has them)
 #   . bench/gpu_env.sh; DEADLINE=540 bench/h200_speed.sh [STEP ...]   # default: the first four
 # Env: DEADLINE (540), OUT, TRAIN_S (90), PEERS (.data/peers), TL_JAX_DATA (.data when present).
 set -u
@@ -71,7 +71,7 @@ for step in "${steps[@]}"; do
     fp8) run fp8 python3 -u bench/speed.py --cases=large-512,big-128 --variants=tl_jax,fp8 \
            --peers="$peers" --out="$out/fp8" || status=$? ;;
     fp8_bound) run fp8_bound python3 -u bench/speed.py --cases=large-512,big-128 --no-peers \
-                 --variants=tl_jax,fp8,fp8-delayed,fp8-static --out="$out/fp8_bound" || status=$? ;;
+                 --variants=tl_jax,fp8,fp8-static --out="$out/fp8_bound" || status=$? ;;
     compile) run compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
     *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8 fp8_bound compile"

@@ -75,14 +75,11 @@ VARIANTS = {
     # The train step's Dense matmuls on fp8 operands (tl_jax/models/layers.py fp8_contract);
     # its row's "fp8 mm" counts the matmuls the compiled step runs in fp8.
     "fp8": (["model.fp8=true"], "", "device"),
-    # fp8 with delayed scaling, each scale from the previous step's amax: on a 2 x 128 curve a
-    # history of 16 steps stalled one seed of three, one step none (docs/BENCHMARKS.md)
-    "fp8-delayed": (["model.fp8=true", "model.fp8_history=1"], "", "device"),
     # Variants of code rather than config: PATCHES below swaps the function in the child.
     "autodiff-gelu": ([], "", "device"),
-    # fp8 with every scale fixed at 1 (no amax pass): the speed that delayed scaling, whose
-    # scales come from earlier steps, could reach at most. A bound, not a recipe: its loss is
-    # not trained, since magnitudes outside each format's range clip or round to zero.
+    # fp8 with every scale fixed at 1 (no amax pass): the most that any scheme removing the
+    # amax reductions could gain over current scaling. A bound, not a recipe: its loss is not
+    # trained, since magnitudes outside each format's range clip or round to zero.
     "fp8-static": (["model.fp8=true"], "", "device"),
 }
 

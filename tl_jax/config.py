@@ -50,11 +50,6 @@ class ModelConfig:
   # scales from each tensor's amax): a speed option for GPUs with fp8 matrix units (Hopper).
   # Evaluation, decoding and compression compute in `dtype`. Parameters are unchanged.
   fp8: bool = False
-  # With model.fp8, 0 scales each tensor by its own amax (current scaling); N > 0 by the largest
-  # amax of the last N steps (delayed scaling, as Transformer Engine does), so no cast waits on
-  # a pass over its tensor. The histories are train state (checkpointed), not parameters. On a
-  # 2 x 128 CPU curve N=1 trained as current scaling did and N=16 stalled one seed of three.
-  fp8_history: int = 0
   ln_eps: float = 1e-5
   # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:
   type_vocab_size: int = 0  # token-type (segment) embeddings: BERT 2, RoBERTa 1, tl_jax 0 (none)
@@ -350,8 +345,7 @@ class FinetuneConfig(RunConfig):
   """Sentence(-pair) classification from a pretrained encoder (`tl-jax finetune`).
 
   `model` is the init workdir's, copied when the run starts; only the fields in
-  FINETUNE_MODEL_FIELDS (dropout, dtype, attention, remat, embed_grad, fp8, fp8_history) may be
-  changed.
+  FINETUNE_MODEL_FIELDS (dropout, dtype, attention, remat, embed_grad, fp8) may be changed.
   """
   init: InitConfig = _section(InitConfig)
   head: HeadConfig = _section(HeadConfig)
@@ -675,9 +669,6 @@ def validate(config) -> None:
   if t.loss_chunk < 0 or (t.loss_chunk and config.task != "translate"):
     raise UserError(f"train.loss_chunk={t.loss_chunk} must be 0, or a positive number of target "
                     "tokens for translation (the only task whose loss is chunked).")
-  if m.fp8_history < 0 or (m.fp8_history and not m.fp8):
-    raise UserError(f"model.fp8_history={m.fp8_history} must be 0 (current scaling) or a number "
-                    "of steps whose amaxes set each fp8 scale, with model.fp8=true.")
   if m.d_model % m.num_heads:
     raise UserError(f"model.d_model={m.d_model} is not divisible by model.num_heads={m.num_heads}; "
                     "choose heads that divide the width (the paper uses 64-dim heads).")
@@ -746,8 +737,7 @@ def _validate_pretraining(config: Config) -> None:
 SYNTHETIC_VERSIONS = (3, 4)  # data.synthetic_version; tl_jax/data/synthetic.py VERSIONS
 MAX_LENGTH_BUCKETS = 32  # data.length_buckets: each bucket is one more compiled step
 # Finetuning may change these model fields; every other one must match the init workdir's.
-FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad", "fp8",
-                         "fp8_history")
+FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad", "fp8")
 
 
 def _validate_finetuning(config: FinetuneConfig) -> None:

@@ -152,17 +152,8 @@ class Dense(nn.Module):
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[n_in:]),
                       tuple(self.features), jnp.float32)
     dtype = dtype_of(self.config.dtype)
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if self.config.fp8 and self.config.fp8_history:
-      # Not trained: the train step splits this leaf off the parameters (train/state.py) and
-      # rolls each step's amaxes into it (train/step.py).
-      history = self.param(FP8_HISTORY, nn.with_logical_partitioning(nn.initializers.zeros,
-                                                                     (None, None)),
-                           (3, self.config.fp8_history), jnp.float32)
-      y = fp8_contract_delayed(x, kernel, history, n_in)
-    else:
-      y = (fp8_contract if self.config.fp8 else contract)(x, kernel, n_in)
-    return y + bias.astype(dtype)
+    product = fp8_contract if self.config.fp8 else contract
+    return product(x.astype(dtype), kernel.astype(dtype), n_in) + bias.astype(dtype)
 
 
 def contract(x, w, n_in: int, preferred_element_type=None):
@@ -171,32 +162,21 @@ def contract(x, w, n_in: int, preferred_element_type=None):
   return jax.lax.dot_general(x, w, dims, preferred_element_type=preferred_element_type)
 
 
-def fp8_scale(amax, fp8_dtype):
-  """The float32 scale that puts magnitude `amax` on the float8 format's largest value; 1 where
-  amax is 0 (an all-zero tensor, or a history with nothing recorded yet)."""
-  amax = jnp.asarray(amax, jnp.float32)
-  return jnp.where(amax > 0, amax / float(jnp.finfo(fp8_dtype).max), 1.0)
-
-
-def fp8_cast(x, scale, fp8_dtype):
-  """x / scale in `fp8_dtype`, saturating: rounding can carry |x| / scale just past the largest
-  value, and a delayed scale can be smaller than this tensor needs; e4m3fn (no infinity) would
-  make either NaN."""
-  largest = float(jnp.finfo(fp8_dtype).max)
-  return jnp.clip(x.astype(jnp.float32) / scale, -largest, largest).astype(fp8_dtype)
-
-
-def abs_max(x):
-  return jnp.max(jnp.abs(x)).astype(jnp.float32)
-
-
 def fp8_quantize(x, fp8_dtype):
   """(q, scale) with q = x / scale in the float8 format `fp8_dtype` and scale = amax(|x|) / the
   format's largest value, so the tensor's largest magnitude lands on it (current scaling: the
   scale comes from this tensor, not from a history of earlier steps). float32 scale; 1 for an
   all-zero tensor."""
-  scale = fp8_scale(abs_max(x), fp8_dtype)
+  amax = jnp.max(jnp.abs(x)).astype(jnp.float32)
+  scale = jnp.where(amax > 0, amax / float(jnp.finfo(fp8_dtype).max), 1.0)
   return fp8_cast(x, scale, fp8_dtype), scale
+
+
+def fp8_cast(x, scale, fp8_dtype):
+  """x / scale in `fp8_dtype`, saturating: rounding can carry |x| / scale just past the format's
+  largest value, which e4m3fn (no infinity) would make NaN."""
+  largest = float(jnp.finfo(fp8_dtype).max)
+  return jnp.clip(x.astype(jnp.float32) / scale, -largest, largest).astype(fp8_dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -225,57 +205,16 @@ def _fp8_forward(x, w, n_in):
 def _fp8_backward(n_in, residuals, g):
   xq, x_scale, wq, w_scale = residuals
   gq, g_scale = fp8_quantize(g, jnp.float8_e5m2)
-  dx, dw = _backward_products(n_in, xq, wq, gq, g)
-  return (dx * (g_scale * w_scale).astype(g.dtype), dw * (x_scale * g_scale).astype(g.dtype))
-
-
-fp8_contract.defvjp(_fp8_forward, _fp8_backward)
-
-
-# The parameter of a Dense layer that holds its delayed-scaling history (model.fp8_history).
-FP8_HISTORY = "fp8_amax"
-
-
-def _backward_products(n_in, xq, wq, gq, g):
   free = g.ndim - (wq.ndim - n_in)  # the axes of x that are not contracted (batch, length, ...)
   # dx: the gradient's output axes against the kernel's; dw: x's free axes against the gradient's.
   out_axes = (tuple(range(free, g.ndim)), tuple(range(n_in, wq.ndim)))
   free_axes = (tuple(range(free)), tuple(range(free)))
   dx = jax.lax.dot_general(gq, wq, (out_axes, ((), ())), preferred_element_type=g.dtype)
   dw = jax.lax.dot_general(xq, gq, (free_axes, ((), ())), preferred_element_type=g.dtype)
-  return dx, dw
+  return (dx * (g_scale * w_scale).astype(g.dtype), dw * (x_scale * g_scale).astype(g.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def fp8_contract_delayed(x, w, history, n_in: int):
-  """`fp8_contract` with delayed scaling: each scale comes from the largest amax in `history`
-  (float32 [3, N]: rows input, kernel, gradient; column 0 the newest of N steps), so no cast
-  waits on a reduction over its own tensor. The amaxes of this step come back as the
-  "gradient" of `history`, in column 0 and zeros elsewhere; the train step rolls them in
-  (train/step.py), and takes their maximum over micro-batches. Before any amax is recorded the
-  scale is 1, as Transformer Engine starts."""
-  return _delayed_forward(x, w, history, n_in)[0]
-
-
-def _delayed_forward(x, w, history, n_in):
-  if x.dtype != w.dtype:
-    raise TypeError(f"fp8_contract_delayed needs operands of one dtype, got {x.dtype} and {w.dtype}")
-  scales = fp8_scale(jnp.max(history, axis=1), jnp.float8_e4m3fn)
-  xq, wq = fp8_cast(x, scales[0], jnp.float8_e4m3fn), fp8_cast(w, scales[1], jnp.float8_e4m3fn)
-  y = contract(xq, wq, n_in, preferred_element_type=x.dtype) * (scales[0] * scales[1]).astype(x.dtype)
-  return y, (xq, wq, scales[0], scales[1], history, abs_max(x), abs_max(w))
-
-
-def _delayed_backward(n_in, residuals, g):
-  xq, wq, x_scale, w_scale, history, x_amax, w_amax = residuals
-  g_scale = fp8_scale(jnp.max(history[2]), jnp.float8_e5m2)
-  gq = fp8_cast(g, g_scale, jnp.float8_e5m2)
-  dx, dw = _backward_products(n_in, xq, wq, gq, g)
-  newest = jnp.zeros_like(history).at[:, 0].set(jnp.stack([x_amax, w_amax, abs_max(g)]))
-  return dx * (g_scale * w_scale).astype(g.dtype), dw * (x_scale * g_scale).astype(g.dtype), newest
-
-
-fp8_contract_delayed.defvjp(_delayed_forward, _delayed_backward)
+fp8_contract.defvjp(_fp8_forward, _fp8_backward)
 
 
 def dense(features, axes: tuple, config: ModelConfig, name: str | None = None) -> Dense:

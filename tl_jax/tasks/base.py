@@ -114,23 +114,20 @@ class Task(abc.ABC):
   def state_spec(self, vocab_size: int, mesh, rules):
     """(abstract unboxed train state, its shardings on `mesh`): what checkpoints restore into.
     Outside any mesh context (eval_shape of the logical constraints needs that)."""
-    abstract, shardings, _ = self._sharded_state(vocab_size, mesh, rules)
+    abstract, shardings, _ = self._sharded_state(self.model(vocab_size), mesh, rules)
     return abstract, shardings
 
-  def _sharded_state(self, vocab_size: int, mesh, rules):
-    # The train step's module makes the state: its parameters are the same, and under delayed
-    # fp8 scaling it also makes the amax histories the state carries.
+  def _sharded_state(self, model, mesh, rules):
     tx = optimizer(self.config.train)
-    init_fn = functools.partial(init_state, self.model(vocab_size, training=True), tx,
-                                self.config.train.seed, self.example_input(),
-                                self.masked_subtree(self.model(vocab_size)))
+    init_fn = functools.partial(init_state, model, tx, self.config.train.seed, self.example_input(),
+                                self.masked_subtree(model))
     return loop.sharded_state(init_fn, mesh, rules)
 
   def program(self, tokenizer, mesh, rules) -> loop.Program:
     """The model, its sharded state and the jitted train step: what the loop runs and
     `bench/speed.py` times."""
     model = self.model(tokenizer.vocab_size)
-    abstract, state_shardings, placed_init = self._sharded_state(tokenizer.vocab_size, mesh, rules)
+    abstract, state_shardings, placed_init = self._sharded_state(model, mesh, rules)
     batch_sharding = self.batch_shardings(mesh, rules)
     step = functools.partial(self.train_step, model=self.model(tokenizer.vocab_size, training=True),
                              tx=optimizer(self.config.train),

@@ -12,9 +12,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tl_jax.models.layers import FP8_HISTORY
 from tl_jax.train.optimizer import applied_learning_rate
-from tl_jax.train.state import TrainState, mask_tree, merge_leaves, split_leaves
+from tl_jax.train.state import TrainState, mask_tree
 
 
 def step_rng(state: TrainState) -> jax.Array:
@@ -30,26 +29,18 @@ def accumulate_and_update(state: TrainState, micro_batches, loss_sums, *, tx, sc
   are normalised once by the total token count, so the update equals that of the
   whole batch at once.
   """
-  # Delayed fp8 scaling's histories go in beside the parameters they were made with; what
-  # comes back as their "gradient" is this step's amaxes (models/layers.py fp8_contract_delayed).
-  params = merge_leaves(state.params, state.fp8_history)
-
   def grads_of(i, batch):
     (loss_sum, count), grads = jax.value_and_grad(
-        lambda p: loss_sums(p, i, batch), has_aux=True)(params)
-    return (loss_sum, count, *split_leaves(grads, FP8_HISTORY))
+        lambda p: loss_sums(p, i, batch), has_aux=True)(state.params)
+    return loss_sum, count, grads
 
   if grad_accum == 1:
-    loss_sum, count, grads, amaxes = grads_of(0, jax.tree.map(lambda x: x[0], micro_batches))
+    loss_sum, count, grads = grads_of(0, jax.tree.map(lambda x: x[0], micro_batches))
   else:
     def body(carry, xs):
-      loss_sum, count, grads, amaxes = grads_of(*xs)
-      sums = jax.tree.map(jnp.add, carry[:3], (loss_sum, count, grads))
-      return (*sums, jax.tree.map(jnp.maximum, carry[3], amaxes)), None
-    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params),
-             jax.tree.map(jnp.zeros_like, state.fp8_history))
-    (loss_sum, count, grads, amaxes), _ = jax.lax.scan(body, zeros,
-                                                       (jnp.arange(grad_accum), micro_batches))
+      return jax.tree.map(jnp.add, carry, grads_of(*xs)), None
+    zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+    (loss_sum, count, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum), micro_batches))
 
   count = jnp.maximum(count, 1.0)
   # Pruned weights get no gradient (so no optimizer moments) and are re-zeroed after the update,
@@ -59,15 +50,7 @@ def accumulate_and_update(state: TrainState, micro_batches, loss_sums, *, tx, sc
   metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads),
              "learning_rate": applied_learning_rate(opt_state, schedule(state.step)), "tokens": count}
   params = mask_tree(optax.apply_updates(state.params, updates), state.masks)
-  history = jax.tree.map(roll_in, state.fp8_history, amaxes)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                       fp8_history=history), metrics
-
-
-def roll_in(history, newest):
-  """An amax history [..., N] with the newest amaxes (column 0 of `newest`) first, the oldest
-  dropped."""
-  return jnp.concatenate([newest[..., :1], history[..., :-1]], axis=-1)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
 def cross_entropy(logits, labels, smoothing: float = 0.0, num_classes: int = 0):
