@@ -99,7 +99,7 @@ def test_module_entry_point_prints_the_shipped_sweeps(tmp_path):
 
 @pytest.mark.parametrize("spec", ["demo.py:30", "gpu_reduced.py:300", "paper_mlm.py:6h",
                                   "paper_translate.py:1h", "rq4_data.py:gpu", "rq4_data.py:cpu-30",
-                                  "h200_study.py:rq1-90", "h200_study.py:rq1share-40", "h200_study.py:sst2",
+                                  "h200_study.py:rq1-90", "h200_study.py:rq1share-40", "h200_study.py:rq1long-240", "h200_study.py:sst2",
                                   "h200_study.py:translate-compress"])
 def test_shipped_sweeps_and_variants_load(spec, in_repo):
   sweep = sweep_lib.load_sweep(f"configs/sweeps/{spec}")
@@ -276,8 +276,22 @@ def test_study_parts_share_the_stages_they_start_from(in_repo, tmp_path):
     rest = dict(stage.overrides)
     assert rest.pop("train.warmup_fraction") == "0.1"
     assert rest == rq1[name.replace("rq1share/", "rq1/", 1)].overrides
+  # rq1long: rq1share's recipe past 60 s for the three larger sizes, on a corpus sized for the
+  # fastest of them (4M tokens a second of budget), under names of its own.
+  long = load("rq1long")
+  assert sorted({n.split("/")[1] for n in long}) == ["d12-w768", "d6-w512", "d6-w768"]
+  assert len(long) == 6 and not set(long) & set(share)
+  for name, stage in long.items():
+    rest = dict(stage.overrides)
+    assert rest.pop("train.max_train_seconds") == "150" and rest.pop("eval.every_seconds") == "25"
+    assert rest.pop("data.max_train_tokens") == "600000000"
+    twin = dict(share[name.replace("rq1long/", "rq1share/", 1)].overrides)
+    for key in ("train.max_train_seconds", "eval.every_seconds", "data.max_train_tokens"):
+      twin.pop(key)
+    assert rest == twin
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1"), str(tmp_path))
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1share"), str(tmp_path))
+  sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1long"), str(tmp_path))
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetune"), str(tmp_path))
   with pytest.raises(UserError, match="already ran stage"):
     sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:finetune-90"), str(tmp_path))

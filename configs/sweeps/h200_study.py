@@ -18,6 +18,13 @@ and a part that starts from another's runs takes that part's budget):
                     docs/results/h200_study/README.md): the warmup is WARMUP_SHARE of each run's
                     steps (train.warmup_fraction) instead of 300 steps for every size. At 40 s
                     those 300 steps were 39% of 12x768's 770 steps and 3-5% of 3x256's.
+  rq1long[-SECONDS]  RQ1 past 60 s (default 150, which fits one lease): rq1share's recipe for d6-w512, d6-w768 and
+                    d12-w768, seeds 0 and 1. d3-w256 is left out: it was behind 6x512 at 60 s and
+                    flattening (rq1share), and at its pace the corpus that keeps it from
+                    repeating (10M tokens a second of budget) takes minutes to build each lease;
+                    the corpus here is LONG_TOKENS_PER_SECOND, sized for d6-w512, the fastest
+                    size in it. The question it answers: do the deeper and wider sizes overtake
+                    6x512 once the budget is long enough for them to leave their early plateau?
   rq4[-SECONDS]     RQ4, data-bound: the same sizes on nested prefixes of real English
                     (WikiText-2 valid + Multi30k English: 0.1M, 0.3M tokens and all of it,
                     about 0.72M), one seed, evaluated on WikiText-2 test; the report's RQ4
@@ -72,6 +79,11 @@ MLM_SIZES = ("d3-w256", "d6-w512", "d6-w768", "d12-w768")
 FINETUNE_SIZES = ("d3-w256", "d6-w512", "d12-w768")
 SEEDS = (0, 1)
 TOKENS_PER_SECOND = 10_000_000  # of training budget; d3-w256 reads 7.2M a second on an H200
+# rq1long's sizes, and its corpus: d6-w512 read 1.98M tokens a second on an H100 (part rq1share,
+# 2026-12-06); twice that leaves room for a faster GPU. The synthetic source wrote 7.7M (H100
+# machine) to 10M (H200 machine) tokens a second on 16 cores, so 150 s cost 60-80 s to build.
+LONG_SIZES = ("d6-w512", "d6-w768", "d12-w768")
+LONG_TOKENS_PER_SECOND = 4_000_000
 TEXT_TOKENS = (100_000, 300_000, 0)  # nested prefixes; 0 = all of it
 TRANSLATE_SHAPES = {
     "e3-d3-w512": {"model.num_layers": 3, "model.decoder_layers": 3},
@@ -79,8 +91,8 @@ TRANSLATE_SHAPES = {
     "e3-d3-w1024": {"model.num_layers": 3, "model.decoder_layers": 3, "model.d_model": 1024,
                     "model.num_heads": 16, "model.d_ff": 4096},
 }
-DEFAULT_SECONDS = {"rq1": 60, "rq1share": 60, "rq4": 60, "translate": 120}
-PARTS = ("rq1", "rq1share", "rq4", "finetune", "finetuneshare", "finetunelr", "sst2",
+DEFAULT_SECONDS = {"rq1": 60, "rq1share": 60, "rq1long": 150, "rq4": 60, "translate": 120}
+PARTS = ("rq1", "rq1share", "rq1long", "rq4", "finetune", "finetuneshare", "finetunelr", "sst2",
          "translate", "translate-compress")
 # rq1share's warmup, of each run's steps: twice the 5% of the budget over which a seconds
 # horizon measures the pace before it fixes the end, so the end is known before the warmup is
@@ -109,10 +121,11 @@ def _tokens(n: int) -> str:
 
 
 def rq1_stages(seconds: float, finetune: bool = False, share: bool = False,
-               lr_variants: bool = False) -> list:
+               lr_variants: bool = False, long: bool = False) -> list:
+  per_second = LONG_TOKENS_PER_SECOND if long else TOKENS_PER_SECOND
   pretrain = {**RECIPE, **_timed(seconds), "data.synthetic_version": 4, "data.vocab_size": 4096,
-              "data.max_train_tokens": int(TOKENS_PER_SECOND * seconds)}
-  if share:
+              "data.max_train_tokens": int(per_second * seconds)}
+  if share or long:
     pretrain["train.warmup_fraction"] = WARMUP_SHARE
   finetune_args = {}
   if finetune:
@@ -122,10 +135,11 @@ def rq1_stages(seconds: float, finetune: bool = False, share: bool = False,
                             "eval.every_steps": 500,
                             "train.log_every": 100, "checkpoint.every_steps": 100_000_000})
   stages = []
-  for size in MLM_SIZES:
+  part = "rq1long" if long else "rq1share" if share else "rq1"
+  for size in LONG_SIZES if long else MLM_SIZES:
     if finetune and size not in FINETUNE_SIZES:
       continue
-    sized = seeded(size_stages, size, SEEDS, label=f"{'rq1share' if share else 'rq1'}/{size}",
+    sized = seeded(size_stages, size, SEEDS, label=f"{part}/{size}",
                    mlm_overrides=pretrain, **finetune_args)
     stages += _with_lr_variants(sized) if lr_variants else sized
   return stages
@@ -220,9 +234,9 @@ def get_sweep(variant: str | None) -> Sweep:
   source = {"finetune": "rq1", "finetuneshare": "rq1share", "finetunelr": "rq1share",
             "sst2": "rq4", "translate-compress": "translate"}.get(part, part)
   seconds = parse_seconds(m["budget"], "budget") if m["budget"] else DEFAULT_SECONDS[source]
-  if source in ("rq1", "rq1share"):
+  if source in ("rq1", "rq1share", "rq1long"):
     stages = rq1_stages(seconds, finetune=part != source, share=source == "rq1share",
-                        lr_variants=part == "finetunelr")
+                        lr_variants=part == "finetunelr", long=source == "rq1long")
   elif source == "rq4":
     stages = rq4_stages(seconds, sst2=part == "sst2")
   else:
