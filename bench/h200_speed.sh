@@ -12,6 +12,8 @@
 #                the buckets' executables is what slows the bucketed steps (0.53x on an H100)
 #   profile      bench/speed.py large-512 with --profile: kernel times and the HLO of the costliest
 #                memory-bound fusions (no peer: where tl_jax's own step time goes)
+#   fp8_profile  the same for bf16 and model.fp8 side by side: where fp8's step time goes, since
+#                its matmuls should take half the time and the whole step gained only 9%
 #   fp8          bench/speed.py large-512 and big-128, bf16 against model.fp8 (the train step's
 #                Dense matmuls in fp8) with the peers; each fp8 row counts its fp8 matmuls
 #   compile      bench/speed.py large-512: what XLA's autotuning and its Triton GEMMs cost in
@@ -68,18 +70,21 @@ for step in "${steps[@]}"; do
                --out="$out/finetune_padding_nocb.json" || status=$? ;;
     profile) run profile python3 -u bench/speed.py --cases=large-512 --variants=tl_jax --no-peers \
                --profile=large-512 --out="$out/profile" || status=$? ;;
+    fp8_profile) run fp8_profile python3 -u bench/speed.py --cases=large-512 --variants=tl_jax,fp8 \
+                   --no-peers --profile=large-512 --out="$out/fp8_profile" || status=$? ;;
     fp8) run fp8 python3 -u bench/speed.py --cases=large-512,big-128 --variants=tl_jax,fp8 \
            --peers="$peers" --out="$out/fp8" || status=$? ;;
     fp8_bound) run fp8_bound python3 -u bench/speed.py --cases=large-512,big-128 --no-peers \
                  --variants=tl_jax,fp8,fp8-static --out="$out/fp8_bound" || status=$? ;;
     compile) run compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8 fp8_bound compile"
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile"
        exit 2 ;;
   esac
 done
 echo "== summary"
 for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md "$out"/fp8_bound/speed.md \
+         "$out"/fp8_profile/speed.md \
          "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
 grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
 tail -n 8 "$out"/padding.log "$out"/padding_nocb.log 2>/dev/null

@@ -441,7 +441,7 @@ def main() -> None:
   parser.add_argument("--peers", default=os.path.join(os.path.dirname(REPO), "shared", "bench"))
   parser.add_argument("--cases", default=",".join(CASES))
   parser.add_argument("--variants", default="tl_jax")
-  parser.add_argument("--profile", default="", help="cases whose default variant is profiled")
+  parser.add_argument("--profile", default="", help="cases whose variants are profiled (GPU)")
   parser.add_argument("--steps", type=int, default=10, help="steps per timed window (3 windows)")
   parser.add_argument("--size", default="paper", choices=["paper", "tiny"])
   parser.add_argument("--ids", default="uniform", choices=["uniform", "zipf"],
@@ -481,7 +481,7 @@ def main() -> None:
         continue
       flags = VARIANTS[variant][1]
       env = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()} if flags else {}
-      profile = ["--profile=1"] if case in args.profile.split(",") and variant == "tl_jax" else []
+      profile = ["--profile=1"] if case in args.profile.split(",") else []
       result, seconds = run_process(me + [f"--child={case}", f"--variant={variant}"] + profile, env,
                                     args.timeout, log_path)
       if result:
