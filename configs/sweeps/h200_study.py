@@ -43,8 +43,9 @@ and a part that starts from another's runs takes that part's budget):
                     6x512 encoders that pretrained better than 3x256 finetuned 5 points worse and
                     lost nothing to 90% pruning (part finetuneshare). At 1e-4 both finetuned 4-9
                     points better and 6x512 caught up, and 12x768 tied them (part finetunelr,
-                    2026-12-06): use this part, not finetune or finetuneshare, for RQ2/RQ3. Stages finetune-lr1e-4,
-                    compress-lr1e-4, finetune-scratch, beside finetuneshare's finetune.
+                    2026-12-06): use this part, not finetune or finetuneshare, for RQ2/RQ3.
+                    Stages finetune-lr1e-4, compress-lr1e-4, finetune-scratch, beside
+                    finetuneshare's finetune.
   sst2              the same on SST-2, from rq4's all-data runs: English pretraining, data-bound.
   translate[-SECONDS]  RQ1 for translation: Multi30k En->Fr at 3+3 x 512, deeper 12+12 x 512 and
                     wider 3+3 x 1024 (four times the non-embedding parameters each), seeds 0 and
