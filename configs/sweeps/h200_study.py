@@ -18,8 +18,8 @@ and a part that starts from another's runs takes that part's budget):
                     docs/results/h200_study/README.md): the warmup is WARMUP_SHARE of each run's
                     steps (train.warmup_fraction) instead of 300 steps for every size. At 40 s
                     those 300 steps were 39% of 12x768's 770 steps and 3-5% of 3x256's.
-  rq1long[-SECONDS]  RQ1 past 60 s (default 150, which fits one lease): rq1share's recipe for d6-w512, d6-w768 and
-                    d12-w768, seeds 0 and 1. d3-w256 is left out: it was behind 6x512 at 60 s and
+  rq1long[-SECONDS]  RQ1 past 60 s (default 150, which fits one lease): rq1share's recipe for
+                    d6-w512, d6-w768 and d12-w768, seeds 0 and 1. d3-w256 is left out: it was behind 6x512 at 60 s and
                     flattening (rq1share), and at its pace the corpus that keeps it from
                     repeating (10M tokens a second of budget) takes minutes to build each lease;
                     the corpus here is LONG_TOKENS_PER_SECOND, sized for d6-w512, the fastest
