@@ -19,12 +19,12 @@ and a part that starts from another's runs takes that part's budget):
                     steps (train.warmup_fraction) instead of 300 steps for every size. At 40 s
                     those 300 steps were 39% of 12x768's 770 steps and 3-5% of 3x256's.
   rq1long[-SECONDS]  RQ1 past 60 s (default 150, which fits one lease): rq1share's recipe for
-                    d6-w512, d6-w768 and d12-w768, seeds 0 and 1. d3-w256 is left out: it was behind 6x512 at 60 s and
-                    flattening (rq1share), and at its pace the corpus that keeps it from
-                    repeating (10M tokens a second of budget) takes minutes to build each lease;
-                    the corpus here is LONG_TOKENS_PER_SECOND, sized for d6-w512, the fastest
-                    size in it. The question it answers: do the deeper and wider sizes overtake
-                    6x512 once the budget is long enough for them to leave their early plateau?
+                    d6-w512, d6-w768 and d12-w768, seeds 0 and 1. d3-w256 is left out: it was
+                    behind 6x512 at 60 s and flattening (rq1share), and at its pace the corpus
+                    that keeps it from repeating (10M tokens a second of budget) takes minutes to
+                    build each lease; the corpus here is LONG_TOKENS_PER_SECOND, sized for
+                    d6-w512, the fastest size in it. The question it answers: do the deeper and
+                    wider sizes overtake 6x512 once the budget lets them leave their plateau?
   rq4[-SECONDS]     RQ4, data-bound: the same sizes on nested prefixes of real English
                     (WikiText-2 valid + Multi30k English: 0.1M, 0.3M tokens and all of it,
                     about 0.72M), one seed, evaluated on WikiText-2 test; the report's RQ4
