@@ -7,6 +7,7 @@ as the sweep runs them); the rest runs nothing.
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -170,6 +171,12 @@ def test_finished_stages_are_skipped_and_an_interrupted_one_resumes(tmp_path, in
   assert done["seconds"] > 0 and done["finished"]
   assert json.loads((state / "sweep.json").read_text())["stages"][1]["overrides"]["model.num_layers"] == "1"
   assert "stopped at step 30:" in (state / "logs" / "two.log").read_text()
+  # Each stage ends with its process's start-up and wind-down, which its own elapsed misses.
+  timing = re.search(r"stage process: ([\d.]+)s, its first line after ([\d.]+)s, its last "
+                     r"([\d.]+)s before it exited", (state / "logs" / "two.log").read_text())
+  total, startup, winddown = map(float, timing.groups())
+  assert 0 < startup and startup + winddown <= total
+  assert total <= json.loads(markers["two"].read_text())["seconds"] + 0.5
 
   # Interrupt stage two after step 20: no marker, its last checkpoint gone.
   one_before = {p: p.read_bytes() for p in [markers["one"], root / "one" / "metrics.jsonl"]}

@@ -395,8 +395,13 @@ class StageFailed(UserError):
 
 
 def _run_stage(argv: list[str], log_file) -> int:
-  """Runs one command, its output to the console and the log, line by line; returns its code."""
+  """Runs one command, its output to the console and the log, line by line; returns its code.
+  Ends with how long the process took before its first line and after its last: a stage's
+  start-up (imports, devices, data) and wind-down (saves) cost lease time that the run's own
+  `elapsed` does not see."""
   env = dict(os.environ, PYTHONUNBUFFERED="1")
+  spawned = time.monotonic()
+  first = last = None
   proc = subprocess.Popen([sys.executable, "-m", "tl_jax.cli", *argv[1:]], cwd=os.getcwd(),
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors="replace", bufsize=1)
@@ -410,11 +415,19 @@ def _run_stage(argv: list[str], log_file) -> int:
   previous = signal.signal(signal.SIGTERM, forward)
   try:
     for line in proc.stdout:
+      last = time.monotonic()
+      first = first or last
       sys.stdout.write(line)
       sys.stdout.flush()
       log_file.write(line)
       log_file.flush()
     code = proc.wait()
+    if first is not None:
+      ended = time.monotonic()
+      timing = (f"stage process: {ended - spawned:.1f}s, its first line after "
+                f"{first - spawned:.1f}s, its last {ended - last:.1f}s before it exited\n")
+      sys.stdout.write(timing)
+      log_file.write(timing)
     # A stage still starting up (before its run can checkpoint) dies of the signal; it had
     # nothing new to save, so that too is a pre-emption.
     return 143 if forwarded and code == -signal.SIGTERM else code
