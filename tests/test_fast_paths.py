@@ -178,11 +178,14 @@ def test_translation_step_with_chunked_loss_equals_the_plain_step(dtype, grad_ac
   np.testing.assert_allclose(chunked[1]["grad_norm"], plain[1]["grad_norm"], rtol=tol)
   updates = [jax.tree.map(jnp.subtract, s.params, state.params) for s in (plain[0], chunked[0])]
   largest = max(float(jnp.max(jnp.abs(u))) for u in jax.tree.leaves(updates[0]))
-  for want, got in zip(*map(jax.tree.leaves, updates)):
+  for want, got, before in zip(*map(jax.tree.leaves, updates + [state.params])):
     # Rounding errors scale with the summed terms, not the sum: the smallest gradients (the key
     # bias, zero but for rounding; the key kernel) are judged on a hundredth of the largest.
     scale = max(float(jnp.max(jnp.abs(want))), 1e-2 * largest)
-    np.testing.assert_allclose(got, want, atol=tol * scale)
+    # An update read back as new - old parameters carries the parameters' own rounding: a
+    # LayerNorm scale near 1 resolves updates only to 2**-23 (float32), whatever the gradient.
+    resolution = 2 * float(jnp.finfo(jnp.float32).eps) * float(jnp.max(jnp.abs(before)))
+    np.testing.assert_allclose(got, want, atol=tol * scale + resolution)
 
 
 @functools.cache
