@@ -13,7 +13,8 @@ What the sweep keeps in ROOT/.sweep/:
                       differently is refused (the workdirs would mix two configs)
   NAME.done           JSON (argv, seconds, finish time), written when a stage exits 0; a stage
                       with its marker is skipped ('/' in names becomes '__')
-  logs/NAME.log       the stage's output, appended to on every attempt
+  logs/NAME.log       the stage's output, appended to on every attempt, each attempt ending
+                      with its process's seconds before its first line and after its last
 
 Re-running the same sweep command resumes: finished stages are skipped and the interrupted
 one is re-run, which resumes its own workdir from its last checkpoint (a compress stage skips
