@@ -100,7 +100,8 @@ def test_module_entry_point_prints_the_shipped_sweeps(tmp_path):
 
 @pytest.mark.parametrize("spec", ["demo.py:30", "gpu_reduced.py:300", "paper_mlm.py:6h",
                                   "paper_translate.py:1h", "rq4_data.py:gpu", "rq4_data.py:cpu-30",
-                                  "h200_study.py:rq1-90", "h200_study.py:rq1share-40", "h200_study.py:rq1long-240", "h200_study.py:sst2",
+                                  "h200_study.py:rq1-90", "h200_study.py:rq1share-40",
+                                  "h200_study.py:rq1long-240", "h200_study.py:sst2",
                                   "h200_study.py:translate-compress"])
 def test_shipped_sweeps_and_variants_load(spec, in_repo):
   sweep = sweep_lib.load_sweep(f"configs/sweeps/{spec}")
