@@ -18,10 +18,13 @@ What the sweep keeps in ROOT/.sweep/:
 
 Re-running the same sweep command resumes: finished stages are skipped and the interrupted
 one is re-run, which resumes its own workdir from its last checkpoint (a compress stage skips
-the points its compress.jsonl already holds). SIGTERM reaching the
-sweep is passed on to the running stage, which saves a checkpoint and exits 143; the sweep
-then exits 143 too. `--only=STAGE` runs one stage whose dependencies are done (spreading a
-grid over machines that share the root). Extra `--config.SECTION.FIELD=VALUE` flags are added
+the points its compress.jsonl already holds). SIGTERM reaching the sweep is passed on to the
+running stage, which saves a checkpoint and exits 143; the sweep then exits 143 too (Ctrl-C
+alike, 130). The stage runs in a process group of its own, so a signal to the sweep's group
+(`timeout`, a pre-empting scheduler, a terminal's Ctrl-C) reaches the stage only through the
+sweep, and never its helper processes (a compiler killed mid-step would end the stage without
+a checkpoint). `--only=STAGE` runs one stage whose dependencies are done (spreading a grid
+over machines that share the root). Extra `--config.SECTION.FIELD=VALUE` flags are added
 to every stage whose config has that field (e.g. the mesh: `--config.parallel.fsdp=8` reaches
 pretraining and finetuning, not compression).
 """
@@ -403,17 +406,19 @@ def _run_stage(argv: list[str], log_file) -> int:
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   spawned = time.monotonic()
   first = last = None
+  # A session of its own: `timeout` and schedulers signal the sweep's whole process group,
+  # which would also kill the stage's helpers (XLA's ptxas on a GPU) before it can checkpoint.
   proc = subprocess.Popen([sys.executable, "-m", "tl_jax.cli", *argv[1:]], cwd=os.getcwd(),
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace", bufsize=1)
+                          errors="replace", bufsize=1, start_new_session=True)
 
   forwarded = []
 
-  def forward(signum, frame):  # a pre-empted machine: let the stage checkpoint and exit 143
+  def forward(signum, frame):  # a pre-empted machine or Ctrl-C: the stage checkpoints and exits
     forwarded.append(signum)
     proc.send_signal(signum)
 
-  previous = signal.signal(signal.SIGTERM, forward)
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
     for line in proc.stdout:
       last = time.monotonic()
@@ -430,12 +435,11 @@ def _run_stage(argv: list[str], log_file) -> int:
       sys.stdout.write(timing)
       log_file.write(timing)
     # A stage still starting up (before its run can checkpoint) dies of the signal; it had
-    # nothing new to save, so that too is a pre-emption.
-    return 143 if forwarded and code == -signal.SIGTERM else code
-  except KeyboardInterrupt:  # Ctrl-C reached the stage too; let it finish its own way
-    return proc.wait()
+    # nothing new to save, so that too is a pre-emption (143) or an interruption (130).
+    return 128 - code if -code in forwarded else code
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
     if proc.poll() is None:
       proc.kill()
       proc.wait()
