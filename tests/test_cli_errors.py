@@ -192,13 +192,16 @@ def test_rerunning_finished_command_changes_no_result(copy_of_finished):
 
 def test_runs_share_a_compilation_cache_unless_it_is_turned_off(tmp_path):
   """tl-jax keeps jax's compiled programs under $TL_JAX_CACHE/xla: a second run of the same
-  shapes adds no entry (it loads them); JAX_COMPILATION_CACHE_DIR='' turns the cache off."""
+  shapes adds no entry (it loads them), also with another seed (a sweep's second seed: the seed
+  is an argument of the compiled init, not a constant in it); JAX_COMPILATION_CACHE_DIR='' turns
+  the cache off."""
   env = cli_env()
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   env.update(TL_JAX_CACHE=str(tmp_path / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   entries = lambda: sorted(p.name for p in (tmp_path / "cache" / "xla").iterdir())
-  for name in ("first", "second"):
-    result = run(tl_jax("pretrain", f"--workdir={tmp_path / name}", *TINY), env, timeout=180)
+  for name, seed in (("first", 0), ("second", 1)):
+    result = run(tl_jax("pretrain", f"--workdir={tmp_path / name}", *TINY,
+                        f"--config.train.seed={seed}"), env, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     if name == "first":
       first = entries()

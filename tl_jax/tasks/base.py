@@ -119,9 +119,9 @@ class Task(abc.ABC):
 
   def _sharded_state(self, model, mesh, rules):
     tx = optimizer(self.config.train)
-    init_fn = functools.partial(init_state, model, tx, self.config.train.seed, self.example_input(),
-                                self.masked_subtree(model))
-    return loop.sharded_state(init_fn, mesh, rules)
+    init_fn = functools.partial(init_state, model, tx, example_tokens=self.example_input(),
+                                masked=self.masked_subtree(model))
+    return loop.sharded_state(init_fn, mesh, rules, self.config.train.seed)
 
   def program(self, tokenizer, mesh, rules) -> loop.Program:
     """The model, its sharded state and the jitted train step: what the loop runs and
