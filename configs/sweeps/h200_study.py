@@ -25,6 +25,8 @@ and a part that starts from another's runs takes that part's budget):
                     build each lease; the corpus here is LONG_TOKENS_PER_SECOND, sized for
                     d6-w512, the fastest size in it. The question it answers: do the deeper and
                     wider sizes overtake 6x512 once the budget lets them leave their plateau?
+                    At 150 s on an H100 (2026-12-07): not yet, but 6x768's deficit shrank from
+                    0.074 nats at 60 s to 0.013 and 12x768's from 0.655 to 0.084.
   rq4[-SECONDS]     RQ4, data-bound: the same sizes on nested prefixes of real English
                     (WikiText-2 valid + Multi30k English: 0.1M, 0.3M tokens and all of it,
                     about 0.72M), one seed, evaluated on WikiText-2 test; the report's RQ4
