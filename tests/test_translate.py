@@ -19,6 +19,8 @@ from tl_jax.tasks.workdir import read_jsonl
 from tl_jax.train import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# translate-file, BLEU evals and the compression grid compile the same decoding programs again.
+pytestmark = pytest.mark.usefixtures("in_process_compile_cache")
 
 
 def test_sacrebleu_of_a_reference_against_itself_is_100():
