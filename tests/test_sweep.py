@@ -237,8 +237,8 @@ def stage_process_group(sweep_pid: int) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("target, signum", [("sweep", signal.SIGTERM), ("group", signal.SIGTERM),
                                             ("group", signal.SIGINT)])
-def test_sigterm_to_the_sweep_checkpoints_the_stage_and_exits_143(tmp_path, in_repo, target,
-                                                                  signum):
+def test_a_signal_to_the_sweep_or_its_group_checkpoints_the_stage(tmp_path, in_repo, target,
+                                                                   signum):
   """A pre-empted machine signals the sweep, or (as `timeout` does) the sweep's whole process
   group; either way the stage saves a checkpoint and the sweep says so; Ctrl-C (SIGINT to the
   terminal's group) alike, with 130. The stage has a group of its own, so a group signal does

@@ -3,7 +3,7 @@
 `train` counts only synchronised step time (dispatch, data and device work up
 to a block on the result), so curves against training seconds exclude compile,
 evaluation and checkpoint time, which are counted separately. `elapsed` is the
-run's wall time from a fresh state's initialisation (or from a restore) to the end,
+run's wall time from a fresh state's initialisation (or a restore's end) to the end,
 summed over every session of a resumed run; data preparation comes before it.
 """
 
