@@ -40,12 +40,21 @@ def write_sweep(tmp_path, stages: str, name: str = "sweep.py") -> str:
   return str(path)
 
 
+@pytest.fixture(scope="module")
+def stage_compile_cache(tmp_path_factory) -> str:
+  """A compilation cache for this module's stages alone (one pytest worker runs a module, one
+  stage at a time): the tiny stages repeat each other's programs, and load them."""
+  return str(tmp_path_factory.mktemp("stage_xla"))
+
+
 @pytest.fixture
-def in_repo(monkeypatch):
+def in_repo(monkeypatch, stage_compile_cache):
   """Stages run from the repository root (relative config paths), on one CPU device."""
   monkeypatch.chdir(REPO)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", stage_compile_cache)
+  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 def one_sentence(message: str) -> bool:
