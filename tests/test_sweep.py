@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from faults.harness import cli_env
 from tl_jax import sweep as sweep_lib
 from tl_jax.errors import UserError
 
@@ -51,10 +52,8 @@ def stage_compile_cache(tmp_path_factory) -> str:
 def in_repo(monkeypatch, stage_compile_cache):
   """Stages run from the repository root (relative config paths), on one CPU device."""
   monkeypatch.chdir(REPO)
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
-  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", stage_compile_cache)
-  monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  for name, value in cli_env(devices=1, compile_cache=stage_compile_cache).items():
+    monkeypatch.setenv(name, value)
 
 
 def one_sentence(message: str) -> bool:
