@@ -118,21 +118,32 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float, what: str, poll:
 
 
 def terminate_when(argv: list[str], env: dict, condition, timeout: float, what: str, stdout,
-                   stderr=subprocess.STDOUT, signum: int = signal.SIGTERM) -> tuple[int, float]:
+                   stderr=subprocess.STDOUT, signum: int = signal.SIGTERM,
+                   group: bool = False) -> tuple[int, float]:
   """Starts `argv`, sends SIGTERM (or `signum`) once `condition()` holds, and returns (exit code,
   seconds from the signal to exit); a process still alive after GRACE_SECONDS is killed (and
-  the wait raises)."""
-  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+  the wait raises). `group`: the process leads a group of its own and the signal goes to the
+  whole group, children included, as `timeout` and Slurm send it."""
+  proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=stdout, stderr=stderr,
+                          start_new_session=group)
   try:
     wait_for(condition, proc, timeout, what)
     sent = time.monotonic()
-    proc.send_signal(signum)
+    if group:
+      os.killpg(proc.pid, signum)
+    else:
+      proc.send_signal(signum)
     code = proc.wait(timeout=GRACE_SECONDS)
     return code, time.monotonic() - sent
   finally:
     if proc.poll() is None:
       proc.kill()
       proc.wait()
+    if group:  # nothing of the group outlives the test
+      try:
+        os.killpg(proc.pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
 
 
 def reached_step(workdir, step: int):

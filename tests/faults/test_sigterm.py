@@ -4,16 +4,19 @@ tests/test_preemption.py sends it between training steps. Here one run is termin
 an asynchronous checkpoint is being written, then again while its restart compiles, and is
 finally run to the end: each SIGTERM must end the process within the grace period with exit
 143 and a checkpoint of every step trained, and the finished run must equal an
-uninterrupted one.
+uninterrupted one. Another run gets SIGTERM as `timeout` and Slurm send it, to its whole
+process group, while a compile of its waits on a child process, as XLA waits on ptxas for a GPU
+kernel: the child dies of the signal and the compile fails, and the run must still save.
 """
 
 import re
+import sys
 
 import numpy as np
 import pytest
 
-from faults.harness import (GRACE_SECONDS, LONG, LONG_STEPS, checkpoint_steps, final_params,
-                            read_metrics, run, terminate_when, tl_jax)
+from faults.harness import (GRACE_SECONDS, LONG, LONG_STEPS, checkpoint_steps,
+                            final_params, read_metrics, run, terminate_when, tl_jax)
 
 pytestmark = pytest.mark.slow
 
@@ -72,3 +75,57 @@ def test_sigterm_during_a_checkpoint_write_and_during_compilation(tmp_path, env,
   reliability("SIGTERM (pre-emption)", "the same command after both SIGTERMs",
               f"resumed from checkpoint {stopped} and finished with parameters and loss bitwise "
               "equal to an uninterrupted run")
+
+
+# `tl-jax pretrain` whose sync at step COMPILE_AT (a log line's, between checkpoints 10 and 20)
+# compiles as XLA does on a GPU: through a child process (here `sleep`) whose death fails it.
+COMPILE_AT = 15
+WITH_A_COMPILER_CHILD = f"""
+import subprocess, sys
+from tl_jax import cli
+from tl_jax.train import loop
+
+timed_step = loop.timed_step
+
+def compiling(cfg, step, *args):
+  if step == {COMPILE_AT}:
+    print("compiling through a child process", flush=True)
+    code = subprocess.call(["sleep", "60"])
+    raise RuntimeError(f"ptxas exited with non-zero error code {{-code}}")
+  return timed_step(cfg, step, *args)
+
+loop.timed_step = compiling
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_to_the_group_while_a_compiler_child_runs(tmp_path, env, uninterrupted,
+                                                          reliability):
+  workdir = tmp_path / "run"
+  out = tmp_path / "first.out"
+  with open(out, "w") as f:
+    code, seconds = terminate_when(
+        [sys.executable, "-c", WITH_A_COMPILER_CHILD, "pretrain", f"--workdir={workdir}", *LONG],
+        env, lambda: "compiling through a child process" in out.read_text(), 120,
+        "the compile's child process", f, group=True)
+  text = out.read_text()
+  assert code == 143, text
+  assert "Traceback" not in text, text
+  assert "ptxas exited with non-zero error code 15" in text, text  # the child died of SIGTERM
+  assert re.match(rf"stopped at step {COMPILE_AT}: SIGTERM", text.strip().splitlines()[-1]), text
+  assert checkpoint_steps(workdir)[-2:] == [10, COMPILE_AT]
+  reliability("SIGTERM (pre-emption)",
+              "SIGTERM to the process group while a compile waits on a child (as ptxas on a GPU)",
+              f"the child died and failed the compile; exit 143 after {seconds:.1f}s with "
+              f"checkpoint {COMPILE_AT}, the step trained before the error, saved")
+
+  final = run(tl_jax("pretrain", f"--workdir={workdir}", *LONG), env)
+  assert final.returncode == 0, final.stdout + final.stderr
+  assert f"resumed from step {COMPILE_AT} " in final.stdout, final.stdout
+  _, params = final_params(workdir)
+  _, reference = final_params(uninterrupted)
+  for a, b in zip(reference, params):
+    np.testing.assert_array_equal(a, b)
+  reliability("SIGTERM (pre-emption)", "the same command after that SIGTERM",
+              f"resumed from checkpoint {COMPILE_AT} and finished with parameters bitwise equal "
+              "to an uninterrupted run")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 
-from tl_jax.errors import TrainingDiverged
+from tl_jax.errors import TrainingDiverged, UserError
 from tl_jax.parallel import distributed
 from tl_jax.parallel import sharding as shd
 from tl_jax.train import flops
@@ -298,134 +298,155 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     pace_from = (start, 0.0)  # (step, training seconds) at this session's first sync
     set_at = None  # (step, training seconds) where the end was last set, in this session
     batches = setup.loader.iterate(start, cfg.data.prefetch)
-    while step < cfg.train.max_steps:
-      _, host_batch = next(batches)
-      state, metrics = train_fn(state, shd.global_batch(host_batch, program.batch_sharding))
-      step += 1
+    counted_step = start  # the step up to which watch.train counts this session's training
+    try:
+      while step < cfg.train.max_steps:
+        _, host_batch = next(batches)
+        state, metrics = train_fn(state, shd.global_batch(host_batch, program.batch_sharding))
+        step += 1
 
-      eval_by_steps = bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0
-      ckpt_by_steps = step % cfg.checkpoint.every_steps == 0
-      ckpt_by_clock = bool(cfg.checkpoint.every_seconds) and (
-          time.perf_counter() - last_ckpt_time >= cfg.checkpoint.every_seconds)
-      last = step == cfg.train.max_steps
-      # Only step counts and agreed seconds (below) say when to sync, so every process syncs at
-      # the same steps; one process alone may also sync on its own clock or on SIGTERM.
-      sync_due = (step % cfg.train.log_every == 0 or eval_by_steps or ckpt_by_steps or last
-                  or step >= next_timed_step or step == horizon)
-      if not (sync_due or (single_process and (ckpt_by_clock or preemption.requested))):
-        continue
+        eval_by_steps = bool(cfg.eval.every_steps) and step % cfg.eval.every_steps == 0
+        ckpt_by_steps = step % cfg.checkpoint.every_steps == 0
+        ckpt_by_clock = bool(cfg.checkpoint.every_seconds) and (
+            time.perf_counter() - last_ckpt_time >= cfg.checkpoint.every_seconds)
+        last = step == cfg.train.max_steps
+        # Only step counts and agreed seconds (below) say when to sync, so every process syncs at
+        # the same steps; one process alone may also sync on its own clock or on SIGTERM.
+        sync_due = (step % cfg.train.log_every == 0 or eval_by_steps or ckpt_by_steps or last
+                    or step >= next_timed_step or step == horizon)
+        if not (sync_due or (single_process and (ckpt_by_clock or preemption.requested))):
+          continue
 
-      # Synchronise: everything since the last sync was training.
-      values = jax.device_get(metrics)
-      now = time.perf_counter()
-      agreed = distributed.agree({"window": now - last_sync, "ckpt_by_clock": ckpt_by_clock},
-                                 {"preempted": preemption.requested})
-      window, preempted = agreed["window"], agreed["preempted"]
-      ckpt_due = ckpt_by_steps or bool(agreed["ckpt_by_clock"])
-      watch.train += window
-      # Timed evals read the clock just synced, so one falls on the step its mark comes due.
-      eval_due = eval_by_steps or bool(cfg.eval.every_seconds) and watch.train >= next_eval_at
-      steps_done = step - window_start_step
-      finite = math.isfinite(float(values["loss"])) and math.isfinite(float(values["grad_norm"]))
-      extra = {}
-      if skip_nonfinite:
-        newly = step - int(jax.device_get(applied_updates(state.opt_state))) - skipped
-        skipped += newly
-        skipped_in_a_row = (skipped_in_a_row + steps_done if newly == steps_done
-                            else (0 if finite else 1))
-        extra["skipped_steps"] = skipped
-      syncs += 1
-      if syncs == 1:
-        pace_from = (step, watch.train)
-        set_at = pace_from if horizon else None  # a resumed run's end, set before it stopped
-      fix_horizon_at = None  # the training second of the sync that fixes it, while not fixed
-      if horizon == 0:  # the pace over this session, and how long the run will train at it
-        paced_steps = step - pace_from[0]
-        pace = (watch.train - pace_from[1]) / paced_steps if paced_steps else window / steps_done
-        run_seconds = min(cfg.train.max_train_seconds,
-                          watch.train + (cfg.train.max_steps - step) * pace)
-        fix_horizon_at = pace_from[1] + HORIZON_PACE_SHARE * run_seconds
-        if syncs >= 2 and watch.train >= fix_horizon_at:
-          horizon = end_step(cfg.train.max_train_seconds, step, watch.train, pace,
-                             cfg.train.max_steps)
-          state = state.replace(opt_state=with_horizon(state.opt_state, cfg.train, horizon))
-          extra["schedule_end_step"] = horizon
-          fix_horizon_at = None
-          set_at = (step, watch.train)
-          log(f"schedule: the decay ends at step {horizon}, where train.max_train_seconds="
-              f"{cfg.train.max_train_seconds:g} runs out at {1e3 * pace:.1f} ms a step (steps "
-              f"{pace_from[0]}-{step})")
-      elif horizon and set_at and step < horizon and cfg.train.max_train_seconds:
-        moved = moved_horizon(cfg.train.max_train_seconds, step, watch.train, horizon, set_at,
-                              cfg.train.max_steps)
-        if moved is not None and moved != horizon:
-          state = state.replace(opt_state=refit_horizon(state.opt_state, cfg.train, moved))
-          log(f"schedule: the decay's end moves from step {horizon} to {moved} at step {step}, "
-              f"at the pace of steps {set_at[0]}-{step}")
-          horizon, set_at = moved, (step, watch.train)
-          extra["schedule_end_step"] = horizon
-      # A sync on the way to a timed step (timed_step's halves) with nothing else due writes no
-      # line: those come every few steps near a mark and would crowd the log. A session's first
-      # sync (after its first, slower, step) does.
-      budget = cfg.train.max_train_seconds
-      budget_spent = bool(budget) and watch.train >= budget
-      if (syncs == 1 or step % cfg.train.log_every == 0 or eval_due or ckpt_due or ckpt_owed or last
-          or preempted or not finite or budget_spent or (horizon and step >= horizon)
-          or "schedule_end_step" in extra):
-        tokens_per_second = steps_done * tokens_per_step / window
-        mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
-        line = record(step, {"loss": float(values["loss"]),
-                             "learning_rate": float(values["learning_rate"]),
-                             "grad_norm": float(values["grad_norm"]),
-                             "tokens_per_second": tokens_per_second, "mfu": mfu, **extra})
-        remaining = (cfg.train.max_steps - step) * window / steps_done
-        if cfg.train.max_train_seconds:
-          remaining = min(remaining, cfg.train.max_train_seconds - watch.train)
-        log(f"step {step}/{cfg.train.max_steps} | loss {line['loss']:.4f} | "
-            f"{tokens_per_second / 1e3:.1f}k tok/s" + (f" | mfu {mfu:.2f}" if mfu else "") +
-            (f" | skipped {skipped}" if skipped else "") +
-            f" | train {format_seconds(watch.train)} | ETA {format_seconds(remaining)}")
+        # Synchronise: everything since the last sync was training.
+        values = jax.device_get(metrics)
+        now = time.perf_counter()
+        agreed = distributed.agree({"window": now - last_sync, "ckpt_by_clock": ckpt_by_clock},
+                                   {"preempted": preemption.requested})
+        window, preempted = agreed["window"], agreed["preempted"]
+        ckpt_due = ckpt_by_steps or bool(agreed["ckpt_by_clock"])
+        watch.train += window
+        counted_step = step
+        # Timed evals read the clock just synced, so one falls on the step its mark comes due.
+        eval_due = eval_by_steps or bool(cfg.eval.every_seconds) and watch.train >= next_eval_at
+        steps_done = step - window_start_step
+        finite = math.isfinite(float(values["loss"])) and math.isfinite(float(values["grad_norm"]))
+        extra = {}
+        if skip_nonfinite:
+          newly = step - int(jax.device_get(applied_updates(state.opt_state))) - skipped
+          skipped += newly
+          skipped_in_a_row = (skipped_in_a_row + steps_done if newly == steps_done
+                              else (0 if finite else 1))
+          extra["skipped_steps"] = skipped
+        syncs += 1
+        if syncs == 1:
+          pace_from = (step, watch.train)
+          set_at = pace_from if horizon else None  # a resumed run's end, set before it stopped
+        fix_horizon_at = None  # the training second of the sync that fixes it, while not fixed
+        if horizon == 0:  # the pace over this session, and how long the run will train at it
+          paced_steps = step - pace_from[0]
+          pace = (watch.train - pace_from[1]) / paced_steps if paced_steps else window / steps_done
+          run_seconds = min(cfg.train.max_train_seconds,
+                            watch.train + (cfg.train.max_steps - step) * pace)
+          fix_horizon_at = pace_from[1] + HORIZON_PACE_SHARE * run_seconds
+          if syncs >= 2 and watch.train >= fix_horizon_at:
+            horizon = end_step(cfg.train.max_train_seconds, step, watch.train, pace,
+                               cfg.train.max_steps)
+            state = state.replace(opt_state=with_horizon(state.opt_state, cfg.train, horizon))
+            extra["schedule_end_step"] = horizon
+            fix_horizon_at = None
+            set_at = (step, watch.train)
+            log(f"schedule: the decay ends at step {horizon}, where train.max_train_seconds="
+                f"{cfg.train.max_train_seconds:g} runs out at {1e3 * pace:.1f} ms a step (steps "
+                f"{pace_from[0]}-{step})")
+        elif horizon and set_at and step < horizon and cfg.train.max_train_seconds:
+          moved = moved_horizon(cfg.train.max_train_seconds, step, watch.train, horizon, set_at,
+                                cfg.train.max_steps)
+          if moved is not None and moved != horizon:
+            state = state.replace(opt_state=refit_horizon(state.opt_state, cfg.train, moved))
+            log(f"schedule: the decay's end moves from step {horizon} to {moved} at step {step}, "
+                f"at the pace of steps {set_at[0]}-{step}")
+            horizon, set_at = moved, (step, watch.train)
+            extra["schedule_end_step"] = horizon
+        # A sync on the way to a timed step (timed_step's halves) with nothing else due writes no
+        # line: those come every few steps near a mark and would crowd the log. A session's first
+        # sync (after its first, slower, step) does.
+        budget = cfg.train.max_train_seconds
+        budget_spent = bool(budget) and watch.train >= budget
+        if (syncs == 1 or step % cfg.train.log_every == 0 or eval_due or ckpt_due or ckpt_owed or last
+            or preempted or not finite or budget_spent or (horizon and step >= horizon)
+            or "schedule_end_step" in extra):
+          tokens_per_second = steps_done * tokens_per_step / window
+          mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
+          line = record(step, {"loss": float(values["loss"]),
+                               "learning_rate": float(values["learning_rate"]),
+                               "grad_norm": float(values["grad_norm"]),
+                               "tokens_per_second": tokens_per_second, "mfu": mfu, **extra})
+          remaining = (cfg.train.max_steps - step) * window / steps_done
+          if cfg.train.max_train_seconds:
+            remaining = min(remaining, cfg.train.max_train_seconds - watch.train)
+          log(f"step {step}/{cfg.train.max_steps} | loss {line['loss']:.4f} | "
+              f"{tokens_per_second / 1e3:.1f}k tok/s" + (f" | mfu {mfu:.2f}" if mfu else "") +
+              (f" | skipped {skipped}" if skipped else "") +
+              f" | train {format_seconds(watch.train)} | ETA {format_seconds(remaining)}")
 
-      if not finite and not skip_nonfinite:
-        when = f"step {step}" if steps_done == 1 else f"a step in {window_start_step + 1}..{step}"
-        raise TrainingDiverged(
-            f"the loss became non-finite at {when}; lower train.learning_rate, check the data, or "
-            "set train.on_nonfinite=skip to drop such steps (a changed config needs --override), "
-            f"then re-run: the run resumes from {ckpt.kept()}.")
-      if skipped_in_a_row >= SKIP_LIMIT:
-        raise TrainingDiverged(
-            f"the last {skipped_in_a_row} steps up to step {step} all had a non-finite loss and "
-            "were skipped, so the model itself has diverged; lower train.learning_rate (a changed "
-            f"config needs --override), then re-run: the run resumes from {ckpt.kept()}.")
+        if not finite and not skip_nonfinite:
+          when = f"step {step}" if steps_done == 1 else f"a step in {window_start_step + 1}..{step}"
+          raise TrainingDiverged(
+              f"the loss became non-finite at {when}; lower train.learning_rate, check the data, or "
+              "set train.on_nonfinite=skip to drop such steps (a changed config needs --override), "
+              f"then re-run: the run resumes from {ckpt.kept()}.")
+        if skipped_in_a_row >= SKIP_LIMIT:
+          raise TrainingDiverged(
+              f"the last {skipped_in_a_row} steps up to step {step} all had a non-finite loss and "
+              "were skipped, so the model itself has diverged; lower train.learning_rate (a changed "
+              f"config needs --override), then re-run: the run resumes from {ckpt.kept()}.")
 
-      if eval_due:
-        last_eval_step = step
-        next_eval_at = next_mark(watch.train, cfg.eval.every_seconds)
-        eval_line = run_eval(step)
-        if cfg.train.target_eval_loss and eval_line["eval_loss"] <= cfg.train.target_eval_loss:
-          stop_reason = f"eval_loss reached train.target_eval_loss={cfg.train.target_eval_loss}"
+        if eval_due:
+          last_eval_step = step
+          next_eval_at = next_mark(watch.train, cfg.eval.every_seconds)
+          eval_line = run_eval(step)
+          if cfg.train.target_eval_loss and eval_line["eval_loss"] <= cfg.train.target_eval_loss:
+            stop_reason = f"eval_loss reached train.target_eval_loss={cfg.train.target_eval_loss}"
+            break
+        if cfg.train.max_train_seconds and watch.train >= cfg.train.max_train_seconds:
+          stop_reason = f"used the budget train.max_train_seconds={cfg.train.max_train_seconds}"
           break
-      if cfg.train.max_train_seconds and watch.train >= cfg.train.max_train_seconds:
-        stop_reason = f"used the budget train.max_train_seconds={cfg.train.max_train_seconds}"
-        break
-      if horizon and step >= horizon:
-        stop_reason = (f"reached the end of its schedule (step {horizon}, fitted to "
-                       f"train.max_train_seconds={cfg.train.max_train_seconds})")
-        break
-      if preempted:
-        stop_reason = f"{preemption.name}: checkpoint saved; re-run the same command to resume"
-        exit_code = preemption.exit_code
-        break
-      # A step just skipped may be a weight blow-up in the making: the checkpoint waits for a
-      # sync whose step was good.
-      wants_ckpt = ckpt_due or ckpt_owed
-      ckpt_owed = wants_ckpt and not finite
-      if wants_ckpt and finite:
-        last_ckpt_time = checkpoint(step)
-      next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, next_eval_at,
-                                   fix_horizon_at)
-      last_sync = time.perf_counter()
-      window_start_step = step
+        if horizon and step >= horizon:
+          stop_reason = (f"reached the end of its schedule (step {horizon}, fitted to "
+                         f"train.max_train_seconds={cfg.train.max_train_seconds})")
+          break
+        if preempted:
+          stop_reason = f"{preemption.name}: checkpoint saved; re-run the same command to resume"
+          exit_code = preemption.exit_code
+          break
+        # A step just skipped may be a weight blow-up in the making: the checkpoint waits for a
+        # sync whose step was good.
+        wants_ckpt = ckpt_due or ckpt_owed
+        ckpt_owed = wants_ckpt and not finite
+        if wants_ckpt and finite:
+          last_ckpt_time = checkpoint(step)
+        next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, next_eval_at,
+                                     fix_horizon_at)
+        last_sync = time.perf_counter()
+        window_start_step = step
+    except Exception as error:
+      # `timeout`, Slurm and a terminal's Ctrl-C signal the run's whole process group, so a
+      # compiler child (XLA's ptxas on a GPU) dies with it and fails the compile under way: an
+      # error after the signal is the signal's doing. The steps finished before it are whole
+      # unless the failure consumed the state (a step's donated buffers); they are saved as the
+      # signal asked. A refusal of ours (UserError) is not a compile's; with several processes
+      # the others would wait for this one: both re-raised.
+      if (not preemption.requested or not single_process or isinstance(error, UserError)
+          or any(x.is_deleted() for x in jax.tree.leaves(state))):
+        raise
+      step = int(jax.device_get(state.step))
+      if step > counted_step:  # steps trained since the last sync, which did not count them
+        watch.train += time.perf_counter() - last_sync
+      what = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+      log(f"error after {preemption.name}, taken as its doing: {type(error).__name__}: {what}")
+      stop_reason = (f"{preemption.name} (and the error it caused): checkpoint saved; re-run the "
+                     "same command to resume")
+      exit_code = preemption.exit_code
 
     del batches  # stops the prefetch thread
     if eval_enabled and last_eval_step != step and exit_code == 0:
