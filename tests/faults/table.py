@@ -36,7 +36,9 @@ generated, not written: regenerate it after changing any of this with
 
 How the faults are made: SIGKILL, SIGTERM and SIGINT are real signals sent to `tl-jax pretrain` at moments
 the suite watches for (a checkpoint's temporary directory appearing, a step being logged); the
-kill schedule is random, seeded, and replayable with `TL_JAX_FAULT_SEED`. Checkpoints are
+kill schedule is random, seeded, and replayable with `TL_JAX_FAULT_SEED`. The compile that waits
+on a child process, as XLA's waits on `ptxas` on a GPU, is a `sleep` the step's sync is made to wait
+for, and SIGTERM then goes to the whole process group, as `timeout` sends it. Checkpoints are
 damaged by editing their files. A full disk is a file-size limit (`RLIMIT_FSIZE`, so a write
 fails with EFBIG where a full disk gives ENOSPC; both are handled alike); a read-only directory
 is `chmod 555`, with root's `CAP_DAC_OVERRIDE` dropped so that it applies. The bad batch is a
