@@ -174,6 +174,23 @@ def final_params(workdir):
   return int(state.step), jax.tree.leaves(state.params)
 
 
+def assert_same_params(workdir, reference) -> None:
+  """The two runs' newest checkpoints hold bitwise-equal parameters."""
+  import numpy as np
+  _, params = final_params(workdir)
+  _, expected = final_params(reference)
+  for a, b in zip(expected, params):
+    np.testing.assert_array_equal(a, b)
+
+
+def resume_to_the_end(argv: list[str], env: dict, stopped: int) -> subprocess.CompletedProcess:
+  """Runs an interrupted command again; it must resume from checkpoint `stopped` and finish."""
+  result = run(argv, env)
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert f"resumed from step {stopped} " in result.stdout, result.stdout
+  return result
+
+
 # ---------------------------------------------------------------------------
 # Judging an error.
 

@@ -15,12 +15,11 @@ import socket
 import subprocess
 import time
 
-import numpy as np
 import pytest
 
-from faults.harness import (LONG, LONG_STEPS, REPO, SMALL, checkpoint_steps, error_lines,
-                            final_params, logged_step, read_metrics, run, terminate_when, tl_jax,
-                            wait_for)
+from faults.harness import (LONG, LONG_STEPS, REPO, SMALL, assert_same_params, checkpoint_steps,
+                            error_lines, logged_step, read_metrics, resume_to_the_end, run,
+                            terminate_when, tl_jax, wait_for)
 
 pytestmark = pytest.mark.slow
 # Checkpoints only at the end: whatever Ctrl-C keeps, it saved itself.
@@ -45,13 +44,8 @@ def test_ctrl_c_saves_the_step_and_the_same_command_resumes_exactly(tmp_path, en
   reliability("SIGINT (Ctrl-C)", "Ctrl-C after a logged step, 1,000 steps before the next checkpoint",
               f"exit 130 after {seconds:.1f}s with checkpoint {stopped}, the step it stopped at")
 
-  final = run(argv, env)
-  assert final.returncode == 0, final.stdout + final.stderr
-  assert f"resumed from step {stopped} " in final.stdout, final.stdout
-  _, params = final_params(workdir)
-  _, reference = final_params(uninterrupted)
-  for a, b in zip(reference, params):
-    np.testing.assert_array_equal(a, b)
+  resume_to_the_end(argv, env, stopped)
+  assert_same_params(workdir, uninterrupted)
   at_end = lambda rs: [r.get("loss") for r in rs if r["step"] == LONG_STEPS and "loss" in r]
   assert at_end(read_metrics(workdir)) == at_end(read_metrics(uninterrupted))
   reliability("SIGINT (Ctrl-C)", "the same command after Ctrl-C",
@@ -90,10 +84,7 @@ def test_a_second_job_on_the_workdir_is_refused_and_the_first_runs_alone(tmp_pat
   assert "compiled in" not in second.stdout  # refused before building anything
   steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
   assert steps == sorted(set(steps)) and steps[-1] == LONG_STEPS  # each step once
-  _, params = final_params(workdir)
-  _, reference = final_params(uninterrupted)
-  for a, b in zip(reference, params):
-    np.testing.assert_array_equal(a, b)
+  assert_same_params(workdir, uninterrupted)
   assert not (workdir / "lock.json").exists()  # released at the end
   reliability("One job per workdir", "the same `tl-jax pretrain` started again while it runs",
               f"the second exits 2 after {seconds:.1f}s, before compiling, naming the first "

@@ -81,7 +81,7 @@ def test_bad_batch_is_skipped_when_the_config_says_so(copy_of_finished, env, poi
   assert np.isfinite(lines[-1]["loss"]) and lines[-1]["step"] == 40
   assert checkpoint_steps(workdir)[-1] == 40
   assert "1 steps skipped (non-finite loss)" in result.stdout.strip().splitlines()[-1]
-  reliability("Non-finite loss", f"the same corrupted batch, train.on_nonfinite=skip",
+  reliability("Non-finite loss", "the same corrupted batch, train.on_nonfinite=skip",
               "step 27 skipped on device (no update, optimizer state kept); the run finishes at "
               "step 40 with skipped_steps=1 in metrics.jsonl and a finite loss")
 

@@ -12,11 +12,10 @@ kernel: the child dies of the signal and the compile fails, and the run must sti
 import re
 import sys
 
-import numpy as np
 import pytest
 
-from faults.harness import (GRACE_SECONDS, LONG, LONG_STEPS, checkpoint_steps,
-                            final_params, read_metrics, run, terminate_when, tl_jax)
+from faults.harness import (GRACE_SECONDS, LONG, LONG_STEPS, assert_same_params, checkpoint_steps,
+                            read_metrics, resume_to_the_end, terminate_when, tl_jax)
 
 pytestmark = pytest.mark.slow
 
@@ -63,15 +62,10 @@ def test_sigterm_during_a_checkpoint_write_and_during_compilation(tmp_path, env,
               f"exit 143 after {seconds:.1f}s, no step trained and nothing new to save; "
               f"checkpoint {stopped} untouched")
 
-  final = run(tl_jax("pretrain", f"--workdir={workdir}", *LONG), env)
-  assert final.returncode == 0, final.stdout + final.stderr
-  assert f"resumed from step {stopped} " in final.stdout, final.stdout
+  resume_to_the_end(tl_jax("pretrain", f"--workdir={workdir}", *LONG), env, stopped)
   at_end = lambda rs: [r.get("loss") for r in rs if r["step"] == LONG_STEPS and "loss" in r]
   assert at_end(read_metrics(workdir)) == at_end(read_metrics(uninterrupted))
-  _, params = final_params(workdir)
-  _, reference = final_params(uninterrupted)
-  for a, b in zip(reference, params):
-    np.testing.assert_array_equal(a, b)
+  assert_same_params(workdir, uninterrupted)
   reliability("SIGTERM (pre-emption)", "the same command after both SIGTERMs",
               f"resumed from checkpoint {stopped} and finished with parameters and loss bitwise "
               "equal to an uninterrupted run")
@@ -119,13 +113,8 @@ def test_sigterm_to_the_group_while_a_compiler_child_runs(tmp_path, env, uninter
               f"the child died and failed the compile; exit 143 after {seconds:.1f}s with "
               f"checkpoint {COMPILE_AT}, the step trained before the error, saved")
 
-  final = run(tl_jax("pretrain", f"--workdir={workdir}", *LONG), env)
-  assert final.returncode == 0, final.stdout + final.stderr
-  assert f"resumed from step {COMPILE_AT} " in final.stdout, final.stdout
-  _, params = final_params(workdir)
-  _, reference = final_params(uninterrupted)
-  for a, b in zip(reference, params):
-    np.testing.assert_array_equal(a, b)
+  resume_to_the_end(tl_jax("pretrain", f"--workdir={workdir}", *LONG), env, COMPILE_AT)
+  assert_same_params(workdir, uninterrupted)
   reliability("SIGTERM (pre-emption)", "the same command after that SIGTERM",
               f"resumed from checkpoint {COMPILE_AT} and finished with parameters bitwise equal "
               "to an uninterrupted run")
