@@ -298,7 +298,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     pace_from = (start, 0.0)  # (step, training seconds) at this session's first sync
     set_at = None  # (step, training seconds) where the end was last set, in this session
     batches = setup.loader.iterate(start, cfg.data.prefetch)
-    counted_step = start  # the step up to which watch.train counts this session's training
+    synced_good = start  # the last step synced with a finite loss (or skipped, keeping the state)
     try:
       while step < cfg.train.max_steps:
         _, host_batch = next(batches)
@@ -325,11 +325,12 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
         window, preempted = agreed["window"], agreed["preempted"]
         ckpt_due = ckpt_by_steps or bool(agreed["ckpt_by_clock"])
         watch.train += window
-        counted_step = step
         # Timed evals read the clock just synced, so one falls on the step its mark comes due.
         eval_due = eval_by_steps or bool(cfg.eval.every_seconds) and watch.train >= next_eval_at
         steps_done = step - window_start_step
         finite = math.isfinite(float(values["loss"])) and math.isfinite(float(values["grad_norm"]))
+        if finite or skip_nonfinite:
+          synced_good = step
         extra = {}
         if skip_nonfinite:
           newly = step - int(jax.device_get(applied_updates(state.opt_state))) - skipped
@@ -432,16 +433,17 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     except Exception as error:
       # `timeout`, Slurm and a terminal's Ctrl-C signal the run's whole process group, so a
       # compiler child (XLA's ptxas on a GPU) dies with it and fails the compile under way: an
-      # error after the signal is the signal's doing. The steps finished before it are whole
-      # unless the failure consumed the state (a step's donated buffers); they are saved as the
-      # signal asked. A refusal of ours (UserError) is not a compile's; with several processes
-      # the others would wait for this one: both re-raised.
+      # error after the signal is the signal's doing. Where it struck at a sync (compiles
+      # happen there: evals, the schedule's refit, checkpoints), the state is the step just
+      # synced, checked finite and counted in watch.train: it is saved as the signal asked.
+      # Anything else is re-raised: a refusal of ours (UserError), a state the failure consumed
+      # (a step's donated buffers) or not yet synced, and any error with several processes,
+      # where the others would wait for this one.
       if (not preemption.requested or not single_process or isinstance(error, UserError)
-          or any(x.is_deleted() for x in jax.tree.leaves(state))):
+          or any(x.is_deleted() for x in jax.tree.leaves(state))
+          or int(jax.device_get(state.step)) != synced_good):
         raise
-      step = int(jax.device_get(state.step))
-      if step > counted_step:  # steps trained since the last sync, which did not count them
-        watch.train += time.perf_counter() - last_sync
+      step = synced_good
       what = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
       log(f"error after {preemption.name}, taken as its doing: {type(error).__name__}: {what}")
       stop_reason = (f"{preemption.name} (and the error it caused): checkpoint saved; re-run the "
