@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from faults.harness import (GRACE_SECONDS, LONG, LONG_STEPS, assert_same_params, checkpoint_steps,
-                            read_metrics, resume_to_the_end, terminate_when, tl_jax)
+                            read_metrics, resume_to_the_end, run, terminate_when, tl_jax)
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +72,11 @@ def test_sigterm_during_a_checkpoint_write_and_during_compilation(tmp_path, env,
 
 
 # `tl-jax pretrain` whose sync at step COMPILE_AT (a log line's, between checkpoints 10 and 20)
-# compiles as XLA does on a GPU: through a child process (here `sleep`) whose death fails it.
+# compiles as XLA does on a GPU: through a child process (`sleep`, or CHILD's command) whose
+# failure fails it.
 COMPILE_AT = 15
 WITH_A_COMPILER_CHILD = f"""
-import subprocess, sys
+import os, shlex, subprocess, sys
 from tl_jax import cli
 from tl_jax.train import loop
 
@@ -84,13 +85,25 @@ timed_step = loop.timed_step
 def compiling(cfg, step, *args):
   if step == {COMPILE_AT}:
     print("compiling through a child process", flush=True)
-    code = subprocess.call(["sleep", "60"])
-    raise RuntimeError(f"ptxas exited with non-zero error code {{-code}}")
+    code = subprocess.call(shlex.split(os.environ.get("CHILD", "sleep 60")))
+    raise RuntimeError(f"ptxas exited with non-zero error code {{abs(code)}}")
   return timed_step(cfg, step, *args)
 
 loop.timed_step = compiling
 sys.exit(cli.main(sys.argv[1:]))
 """
+
+
+def test_a_compile_failing_without_a_signal_still_fails_the_run(tmp_path, env):
+  """The loop takes an error for a signal's doing only after a signal: without one, a failed
+  compile is the run's failure, reported as such, with nothing saved in its name."""
+  workdir = tmp_path / "run"
+  result = run([sys.executable, "-c", WITH_A_COMPILER_CHILD, "pretrain", f"--workdir={workdir}",
+                *LONG], {**env, "CHILD": "sh -c 'exit 3'"})
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert "RuntimeError: ptxas exited with non-zero error code 3" in result.stderr, result.stderr
+  assert "taken as its doing" not in result.stdout + result.stderr
+  assert checkpoint_steps(workdir) == [10]
 
 
 def test_sigterm_to_the_group_while_a_compiler_child_runs(tmp_path, env, uninterrupted,
