@@ -494,6 +494,26 @@ def test_regime_by_hand_and_its_flags(tmp_path):
   assert f"Regime: 1 of 1 runs repeated their data (2x64 ({format_params(r.params)}))" in text
 
 
+def test_a_run_stopped_short_of_its_budget_is_flagged_unfinished(tmp_path):
+  """A pre-empted run not yet resumed: its last numbers are not its answer, and the report says
+  so. Runs that reached an end of theirs (the budget, the seconds schedule's end step a little
+  before it, max_steps, the target loss) are not flagged."""
+  def run(name, train: dict, lines: list[dict]):
+    config = {**_pretrain_config(2, 64), "train": {"max_train_seconds": 60, **train}}
+    return load_run(_write_workdir(tmp_path / name, config, lines), name)
+
+  stopped = _metrics([(1000, 25.0, 4.0)], [(500, 12.0, 5.0), (1000, 25.0, 4.5), (1150, 28.7, 4.4)])
+  stopped[0]["schedule_end_step"] = 2400
+  assert run("cut", {}, stopped).unfinished == "unfinished: 28.7 of 60 training seconds"
+  at_end = stopped + _metrics([], [(2400, 59.6, 4.0)])
+  assert run("horizon", {}, at_end).unfinished is None  # its schedule's end, 0.4 s early
+  assert run("steps", {"max_steps": 1150}, stopped).unfinished is None
+  assert run("target", {"target_eval_loss": 4.2}, stopped).unfinished is None
+  assert run("budget", {}, _metrics([], [(500, 60.0, 5.0)])).unfinished is None
+  no_budget = load_run(_write_workdir(tmp_path / "free", _pretrain_config(2, 64), stopped), "free")
+  assert no_budget.unfinished is None
+
+
 def test_runs_of_one_size_that_differ_in_one_setting_are_compared_as_a_b(tmp_path):
   """pre_ln true/false on 2x64, two seeds each, end at 4.70/4.72 against 4.90/4.94: B − A and
   Welch's p as the report prints them. A run of another size, and one differing in two

@@ -94,6 +94,25 @@ class Run:
     return max((float(m.get("train_seconds") or 0.0) for m in self.metrics), default=0.0)
 
   @property
+  def unfinished(self) -> str | None:
+    """"unfinished: 57.3 of 60 training seconds" for a run given a seconds budget whose lines
+    stop short of every end it could reach (the budget, its seconds schedule's end step,
+    train.max_steps, train.target_eval_loss): one pre-empted or killed and not yet resumed,
+    whose last numbers are not its answer. None otherwise, and for runs without a budget."""
+    train = self.config.get("train") or {}
+    budget = float(train.get("max_train_seconds") or 0.0)
+    steps = [int(m["step"]) for m in self.train_lines()]
+    if not budget or not steps or self.max_train_seconds >= budget:
+      return None
+    ends = [int(m["schedule_end_step"]) for m in self.metrics if m.get("schedule_end_step")]
+    target = float(train.get("target_eval_loss") or 0.0)
+    max_steps = int(train.get("max_steps") or 0)
+    if ((max_steps and max(steps) >= max_steps) or (ends and max(steps) >= ends[-1])
+        or (target and any(m["eval_loss"] <= target for m in self.eval_lines("eval_loss")))):
+      return None
+    return f"unfinished: {self.max_train_seconds:.1f} of {budget:g} training seconds"
+
+  @property
   def settings(self) -> dict[str, object]:
     """{"section.key": value} of the config, with each field the run's tl_jax version did not
     yet have set to its default: a field added since (model.fp8, say) is not a difference
