@@ -325,7 +325,7 @@ def regime_table(ctx: Context) -> list[str]:
     rows.append([ctx.labels[run.workdir], format_params(r.params), format_params(r.non_embedding),
                  f"{r.steps:,}", f"{r.tokens_seen:,}", f"{r.data_tokens:,}" if r.data_tokens else "—",
                  md.num(r.passes, 3), md.num(r.tokens_per_param, 3), f"{r.flops:.3g}",
-                 "; ".join(r.flags + ((run.unfinished,) if run.unfinished else ())) or "—"])
+                 "; ".join([*r.flags, *filter(None, [run.unfinished])]) or "—"])
   if not rows:
     return []
   return ["### Compute regime of the pretraining runs",
@@ -859,8 +859,8 @@ def data_size(ctx: Context) -> str:
   out.append(md.table(["size", "workdir", "train tokens", "from", "final eval loss",
                        "train loss (last 10%)", "train lines averaged", "gap"],
                       [[ctx.sizes[run.shape],
-                        run.name + (f" ({run.unfinished}; its last eval, not its end)"
-                                    if run.unfinished else ""), f"{tokens:,}", source,
+                        run.name + (f" ({cut}; its last eval, not its end)"
+                                    if (cut := run.unfinished) else ""), f"{tokens:,}", source,
                         f"{g.eval_loss:.4f}",
                         f"{g.train_loss:.4f}", g.train_lines, f"{g.gap:+.4f}"]
                        for run, tokens, source, g in rows]))
