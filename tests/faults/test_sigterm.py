@@ -72,9 +72,12 @@ def test_sigterm_during_a_checkpoint_write_and_during_compilation(tmp_path, env,
 
 
 # `tl-jax pretrain` whose sync at step COMPILE_AT (a log line's, between checkpoints 10 and 20)
-# compiles as XLA does on a GPU: through a child process (`sleep`, or CHILD's command) whose
-# failure fails it.
+# compiles as XLA does on a GPU: through a child process (CHILD's command) whose failure fails
+# it. The default child announces itself before it waits, so that a test signalling the group on
+# that line reaches a child that exists: a signal sent between the parent's fork and the child's
+# start would find no child, and the compile would wait out its whole minute.
 COMPILE_AT = 15
+COMPILER_CHILD = "sh -c 'echo compiling through a child process; exec sleep 60'"
 WITH_A_COMPILER_CHILD = f"""
 import os, shlex, subprocess, sys
 from tl_jax import cli
@@ -84,8 +87,7 @@ timed_step = loop.timed_step
 
 def compiling(cfg, step, *args):
   if step == {COMPILE_AT}:
-    print("compiling through a child process", flush=True)
-    code = subprocess.call(shlex.split(os.environ.get("CHILD", "sleep 60")))
+    code = subprocess.call(shlex.split(os.environ.get("CHILD", {COMPILER_CHILD!r})))
     raise RuntimeError(f"ptxas exited with non-zero error code {{abs(code)}}")
   return timed_step(cfg, step, *args)
 
