@@ -24,6 +24,7 @@ overrides (or XLA flags) that show what each optimisation is worth.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import os
@@ -67,6 +68,12 @@ VARIANTS = {
     "latency-hiding": ([], "--xla_gpu_enable_latency_hiding_scheduler=true", "device"),
     # cuBLASLt matmuls, whose epilogues can take bias adds, GELU and bias gradients
     "cublaslt": ([], "--xla_gpu_enable_cublaslt=true", "device"),
+    # The MLP's GELU in its tanh form, differentiated by autodiff: the form XLA's GEMM rewriter
+    # fuses into a cuBLASLt matmul's epilogue (with its bias add, and the pre-activation kept for
+    # the backward pass). tl_jax's GELU is the exact (erf) one, which has no epilogue. The two
+    # rows part what the other form costs or saves alone from what the epilogue gives.
+    "tanh-gelu": ([], "", "device"),
+    "tanh-gelu-lt": ([], "--xla_gpu_enable_cublaslt=true", "device"),
     # The output layer and loss a chunk of target tokens at a time (tl_jax/train/xent.py); on
     # big-128 (24,576 tokens) 8, 4 and 2 chunks.
     "xent-3k": (["train.loss_chunk=3072"], "", "device"),
@@ -91,6 +98,12 @@ def _autodiff_gelu():
   encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=False)
 
 
+def _tanh_gelu():
+  import jax
+  from tl_jax.models import encoder, layers
+  encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=True)
+
+
 def _fp8_static_scales():
   import jax.numpy as jnp
   from tl_jax.models import layers
@@ -101,7 +114,8 @@ def _fp8_static_scales():
   layers.fp8_quantize = quantize
 
 
-PATCHES = {"autodiff-gelu": _autodiff_gelu, "fp8-static": _fp8_static_scales}
+PATCHES = {"autodiff-gelu": _autodiff_gelu, "fp8-static": _fp8_static_scales,
+           "tanh-gelu": _tanh_gelu, "tanh-gelu-lt": _tanh_gelu}
 MLM_ONLY = {"all-positions"}
 TRANSLATE_ONLY = {"xent-3k", "xent-6k", "xent-12k"}
 
@@ -115,6 +129,18 @@ def fp8_matmuls(compiled_hlo: str) -> int:
   that take f8 operands (0 where the backend widened them first, as XLA:CPU does)."""
   return (compiled_hlo.count('custom_call_target="__cublas$lt$matmul$f8"')
           + len(re.findall(r"\bdot\(f8e", compiled_hlo)))
+
+
+def lt_epilogues(compiled_hlo: str) -> dict[str, int]:
+  """Epilogue -> how many of a compiled program's cuBLASLt matmuls end with it (BIAS, GELU_AUX,
+  BIAS_GELU, ...; DEFAULT for none): the bias adds and activations that ride on a matmul rather
+  than making a pass over memory of their own. Empty where XLA called no cuBLASLt matmul."""
+  counts = collections.Counter()
+  for line in compiled_hlo.splitlines():
+    if 'custom_call_target="__cublas$lt$matmul' in line:
+      found = re.search(r'"epilogue":"(\w+)"', line)
+      counts[found.group(1) if found else "DEFAULT"] += 1
+  return dict(sorted(counts.items()))
 
 
 def measured_peak_tflops() -> float:
@@ -307,8 +333,11 @@ def child(args) -> None:
         "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
         "jax": jax.__version__, "ids": args.ids,
     }
-    if config.model.fp8:
-      result["fp8_matmuls"] = fp8_matmuls(step.as_text())
+    if config.model.fp8 or "cublaslt" in VARIANTS[args.variant][1]:
+      hlo = step.as_text()
+      result["lt_epilogues"] = lt_epilogues(hlo)
+      if config.model.fp8:
+        result["fp8_matmuls"] = fp8_matmuls(hlo)
     stats = jax.local_devices()[0].memory_stats() or {}
     result["peak_memory_gib"] = stats.get("peak_bytes_in_use", 0) / 2**30 or None
     if args.profile and jax.default_backend() == "gpu":
@@ -550,14 +579,16 @@ def main() -> None:
       mfu = tps * peer_flops_per_token(args.peers, case) / (peak_tflops * 1e12) if peak_tflops else None
       peer_rows.append([name, case, f"{tps:,.0f}", f"{mfu:.3f}" if mfu else "-"])
   variant_rows = [["case", "variant", "tok/s", "vs default", "MFU", "compile s", "peak GiB",
-                   "fp8 mm"]]
+                   "fp8 mm", "cuBLASLt epilogues"]]
   for r in results:
     base = next((b for b in results if b["case"] == r["case"] and b["variant"] == variants[0]), r)
     variant_rows.append([r["case"], r["variant"], f"{r['tokens_per_s']:,.0f}",
                          f"{r['tokens_per_s'] / base['tokens_per_s']:.3f}",
                          f"{r['mfu']:.3f}" if r["mfu"] else "-", f"{r['compile_s']:.1f}",
                          f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] else "-",
-                         str(r.get("fp8_matmuls", "-"))])
+                         str(r.get("fp8_matmuls", "-")),
+                         ", ".join(f"{k} {v}" for k, v in r["lt_epilogues"].items())
+                         if r.get("lt_epilogues") else "-"])
 
   device = results[0]["device"] if results else "?"
   header = (f"device {device}, jax {results[0]['jax'] if results else '?'}, "

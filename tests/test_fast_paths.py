@@ -267,6 +267,42 @@ def test_fp8_matmuls_are_counted_in_gpu_and_plain_hlo():
   assert (speed.fp8_matmuls(gpu), speed.fp8_matmuls(plain), speed.fp8_matmuls("")) == (1, 1, 0)
 
 
+def test_cublaslt_epilogues_are_counted_by_kind():
+  sys.path.insert(0, str(REPO / "bench"))
+  import speed
+  hlo = ('%a = (bf16[64,128]{1,0}, bf16[64,128]{1,0}, s8[0]{0}) custom-call(bf16[64,32]{1,0} %x, '
+         'bf16[32,128]{1,0} %w, bf16[128]{0} %b), custom_call_target="__cublas$lt$matmul", '
+         'backend_config={"gemm_backend_config":{"alpha_real":1,"epilogue":"BIAS_GELU_AUX"}}\n'
+         '%c = (bf16[64,32]{1,0}, s8[0]{0}) custom-call(bf16[64,128]{1,0} %a, bf16[128,32]{1,0} %v), '
+         'custom_call_target="__cublas$lt$matmul", backend_config={"gemm_backend_config":'
+         '{"epilogue":"DEFAULT"}}\n'
+         '%d = (bf16[64,32]{1,0}, s8[0]{0}) custom-call(f8e4m3fn[64,16]{1,0} %y, f8e4m3fn[32,16]{1,0} '
+         '%u), custom_call_target="__cublas$lt$matmul$f8", backend_config={"gemm_backend_config":'
+         '{"epilogue":"BIAS"}}\n'
+         '%e = bf16[64,32]{1,0} custom-call(bf16[64,16]{1,0} %y, bf16[32,16]{1,0} %v), '
+         'custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"epilogue":"DEFAULT"}}')
+  assert speed.lt_epilogues(hlo) == {"BIAS": 1, "BIAS_GELU_AUX": 1, "DEFAULT": 1}
+  assert speed.lt_epilogues("") == {}
+
+
+def test_the_tanh_gelu_variant_swaps_the_mlps_gelu(monkeypatch):
+  """bench/speed.py's tanh-gelu variants replace the exact GELU with its tanh form, in both the
+  module that defines it and the one that imported it."""
+  sys.path.insert(0, str(REPO / "bench"))
+  import speed
+  from tl_jax.models import encoder, layers
+  for module in (encoder, layers):
+    monkeypatch.setattr(module, "gelu", module.gelu)  # restored after the test
+  x = jnp.linspace(-4.0, 4.0, 101)
+  exact = layers.gelu(x)
+  assert speed.PATCHES["tanh-gelu"] is speed.PATCHES["tanh-gelu-lt"]
+  speed.PATCHES["tanh-gelu"]()
+  for module in (encoder, layers):
+    np.testing.assert_allclose(module.gelu(x), jax.nn.gelu(x, approximate=True), rtol=1e-6)
+  gap = float(jnp.max(jnp.abs(layers.gelu(x) - exact)))
+  assert 1e-4 < gap < 1e-2  # another function, as near the exact one as the tanh form is
+
+
 def test_zipf_ids_repeat_like_text_for_tl_jax_and_the_torch_peer():
   """--ids=zipf: tl_jax's batches and the peers' (torch.randint replaced in their process) draw
   ids in the same range as uniform ids, with the heavy repeats of word frequencies."""
