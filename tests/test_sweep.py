@@ -286,8 +286,6 @@ def test_a_signal_to_the_sweep_or_its_group_checkpoints_the_stage(tmp_path, in_r
   assert not (root / ".sweep" / "long.done").exists()
 
 
-
-
 def test_study_parts_share_the_stages_they_start_from(in_repo, tmp_path):
   """A later part of the H200 study names its source part's runs exactly, so one root holds
   both and the later part skips them; a different budget would be refused by the root."""
