@@ -21,6 +21,9 @@
 #   fp8_bound    bench/speed.py large-512 and big-128: bf16, fp8 with current scaling and fp8
 #                with every scale fixed at 1, the most that removing the amax passes could gain
 #                (no peer: the fp8 section of docs/BENCHMARKS.md has them)
+#   fp8_compile  bench/speed.py large-512: bf16 and model.fp8 with XLA's default autotuning and
+#                with level 1 (candidates timed, not initialised or checked): where fp8's extra
+#                ~25 s of compile goes (no peer: tl_jax against its own flags)
 #   gelu_epilogue  bench/speed.py large-512 and big-128: bf16 with the exact GELU, its tanh form
 #                alone and with cuBLASLt matmuls, whose epilogue can take the bias add and the
 #                GELU; each cuBLASLt row counts its epilogues (no peer: tl_jax against itself)
@@ -81,15 +84,17 @@ for step in "${steps[@]}"; do
                  --variants=tl_jax,fp8,fp8-static --out="$out/fp8_bound" || status=$? ;;
     compile) run compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
+    fp8_compile) run fp8_compile python3 -u bench/speed.py --cases=large-512 --no-peers \
+                   --variants=tl_jax,autotune-1,fp8,fp8-autotune-1 --out="$out/fp8_compile" || status=$? ;;
     gelu_epilogue) run gelu_epilogue python3 -u bench/speed.py --cases=large-512,big-128 --no-peers \
                      --variants=tl_jax,tanh-gelu,tanh-gelu-lt --out="$out/gelu_epilogue" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile gelu_epilogue"
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile gelu_epilogue"
        exit 2 ;;
   esac
 done
 echo "== summary"
 for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md "$out"/fp8_bound/speed.md \
-         "$out"/fp8_profile/speed.md "$out"/gelu_epilogue/speed.md \
+         "$out"/fp8_profile/speed.md "$out"/fp8_compile/speed.md "$out"/gelu_epilogue/speed.md \
          "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
 grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
 tail -n 8 "$out"/padding.log "$out"/padding_nocb.log 2>/dev/null

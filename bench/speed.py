@@ -65,6 +65,11 @@ VARIANTS = {
     # No timing of candidate kernels while compiling (cuBLAS's heuristics pick): compile seconds
     # against step time, for issue 18's 60 s compile target.
     "no-autotune": ([], "--xla_gpu_autotune_level=0", "device"),
+    # Autotuning that still times the candidates but skips their buffer initialisation and the
+    # check of each candidate's output against a reference (levels 2-4; 4 is XLA's default):
+    # whether those checks are what fp8's extra compile seconds go to.
+    "autotune-1": ([], "--xla_gpu_autotune_level=1", "device"),
+    "fp8-autotune-1": (["model.fp8=true"], "--xla_gpu_autotune_level=1", "device"),
     "latency-hiding": ([], "--xla_gpu_enable_latency_hiding_scheduler=true", "device"),
     # cuBLASLt matmuls, whose epilogues can take bias adds, GELU and bias gradients
     "cublaslt": ([], "--xla_gpu_enable_cublaslt=true", "device"),
