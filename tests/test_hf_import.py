@@ -57,9 +57,11 @@ def hf():
   return torch, transformers
 
 
-def _perturbed(torch, model):
-  """Random values in every parameter (biases and LayerNorms too), so no mapping hides behind 0 or 1."""
+def _drawn(torch, build):
+  """`build()`'s model with its initial weights drawn from seed 0, the same in every session, plus
+  random values in every parameter (biases and LayerNorms too), so no mapping hides behind 0 or 1."""
   torch.manual_seed(0)
+  model = build()
   with torch.no_grad():
     for p in model.parameters():
       p.add_(torch.randn_like(p) * 0.05)
@@ -99,7 +101,7 @@ def roberta(hf, roberta_tokenizer, tmp_path_factory):
   tokenizer = roberta_tokenizer[1]
   config = transformers.RobertaConfig(vocab_size=len(tokenizer), max_position_embeddings=34,
                                       type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5, **SMALL)
-  model = _perturbed(torch, transformers.RobertaForMaskedLM(config))
+  model = _drawn(torch, lambda: transformers.RobertaForMaskedLM(config))
   return model, tokenizer, _save(model, tokenizer, tmp_path_factory.mktemp("roberta"))
 
 
@@ -108,7 +110,7 @@ def bert(hf, bert_tokenizer, tmp_path_factory):
   torch, transformers = hf
   tokenizer = bert_tokenizer[1]
   config = transformers.BertConfig(vocab_size=len(tokenizer), max_position_embeddings=32, **SMALL)
-  model = _perturbed(torch, transformers.BertForMaskedLM(config))
+  model = _drawn(torch, lambda: transformers.BertForMaskedLM(config))
   return model, tokenizer, _save(model, tokenizer, tmp_path_factory.mktemp("bert"))
 
 
@@ -202,7 +204,7 @@ def test_bert_masked_lm_logits_match_transformers_with_token_types(hf, bert, tmp
 def test_bare_encoder_gets_a_fresh_head_and_its_hidden_states_match(hf, roberta, tmp_path):
   torch, transformers = hf
   masked_lm, hf_tokenizer, _ = roberta
-  bare = _perturbed(torch, transformers.RobertaModel(masked_lm.config))  # with a pooler
+  bare = _drawn(torch, lambda: transformers.RobertaModel(masked_lm.config))  # with a pooler
   source = _save(bare, hf_tokenizer, tmp_path / "bare")
   summary = import_hf(source, str(tmp_path / "run"))
   assert "initialised as tl_jax would" in summary and "pooler.dense.weight" in summary
@@ -416,7 +418,9 @@ def test_an_imported_encoder_finetunes_on_sentence_pairs(request, family, tmp_pa
   config_lib.validate(c)
   assert tasks.run(c, str(tmp_path / "finetuned"), jax.devices()[:1]) == 0
   evals = [line for line in metrics.read(str(tmp_path / "finetuned")) if "accuracy" in line]
-  # The tiny checkpoints are drawn afresh each session (torch's unseeded init), so leave room:
-  # runs ended between 91 and 96 of 96 right.
+  # The tiny checkpoints' weights come from seed 0. Over four draws (seeds 0-2, 2-core CPU,
+  # 2026-12-07, and one unseeded draw in CI that day), RoBERTa ended with 89 to 95 of 96 right
+  # and its eval loss at 0.08-0.37 of the first; seed 0 ends at 0.29. BERT ended at 96 of 96 and
+  # 0.001 each time.
   assert evals[0]["accuracy"] < 0.75 and evals[-1]["accuracy"] >= 0.85, evals
-  assert evals[-1]["eval_loss"] < 0.3 * evals[0]["eval_loss"], evals
+  assert evals[-1]["eval_loss"] < 0.5 * evals[0]["eval_loss"], evals
