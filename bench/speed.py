@@ -96,17 +96,12 @@ VARIANTS = {
 }
 
 
-def _autodiff_gelu():
-  # The MLP's GELU differentiated by autodiff, as before 2026-12-05 (tl_jax's keeps its input only).
+def _autodiff_gelu(approximate: bool = False):
+  # The MLP's GELU differentiated by autodiff, as before 2026-12-05 (tl_jax's keeps its input
+  # only); `approximate`: its tanh form instead of the exact one.
   import jax
   from tl_jax.models import encoder, layers
-  encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=False)
-
-
-def _tanh_gelu():
-  import jax
-  from tl_jax.models import encoder, layers
-  encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=True)
+  encoder.gelu = layers.gelu = functools.partial(jax.nn.gelu, approximate=approximate)
 
 
 def _fp8_static_scales():
@@ -120,7 +115,8 @@ def _fp8_static_scales():
 
 
 PATCHES = {"autodiff-gelu": _autodiff_gelu, "fp8-static": _fp8_static_scales,
-           "tanh-gelu": _tanh_gelu, "tanh-gelu-lt": _tanh_gelu}
+           "tanh-gelu": functools.partial(_autodiff_gelu, approximate=True)}
+PATCHES["tanh-gelu-lt"] = PATCHES["tanh-gelu"]
 MLM_ONLY = {"all-positions"}
 TRANSLATE_ONLY = {"xent-3k", "xent-6k", "xent-12k"}
 
