@@ -24,9 +24,10 @@
 #   fp8_compile  bench/speed.py large-512: bf16 and model.fp8 with XLA's default autotuning and
 #                with level 1 (candidates timed, not initialised or checked): where fp8's extra
 #                ~25 s of compile goes (no peer: tl_jax against its own flags)
-#   gelu_epilogue  bench/speed.py large-512 and big-128: bf16 with the exact GELU, its tanh form
-#                alone and with cuBLASLt matmuls, whose epilogue can take the bias add and the
-#                GELU; each cuBLASLt row counts its epilogues (no peer: tl_jax against itself)
+#   gelu_tanh    bench/speed.py large-512: the exact GELU against model.gelu=tanh (its tanh form,
+#                with the same one-residual gradient), alone and with model.fp8 (no peer: tl_jax
+#                against its own options; about 8 minutes)
+#   gelu_tanh_big  the same for big-128, without fp8 (about 4 minutes)
 #   . bench/gpu_env.sh; DEADLINE=540 bench/h200_speed.sh [STEP ...]   # default: the first four
 # Env: DEADLINE (540), OUT, TRAIN_S (90), PEERS (.data/peers), TL_JAX_DATA (.data when present).
 set -u
@@ -86,15 +87,17 @@ for step in "${steps[@]}"; do
                --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
     fp8_compile) run fp8_compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                    --variants=tl_jax,autotune-1,fp8,fp8-autotune-1 --out="$out/fp8_compile" || status=$? ;;
-    gelu_epilogue) run gelu_epilogue python3 -u bench/speed.py --cases=large-512,big-128 --no-peers \
-                     --variants=tl_jax,tanh-gelu,tanh-gelu-lt --out="$out/gelu_epilogue" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile gelu_epilogue"
+    gelu_tanh) run gelu_tanh python3 -u bench/speed.py --cases=large-512 --no-peers \
+                 --variants=tl_jax,gelu-tanh,fp8-gelu-tanh --out="$out/gelu_tanh" || status=$? ;;
+    gelu_tanh_big) run gelu_tanh_big python3 -u bench/speed.py --cases=big-128 --no-peers \
+                     --variants=tl_jax,gelu-tanh --out="$out/gelu_tanh_big" || status=$? ;;
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile gelu_tanh gelu_tanh_big"
        exit 2 ;;
   esac
 done
 echo "== summary"
 for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md "$out"/fp8_bound/speed.md \
-         "$out"/fp8_profile/speed.md "$out"/fp8_compile/speed.md "$out"/gelu_epilogue/speed.md \
+         "$out"/fp8_profile/speed.md "$out"/fp8_compile/speed.md "$out"/gelu_tanh/speed.md "$out"/gelu_tanh_big/speed.md \
          "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
 grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
 tail -n 8 "$out"/padding.log "$out"/padding_nocb.log 2>/dev/null

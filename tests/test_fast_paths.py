@@ -285,22 +285,30 @@ def test_cublaslt_epilogues_are_counted_by_kind():
   assert speed.lt_epilogues("") == {}
 
 
-def test_the_tanh_gelu_variant_swaps_the_mlps_gelu(monkeypatch):
-  """bench/speed.py's tanh-gelu variants replace the exact GELU with its tanh form, in both the
-  module that defines it and the one that imported it."""
-  sys.path.insert(0, str(REPO / "bench"))
-  import speed
-  from tl_jax.models import encoder, layers
-  for module in (encoder, layers):
-    monkeypatch.setattr(module, "gelu", module.gelu)  # restored after the test
-  x = jnp.linspace(-4.0, 4.0, 101)
-  exact = layers.gelu(x)
-  assert speed.PATCHES["tanh-gelu"] is speed.PATCHES["tanh-gelu-lt"]
-  speed.PATCHES["tanh-gelu"]()
-  for module in (encoder, layers):
-    np.testing.assert_allclose(module.gelu(x), jax.nn.gelu(x, approximate=True), rtol=1e-6)
-  gap = float(jnp.max(jnp.abs(layers.gelu(x) - exact)))
-  assert 1e-4 < gap < 1e-2  # another function, as near the exact one as the tanh form is
+def test_model_gelu_tanh_swaps_every_gelu_of_the_model(monkeypatch):
+  """`model.gelu=tanh` runs the tanh form in the MLPs and the LM head (and nothing else changes):
+  with each GELU's form forced back to exact, the two configs give the same logits."""
+  from tl_jax.models import layers
+  x = jnp.linspace(-8.0, 8.0, 10_001)
+  gap = float(jnp.max(jnp.abs(layers.gelu_tanh(x) - layers.gelu(x))))
+  assert 1e-4 < gap < 5e-4, gap  # another function, as near the exact one as config.py says
+  tokens = jax.random.randint(jax.random.key(3), (2, 16), 5, VOCAB)
+  shape = dict(num_layers=2, d_model=32, num_heads=2, max_len=32, dropout=0.0, dtype="float32")
+  exact, tanh = (MaskedLM(ModelConfig(**shape, gelu=form), VOCAB) for form in ("exact", "tanh"))
+  params = exact.init(jax.random.key(0), tokens)
+  # Weights large enough that the pre-activations reach the range where the forms differ most.
+  params = jax.tree.map(lambda p: 20 * p, params)
+  logits = {form: model.apply(params, tokens) for form, model in (("exact", exact), ("tanh", tanh))}
+  gap = float(jnp.max(jnp.abs(logits["tanh"] - logits["exact"])))
+  assert 0 < gap < 0.1 * float(jnp.max(jnp.abs(logits["exact"]))), gap
+  calls = []
+  monkeypatch.setattr(layers, "gelu_tanh", lambda x: calls.append(x.shape) or layers.gelu(x))
+  np.testing.assert_array_equal(tanh.apply(params, tokens), logits["exact"])
+  assert calls == [(2, 16, 128), (2, 16, 128), (2, 16, 32)]  # two MLPs, then the head
+  config = config_lib.load_preset(str(REPO / "configs/mlm.py:tiny"))
+  config.model.gelu = "erf"
+  with pytest.raises(UserError, match="model.gelu='erf' is not one of exact, tanh"):
+    config_lib.validate(config)
 
 
 def test_zipf_ids_repeat_like_text_for_tl_jax_and_the_torch_peer():
@@ -329,20 +337,29 @@ def test_zipf_ids_repeat_like_text_for_tl_jax_and_the_torch_peer():
     torch.randint = original  # the peer's process ends there; this one goes on
 
 
-def test_gelu_keeps_only_its_input_for_the_backward_pass(capsys):
-  """The MLP's GELU (exact, erf) has autodiff's value and gradient, more exactly in bfloat16,
-  and keeps one [tokens, d_ff] tensor for the backward pass where autodiff keeps three."""
+@pytest.mark.parametrize("form", ["exact", "tanh"])
+def test_gelu_keeps_only_its_input_for_the_backward_pass(capsys, form):
+  """Each form of the MLP's GELU (exact, erf; or tanh) has autodiff's value and gradient, more
+  exactly in bfloat16, and keeps one [tokens, d_ff] tensor for the backward pass where autodiff
+  keeps three (exact) or five (tanh)."""
   from jax.ad_checkpoint import print_saved_residuals
-  from tl_jax.models.layers import gelu
-  exact = functools.partial(jax.nn.gelu, approximate=False)
+  from tl_jax.models import layers
+  gelu = layers.activation(ModelConfig(gelu=form))
+  exact = functools.partial(jax.nn.gelu, approximate=form == "tanh")
+  # The gradients' reference: for the tanh form, the same function written as x sigmoid(2u),
+  # whose autodiff keeps its digits in float32 where 1 + tanh(u) (jax.nn.gelu's) loses them:
+  # there autodiff of jax.nn.gelu is 3.5e-6 from float64 math, ours and this one 2e-7.
+  c = (2 / np.pi) ** 0.5
+  reference = exact if form == "exact" else (
+      lambda v: v * jax.nn.sigmoid(2 * c * (v + 0.044715 * v ** 3)))
   x = 3 * jax.random.normal(jax.random.key(0), (4096,))
   weights = jnp.linspace(-2.0, 2.0, 4096)
   grad = lambda f, dtype: jax.grad(lambda v: (f(v).astype(jnp.float32) * weights).sum())(x.astype(dtype))
   np.testing.assert_array_equal(gelu(x), exact(x))
-  np.testing.assert_allclose(grad(gelu, jnp.float32), grad(exact, jnp.float32), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(grad(gelu, jnp.float32), grad(reference, jnp.float32), rtol=1e-5, atol=1e-6)
   # Relative to float32 math on the same bfloat16 inputs: ours is within bfloat16's rounding of
   # the result (2^-7), autodiff's bfloat16 chain is off by far more where the gradient is small.
-  truth = grad(lambda v: exact(v.astype(jnp.float32)), jnp.bfloat16).astype(jnp.float32)
+  truth = grad(lambda v: reference(v.astype(jnp.float32)), jnp.bfloat16).astype(jnp.float32)
   error = lambda f: float(jnp.max(jnp.abs(grad(f, jnp.bfloat16).astype(jnp.float32) - truth)
                                   / (jnp.abs(truth) + 1e-3)))
   assert error(gelu) <= 2 ** -7 < 0.1 < error(exact), (error(gelu), error(exact))
@@ -351,7 +368,7 @@ def test_gelu_keeps_only_its_input_for_the_backward_pass(capsys):
   def kept(f):
     print_saved_residuals(lambda h, w: f(h @ w).sum(), h, w)
     return sum(line.startswith("bf16[16,32]") for line in capsys.readouterr().out.splitlines())
-  assert (kept(gelu), kept(exact)) == (1, 3)
+  assert (kept(gelu), kept(exact)) == (1, {"exact": 3, "tanh": 5}[form])
 
 
 def test_a_profiled_kernel_is_named_by_its_fusions_hlo():

@@ -50,6 +50,11 @@ class ModelConfig:
   # scales from each tensor's amax): a speed option for GPUs with fp8 matrix units (Hopper).
   # Evaluation, decoding and compression compute in `dtype`. Parameters are unchanged.
   fp8: bool = False
+  # The GELU of the MLPs and the LM head: exact (erf; RoBERTa's, and Hugging Face's "gelu") |
+  # tanh (its tanh approximation, within 5e-4 of it: the original BERT's, GPT-2's), which is
+  # cheaper on GPUs (docs/BENCHMARKS.md, 2026-12-07). Part of the architecture: finetuning
+  # keeps the pretrained model's.
+  gelu: str = "exact"
   ln_eps: float = 1e-5
   # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:
   type_vocab_size: int = 0  # token-type (segment) embeddings: BERT 2, RoBERTa 1, tl_jax 0 (none)
@@ -572,6 +577,7 @@ _CHOICES = {
     "model.attention": ("auto", "xla", "cudnn"),
     "model.remat": ("none", "full", "dots"),
     "model.embed_grad": ("auto", "onehot", "scatter", "sorted"),
+    "model.gelu": ("exact", "tanh"),
     "model.positions": ("learned", "sinusoidal"),
     "train.schedule": ("linear", "inverse_sqrt"),
     "train.schedule_horizon": ("steps", "seconds"),

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig, d_ff
-from tl_jax.models.layers import (REMAT_POLICIES, Embed, EncoderLayer, ScannedLayer, INIT, dense,
-                                  dtype_of, embed_grad_method, gelu, layer_norm)
+from tl_jax.models.layers import (REMAT_POLICIES, Embed, EncoderLayer, ScannedLayer, INIT, activation,
+                                  dense, dtype_of, embed_grad_method, layer_norm)
 
 
 def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
@@ -127,6 +127,6 @@ class MaskedLM(nn.Module):
       # the sharding wants); its gradient scatters rows to distinct positions, no atomics clash.
       h = jax.vmap(lambda rows, at: jnp.take(rows, at, axis=0, unique_indices=True,
                                              mode="clip"))(h, predict_at)
-    h = self.head_ln(gelu(self.head_dense(h)))
+    h = self.head_ln(activation(self.config)(self.head_dense(h)))
     logits = self.token_embed.attend(h) + self.head_bias.astype(h.dtype)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))

@@ -299,6 +299,34 @@ def _gelu_bwd(x, g):
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
+_TANH_C = (2.0 / jnp.pi) ** 0.5  # the tanh form's sqrt(2/pi)
+
+
+@jax.custom_vjp
+def gelu_tanh(x):
+  """GELU's tanh approximation (the original BERT's, GPT-2's; Hugging Face's "gelu_new"), with its
+  gradient remade from `x` alone in float32, as `gelu`'s is. Within 5e-4 of the exact form; the
+  tanh costs less than the erf in the MLP's elementwise passes (docs/BENCHMARKS.md, 2026-12-07)."""
+  return jax.nn.gelu(x, approximate=True)
+
+
+def _gelu_tanh_bwd(x, g):
+  x32 = x.astype(jnp.float32)
+  # 0.5 (1 + tanh(u)) is sigmoid(2u), and 1 - tanh(u) is 2 sigmoid(-2u): written so, the tail
+  # where tanh(u) is near -1 keeps its digits (1 + tanh(u) in float32 loses them).
+  u2 = 2 * _TANH_C * (x32 + 0.044715 * x32 ** 3)
+  cdf = jax.nn.sigmoid(u2)
+  slope = cdf * (1.0 + x32 * jax.nn.sigmoid(-u2) * 2 * _TANH_C * (1.0 + 3 * 0.044715 * x32 * x32))
+  return ((g.astype(jnp.float32) * slope).astype(g.dtype),)
+
+
+gelu_tanh.defvjp(lambda x: (gelu_tanh(x), x), _gelu_tanh_bwd)
+
+
+def activation(config: ModelConfig):
+  """The model's GELU, as `model.gelu` names it: exact (erf) or tanh."""
+  return {"exact": gelu, "tanh": gelu_tanh}[config.gelu]
+
 
 class MLP(nn.Module):
   config: ModelConfig
@@ -307,7 +335,7 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, deterministic: bool):
     h = dense(self.d_ff, ("embed", "mlp"), self.config, name="wi")(x)
-    h = nn.with_logical_constraint(gelu(h), ("batch", "length", "mlp"))
+    h = nn.with_logical_constraint(activation(self.config)(h), ("batch", "length", "mlp"))
     return dense(self.config.d_model, ("mlp", "embed"), self.config, name="wo")(h)
 
 
