@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig, d_ff
-from tl_jax.models.layers import (REMAT_POLICIES, Embed, EncoderLayer, ScannedLayer, INIT, activation,
-                                  dense, dtype_of, embed_grad_method, layer_norm)
+from tl_jax.models.layers import (REMAT_POLICIES, Embed, EncoderLayer, ScannedLayer, INIT,
+                                  activation, dense, dtype_of, embed_grad_method, layer_norm)
 
 
 def padded_vocab(vocab_size: int, multiple: int = 128) -> int:
