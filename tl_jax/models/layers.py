@@ -299,7 +299,7 @@ def _gelu_bwd(x, g):
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
-_TANH_C = (2.0 / jnp.pi) ** 0.5  # the tanh form's sqrt(2/pi)
+_TANH_C, _TANH_A = (2.0 / jnp.pi) ** 0.5, 0.044715  # the tanh form's tanh(C (x + A x^3))
 
 
 @jax.custom_vjp
@@ -314,9 +314,9 @@ def _gelu_tanh_bwd(x, g):
   x32 = x.astype(jnp.float32)
   # 0.5 (1 + tanh(u)) is sigmoid(2u), and 1 - tanh(u) is 2 sigmoid(-2u): written so, the tail
   # where tanh(u) is near -1 keeps its digits (1 + tanh(u) in float32 loses them).
-  u2 = 2 * _TANH_C * (x32 + 0.044715 * x32 ** 3)
+  u2 = 2 * _TANH_C * (x32 + _TANH_A * x32 ** 3)
   cdf = jax.nn.sigmoid(u2)
-  slope = cdf * (1.0 + x32 * jax.nn.sigmoid(-u2) * 2 * _TANH_C * (1.0 + 3 * 0.044715 * x32 * x32))
+  slope = cdf * (1.0 + x32 * jax.nn.sigmoid(-u2) * 2 * _TANH_C * (1.0 + 3 * _TANH_A * x32 * x32))
   return ((g.astype(jnp.float32) * slope).astype(g.dtype),)
 
 
