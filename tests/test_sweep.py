@@ -326,6 +326,11 @@ def test_study_parts_share_the_stages_they_start_from(in_repo, tmp_path):
     for key in ("train.max_train_seconds", "eval.every_seconds", "data.max_train_tokens"):
       twin.pop(key)
     assert rest == twin
+  # translate-compress: both seeds of the two shallow translators, each compressed by BLEU; the
+  # deep one is left out.
+  compressed = sorted(s.target for s in load("translate-compress").values() if s.command == "compress")
+  assert compressed == [f"translate/e3-d3-w{w}/seed{seed}/translate"
+                        for w in (1024, 512) for seed in (0, 1)]
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1"), str(tmp_path))
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1share"), str(tmp_path))
   sweep_lib.record(sweep_lib.load_sweep("configs/sweeps/h200_study.py:rq1long"), str(tmp_path))
