@@ -26,8 +26,8 @@
 #                ~25 s of compile goes (no peer: tl_jax against its own flags)
 #   gelu_tanh    bench/speed.py large-512: the exact GELU against model.gelu=tanh (its tanh form,
 #                with the same one-residual gradient), alone and with model.fp8 (no peer: tl_jax
-#                against its own options; about 8 minutes)
-#   gelu_tanh_big  the same for big-128, without fp8 (about 4 minutes)
+#                against its own options; 417 s on an H100, 2026-12-07)
+#   gelu_tanh_big  the same for big-128, without fp8 (227 s)
 #   . bench/gpu_env.sh; DEADLINE=540 bench/h200_speed.sh [STEP ...]   # default: the first four
 # Env: DEADLINE (540), OUT, TRAIN_S (90), PEERS (.data/peers), TL_JAX_DATA (.data when present).
 set -u
