@@ -230,9 +230,10 @@ def test_bad_speed_settings_are_one_sentence(field, value, fragment):
 def test_speed_benchmark_runs_at_tiny_size(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
   env["XLA_FLAGS"] = ""  # one CPU device, as on a one-GPU machine
-  # One process per case and variant (7 here, about 20 s each on a 2-core CPU): the variants that
-  # the GPU steps of bench/h200_speed.sh run and that nothing else here runs. The autodiff GELU's
-  # gradient is checked directly (test_gelu_keeps_only_its_input_for_the_backward_pass), model.fp8 by test_fp8.
+  # One process per case and variant (7 here; 88 s in all, alone on a 2-core CPU): the variants
+  # that bench/h200_speed.sh's GPU steps run and nothing else here runs. The autodiff GELU's
+  # gradient is checked directly (test_gelu_keeps_only_its_input_for_the_backward_pass), and
+  # model.fp8 by tests/test_fp8.py.
   proc = subprocess.run([sys.executable, "bench/speed.py", "--size=tiny", "--no-peers", "--steps=1",
                          "--variants=tl_jax,all-positions,gelu-tanh,fp8-static", f"--out={tmp_path}"],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
