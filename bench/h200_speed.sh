@@ -23,7 +23,10 @@
 #                (no peer: the fp8 section of docs/BENCHMARKS.md has them)
 #   fp8_compile  bench/speed.py large-512: bf16 and model.fp8 with XLA's default autotuning and
 #                with level 1 (candidates timed, not initialised or checked): where fp8's extra
-#                ~25 s of compile goes (no peer: tl_jax against its own flags)
+#                ~25 s of compile goes (no peer: tl_jax against its own flags; about 540 s on an
+#                H100, 2026-12-07, so give it a call of its own)
+#   fp8_gelu_tanh_at1  large-512: tl_jax against both speed options with autotuning level 1,
+#                the compile a run that wants the most speed would get (255 s)
 #   gelu_tanh    bench/speed.py large-512: the exact GELU against model.gelu=tanh (its tanh form,
 #                with the same one-residual gradient), alone and with model.fp8 (no peer: tl_jax
 #                against its own options; 417 s on an H100, 2026-12-07)
@@ -87,11 +90,14 @@ for step in "${steps[@]}"; do
                --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
     fp8_compile) run fp8_compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                    --variants=tl_jax,autotune-1,fp8,fp8-autotune-1 --out="$out/fp8_compile" || status=$? ;;
+    fp8_gelu_tanh_at1) run fp8_gelu_tanh_at1 python3 -u bench/speed.py --cases=large-512 --no-peers \
+                         --variants=tl_jax,fp8-gelu-tanh-autotune-1 --out="$out/fp8_gelu_tanh_at1" \
+                         || status=$? ;;
     gelu_tanh) run gelu_tanh python3 -u bench/speed.py --cases=large-512 --no-peers \
                  --variants=tl_jax,gelu-tanh,fp8-gelu-tanh --out="$out/gelu_tanh" || status=$? ;;
     gelu_tanh_big) run gelu_tanh_big python3 -u bench/speed.py --cases=big-128 --no-peers \
                      --variants=tl_jax,gelu-tanh --out="$out/gelu_tanh_big" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile gelu_tanh gelu_tanh_big"
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile fp8_gelu_tanh_at1 gelu_tanh gelu_tanh_big"
        exit 2 ;;
   esac
 done

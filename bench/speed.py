@@ -77,6 +77,9 @@ VARIANTS = {
     # 2026-12-07 (H100) it also ran with cuBLASLt, whose epilogues can hold a GELU: XLA fused none.
     "gelu-tanh": (["model.gelu=tanh"], "", "device"),
     "fp8-gelu-tanh": (["model.fp8=true", "model.gelu=tanh"], "", "device"),
+    # Both options with autotuning level 1, which took fp8's compile back to bf16's (2026-12-07)
+    "fp8-gelu-tanh-autotune-1": (["model.fp8=true", "model.gelu=tanh"],
+                                 "--xla_gpu_autotune_level=1", "device"),
     # The output layer and loss a chunk of target tokens at a time (tl_jax/train/xent.py); on
     # big-128 (24,576 tokens) 8, 4 and 2 chunks.
     "xent-3k": (["train.loss_chunk=3072"], "", "device"),

@@ -261,6 +261,17 @@ def test_speed_benchmark_runs_at_tiny_size(tmp_path):
   assert "| base-128 |" in (tmp_path / "speed.md").read_text()
 
 
+def test_every_variant_the_gpu_script_names_exists():
+  # bench/h200_speed.sh runs on a lent GPU, where a misspelt variant costs a call: its names are
+  # checked here against bench/speed.py's table.
+  sys.path.insert(0, str(REPO / "bench"))
+  import speed
+  script = (REPO / "bench/h200_speed.sh").read_text()
+  named = {v for group in re.findall(r"--variants=([\w,.-]+)", script) for v in group.split(",")}
+  assert "fp8-gelu-tanh-autotune-1" in named
+  assert named <= set(speed.VARIANTS), named - set(speed.VARIANTS)
+
+
 def test_fp8_matmuls_are_counted_in_gpu_and_plain_hlo():
   sys.path.insert(0, str(REPO / "bench"))
   import speed

@@ -48,7 +48,9 @@ class ModelConfig:
   embed_grad: str = "auto"
   # The training step's Dense matmuls in float8 (e4m3 operands, e5m2 gradients, per-tensor
   # scales from each tensor's amax): a speed option for GPUs with fp8 matrix units (Hopper).
-  # Evaluation, decoding and compression compute in `dtype`. Parameters are unchanged.
+  # Evaluation, decoding and compression compute in `dtype`. Parameters are unchanged. Its
+  # compile is longer by the autotuner's checks of fp8 GEMMs: XLA_FLAGS=--xla_gpu_autotune_level=1
+  # skips them (docs/BENCHMARKS.md, 2026-12-07 night).
   fp8: bool = False
   # The GELU of the MLPs and the LM head: exact (erf; RoBERTa's, and Hugging Face's "gelu") |
   # tanh (its tanh approximation, within 5e-4 of it: the original BERT's, GPT-2's), which is
