@@ -131,6 +131,13 @@ def fp8_matmuls(compiled_hlo: str) -> int:
           + len(re.findall(r"\bdot\(f8e", compiled_hlo)))
 
 
+def erf_ops(compiled_hlo: str) -> int:
+  """erf instructions of a compiled program: the exact GELU's (XLA:CPU keeps them as erf); none
+  with model.gelu=tanh. This tells which GELU a step runs where the two losses can agree to the
+  bit (a few steps from a small initialisation on a CPU)."""
+  return len(re.findall(r"\serf\(", compiled_hlo))
+
+
 def lt_epilogues(compiled_hlo: str) -> dict[str, int]:
   """Epilogue -> how many of a compiled program's cuBLASLt matmuls end with it (BIAS, GELU_AUX,
   BIAS_GELU, ...; DEFAULT for none): the bias adds and activations that ride on a matmul rather
@@ -333,8 +340,9 @@ def child(args) -> None:
         "loss": float(metrics["loss"]), "device": jax.devices()[0].device_kind,
         "jax": jax.__version__, "ids": args.ids,
     }
+    hlo = step.as_text()
+    result["erf_ops"] = erf_ops(hlo)
     if config.model.fp8 or "cublaslt" in VARIANTS[args.variant][1]:
-      hlo = step.as_text()
       result["lt_epilogues"] = lt_epilogues(hlo)
       if config.model.fp8:
         result["fp8_matmuls"] = fp8_matmuls(hlo)
@@ -345,7 +353,7 @@ def child(args) -> None:
         nonlocal state
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)
-      result["profile"] = device_profile(one_step, step.as_text())
+      result["profile"] = device_profile(one_step, hlo)
   print("RESULT " + json.dumps(result), flush=True)
 
 

@@ -246,9 +246,11 @@ def test_speed_benchmark_runs_at_tiny_size(tmp_path):
   assert all(r["tokens_per_s"] > 0 and np.isfinite(r["loss"]) for r in report["results"])
   for case in ("base-128", "big-128"):
     rows = {r["variant"]: r for r in report["results"] if r["case"] == case}
-    # The tanh form is another function (within 5e-4 of the exact one): near the loss, not on it.
+    # The tanh form is another function (within 5e-4 of the exact one): near the loss, and
+    # without the exact form's erf. (The losses themselves agreed to the bit on one 2-core
+    # machine, 2026-12-07: seven steps from a small initialisation barely reach the GELU.)
     assert rows["gelu-tanh"]["loss"] == pytest.approx(rows["tl_jax"]["loss"], rel=1e-3)
-    assert rows["gelu-tanh"]["loss"] != rows["tl_jax"]["loss"]
+    assert rows["gelu-tanh"]["erf_ops"] == 0 < rows["tl_jax"]["erf_ops"]
     # fp8 with every scale fixed at 1 rounds the operands: near the same loss, not on it, and
     # XLA:CPU widens them (no fp8 matmul).
     assert rows["fp8-static"]["loss"] == pytest.approx(rows["tl_jax"]["loss"], rel=2e-2)
