@@ -23,8 +23,8 @@
 #                (no peer: the fp8 section of docs/BENCHMARKS.md has them)
 #   fp8_compile  bench/speed.py large-512: bf16 and model.fp8 with XLA's default autotuning and
 #                with level 1 (candidates timed, not initialised or checked): where fp8's extra
-#                ~25 s of compile goes (no peer: tl_jax against its own flags; about 540 s on an
-#                H100, 2026-12-07, so give it a call of its own)
+#                ~25 s of compile goes (no peer: tl_jax against its own flags; about 550 s on an
+#                H100 in two calls, 2026-12-07, so give it a call of its own)
 #   fp8_gelu_tanh_at1  large-512: tl_jax against both speed options with autotuning level 1,
 #                the compile a run that wants the most speed would get (255 s)
 #   gelu_tanh    bench/speed.py large-512: the exact GELU against model.gelu=tanh (its tanh form,
