@@ -138,6 +138,34 @@ def run_cli(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
+def test_a_finetune_from_scratch_needs_only_the_inits_shape_and_tokenizer(pretrained, tmp_path):
+  """The no-pretraining baseline takes the --init's model shape and tokenizer, not its weights
+  or corpus: from the 600-step encoder and from one step of the same preset on a smaller corpus
+  it trains to the same numbers. So a GPU lease can run the baseline without the pretraining
+  (docs/results/h200_study/README.md, "Not run yet")."""
+  shape = str(tmp_path / "shape")
+  c = config_lib.load_preset("configs/mlm.py:tiny")
+  c.train.max_steps, c.eval.every_steps, c.parallel.data = 1, 0, 1
+  c.data.max_train_tokens = 20_000
+  os.makedirs(shape)
+  config_lib.save(c, os.path.join(shape, "config.json"))  # as the CLI does
+  assert tasks.run(c, shape, jax.devices()[:1]) == 0
+  lines = {}
+  for name, init in (("pretrained", pretrained), ("one step", shape)):
+    f = finetune_config(init, max_steps=20, epochs=0)
+    f.init.from_scratch = True
+    f.eval.every_steps = 10
+    workdir = str(tmp_path / name)
+    os.makedirs(workdir)
+    config_lib.save(f, os.path.join(workdir, "config.json"))
+    assert tasks.run(f, workdir, jax.devices()[:1]) == 0
+    lines[name] = [{k: v for k, v in line.items() if k in ("step", "loss", "accuracy", "eval_loss")}
+                   for line in metrics.read(workdir) if "loss" in line or "accuracy" in line]
+  assert any("accuracy" in line for line in lines["one step"])
+  assert lines["one step"] == lines["pretrained"]
+
+
 def write_tsv(path: pathlib.Path, rows: list[str]) -> str:
   path.write_text("".join(row + "\n" for row in rows))
   return str(path)
