@@ -9,7 +9,7 @@ import pytest
 from tl_jax import config as config_lib
 from tl_jax import tasks
 from tl_jax.models.layers import fp8_contract, fp8_quantize
-from tl_jax.train import metrics
+from tl_jax.train import loop, metrics
 
 
 def rounded(x, fp8):
@@ -121,6 +121,16 @@ def test_fp8_training_learns_like_the_default(tmp_path):
     assert losses[-1] < losses[0] - 2.0, (fp8, losses)
     finals[fp8] = losses[-1]
   assert abs(finals[True] - finals[False]) < 0.15, finals
+
+
+def test_the_fp8_compile_hint_names_the_autotune_flag_only_where_it_helps():
+  hint = loop.fp8_compile_hint(True, "gpu", "--xla_force_host_platform_device_count=8")
+  assert "XLA_FLAGS=--xla_gpu_autotune_level=1" in hint
+  assert loop.fp8_compile_hint(True, "gpu", "--xla_gpu_autotune_level=1") is None  # already set
+  assert loop.fp8_compile_hint(True, "gpu", "--xla_gpu_autotune_level=4") is None  # chosen
+  assert loop.fp8_compile_hint(False, "gpu", "") is None
+  assert loop.fp8_compile_hint(True, "cpu", "") is None  # no GPU autotuner
+  assert loop.fp8_compile_hint(True, "tpu", "") is None
 
 
 def test_a_sharded_fp8_step_agrees_with_one_device(tmp_path):
