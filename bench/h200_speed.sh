@@ -25,11 +25,10 @@
 #                with level 1 (candidates timed, not initialised or checked): where fp8's extra
 #                ~25 s of compile goes (no peer: tl_jax against its own flags; about 550 s on an
 #                H100 in two calls, 2026-12-07, so give it a call of its own)
-#   fp8_gelu_tanh_at1  large-512: tl_jax against both speed options with autotuning level 1,
-#                the compile a run that wants the most speed would get (255 s)
 #   fastest_large  bench/speed.py large-512 with its peers: tl_jax's default and its fastest
 #                options (model.gelu=tanh model.fp8=true, autotuning level 1), for issue 18's
-#                ratios (2.0x HF eager, 1.35x plain Flax) with every option that has paid
+#                ratios (2.0x HF eager, 1.35x plain Flax) with every option that has paid;
+#                without the peers the two tl_jax rows took 255 s on an H100 (2026-12-07)
 #   fastest_big  the same for big-128 against Marian torch.compile (1.3x)
 #   gelu_tanh    bench/speed.py large-512: the exact GELU against model.gelu=tanh (its tanh form,
 #                with the same one-residual gradient), alone and with model.fp8 (no peer: tl_jax
@@ -94,9 +93,6 @@ for step in "${steps[@]}"; do
                --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
     fp8_compile) run fp8_compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                    --variants=tl_jax,autotune-1,fp8,fp8-autotune-1 --out="$out/fp8_compile" || status=$? ;;
-    fp8_gelu_tanh_at1) run fp8_gelu_tanh_at1 python3 -u bench/speed.py --cases=large-512 --no-peers \
-                         --variants=tl_jax,fp8-gelu-tanh-autotune-1 --out="$out/fp8_gelu_tanh_at1" \
-                         || status=$? ;;
     fastest_large) run fastest_large python3 -u bench/speed.py --cases=large-512 --peers="$peers" \
                      --variants=tl_jax,fp8-gelu-tanh-autotune-1 --out="$out/fastest_large" || status=$? ;;
     fastest_big) run fastest_big python3 -u bench/speed.py --cases=big-128 --peers="$peers" \
@@ -105,7 +101,7 @@ for step in "${steps[@]}"; do
                  --variants=tl_jax,gelu-tanh,fp8-gelu-tanh --out="$out/gelu_tanh" || status=$? ;;
     gelu_tanh_big) run gelu_tanh_big python3 -u bench/speed.py --cases=big-128 --no-peers \
                      --variants=tl_jax,gelu-tanh --out="$out/gelu_tanh_big" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile fp8_gelu_tanh_at1 fastest_large fastest_big gelu_tanh gelu_tanh_big"
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile fastest_large fastest_big gelu_tanh gelu_tanh_big"
        exit 2 ;;
   esac
 done

@@ -221,7 +221,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     watch.compile += t.seconds
     devices = f"{mesh.devices.size} x {mesh.devices.flat[0].device_kind}"
     log(f"compiled in {t.seconds:.1f}s on {devices} (mesh {dict(mesh.shape)})")
-    hint = fp8_compile_hint(cfg.model.fp8, jax.default_backend(), os.environ.get("XLA_FLAGS", ""))
+    hint = fp8_compile_hint(cfg.model.fp8, mesh.devices.flat[0].platform,
+                            os.environ.get("XLA_FLAGS", ""))
     if hint:
       log(hint)
     before = last_devices(workdir) if start and is_main else None  # only the main one writes it
