@@ -107,7 +107,7 @@ for step in "${steps[@]}"; do
 done
 echo "== summary"
 for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md "$out"/fp8_bound/speed.md \
-         "$out"/fp8_profile/speed.md "$out"/fp8_compile/speed.md "$out"/gelu_tanh/speed.md "$out"/gelu_tanh_big/speed.md \
+         "$out"/fp8_profile/speed.md "$out"/fp8_compile/speed.md "$out"/fastest_large/speed.md "$out"/fastest_big/speed.md "$out"/gelu_tanh/speed.md "$out"/gelu_tanh_big/speed.md \
          "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
 grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
 tail -n 8 "$out"/padding.log "$out"/padding_nocb.log 2>/dev/null
