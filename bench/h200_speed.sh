@@ -27,8 +27,10 @@
 #                H100 in two calls, 2026-12-07, so give it a call of its own)
 #   fastest_large  bench/speed.py large-512 with its peers: tl_jax's default and its fastest
 #                options (model.gelu=tanh model.fp8=true, autotuning level 1), for issue 18's
-#                ratios (2.0x HF eager, 1.35x plain Flax) with every option that has paid;
+#                ratios (2.0x HF eager, 1.35x plain Flax) with every option that has paid, and a
+#                profile of each row, taken after its timing (where the last MFU would come from);
 #                without the peers the two tl_jax rows took 255 s on an H100 (2026-12-07)
+#   fastest_base the same for base-512 (MFU 0.50)
 #   fastest_big  the same for big-128 against Marian torch.compile (1.3x)
 #   gelu_tanh    bench/speed.py large-512: the exact GELU against model.gelu=tanh (its tanh form,
 #                with the same one-residual gradient), alone and with model.fp8 (no peer: tl_jax
@@ -93,21 +95,21 @@ for step in "${steps[@]}"; do
                --variants=tl_jax,no-autotune,no-triton-gemm --out="$out/compile" || status=$? ;;
     fp8_compile) run fp8_compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                    --variants=tl_jax,autotune-1,fp8,fp8-autotune-1 --out="$out/fp8_compile" || status=$? ;;
-    fastest_large) run fastest_large python3 -u bench/speed.py --cases=large-512 --peers="$peers" \
-                     --variants=tl_jax,fp8-gelu-tanh-autotune-1 --out="$out/fastest_large" || status=$? ;;
-    fastest_big) run fastest_big python3 -u bench/speed.py --cases=big-128 --peers="$peers" \
-                   --variants=tl_jax,fp8-gelu-tanh-autotune-1 --out="$out/fastest_big" || status=$? ;;
+    fastest_large|fastest_base|fastest_big)
+      shape=$(case $step in fastest_large) echo large-512;; fastest_base) echo base-512;; *) echo big-128;; esac)
+      run "$step" python3 -u bench/speed.py --cases="$shape" --peers="$peers" --profile="$shape" \
+        --variants=tl_jax,fp8-gelu-tanh-autotune-1 --out="$out/$step" || status=$? ;;
     gelu_tanh) run gelu_tanh python3 -u bench/speed.py --cases=large-512 --no-peers \
                  --variants=tl_jax,gelu-tanh,fp8-gelu-tanh --out="$out/gelu_tanh" || status=$? ;;
     gelu_tanh_big) run gelu_tanh_big python3 -u bench/speed.py --cases=big-128 --no-peers \
                      --variants=tl_jax,gelu-tanh --out="$out/gelu_tanh_big" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile fastest_large fastest_big gelu_tanh gelu_tanh_big"
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile fastest_large fastest_base fastest_big gelu_tanh gelu_tanh_big"
        exit 2 ;;
   esac
 done
 echo "== summary"
 for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md "$out"/fp8_bound/speed.md \
-         "$out"/fp8_profile/speed.md "$out"/fp8_compile/speed.md "$out"/fastest_large/speed.md "$out"/fastest_big/speed.md "$out"/gelu_tanh/speed.md "$out"/gelu_tanh_big/speed.md \
+         "$out"/fp8_profile/speed.md "$out"/fp8_compile/speed.md "$out"/fastest_*/speed.md "$out"/gelu_tanh/speed.md "$out"/gelu_tanh_big/speed.md \
          "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
 grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
 tail -n 8 "$out"/padding.log "$out"/padding_nocb.log 2>/dev/null
