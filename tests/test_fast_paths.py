@@ -535,3 +535,41 @@ def test_cudnn_norm_calls_are_counted_and_nothing_else():
          '%f = (bf16[32,512,16,64]{3,2,1,0}, u8[0]{0}) custom-call(bf16[32,512,16,64]{3,2,1,0} %q), '
          'custom_call_target="__cudnn$fmhaSoftmax"')
   assert (speed.cudnn_norms(hlo), speed.cudnn_norms("")) == (2, 0)
+
+
+@pytest.mark.parametrize("model_kind", ["masked_lm", "translator"])
+def test_fused_qkv_is_the_same_model_with_the_same_parameters(model_kind):
+  """`model.fused_qkv` stacks the projections that read one input (self-attention's three,
+  cross-attention's key and value) into one product: the same parameter tree from the same init,
+  the same outputs and gradients (float32), and one matmul fewer a projection it fuses."""
+  shape = dict(num_layers=2, d_model=32, num_heads=4, max_len=32, dropout=0.0, dtype="float32")
+  if model_kind == "masked_lm":
+    build = lambda fused: MaskedLM(ModelConfig(**shape, fused_qkv=fused), VOCAB)
+    inputs = jax.random.randint(jax.random.key(3), (2, 16), 5, VOCAB)
+    run = lambda model, params: model.apply(params, inputs)
+    fused_away = 2 * 2  # two layers, three products made one
+  else:
+    build = lambda fused: Translator(ModelConfig(**shape, decoder_layers=2, positions="sinusoidal",
+                                                 fused_qkv=fused), VOCAB)
+    inputs = _translation_batch()
+    run = lambda model, params: model.apply(params, inputs, deterministic=True)
+    fused_away = 2 * 2 + 2 * 2 + 2 * 1  # encoder and decoder self-attention; cross key and value
+  plain, fused = build(False), build(True)
+  init = lambda model: nn.meta.unbox(model.init(jax.random.key(0), inputs))
+  params = init(plain)
+  jax.tree.map(np.testing.assert_array_equal, init(fused), params)  # same names, shapes, values
+  np.testing.assert_allclose(run(fused, params), run(plain, params), rtol=1e-5, atol=1e-5)
+  loss = lambda model: lambda p: jnp.sum(jnp.sin(run(model, p)))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               jax.grad(loss(fused))(params), jax.grad(loss(plain))(params))
+  dots = lambda model: jax.jit(lambda p: run(model, p)).lower(params).as_text().count("dot_general")
+  assert dots(plain) - dots(fused) == fused_away, (dots(plain), dots(fused))
+
+
+def test_fused_qkv_and_fp8_are_the_train_steps_alone():
+  from tl_jax.tasks import task_for
+  config = config_lib.load_preset(str(REPO / "configs/mlm.py:tiny"))
+  config.model.fused_qkv = config.model.fp8 = True
+  task = task_for(config)
+  assert task.model_config(training=True).fused_qkv and task.model_config(training=True).fp8
+  assert not task.model_config().fused_qkv and not task.model_config().fp8

@@ -133,12 +133,15 @@ def test_the_fp8_compile_hint_names_the_autotune_flag_only_where_it_helps():
   assert loop.fp8_compile_hint(True, "tpu", "") is None
 
 
-def test_a_sharded_fp8_step_agrees_with_one_device(tmp_path):
+@pytest.mark.parametrize("fused_qkv", [False, True])
+def test_a_sharded_fp8_step_agrees_with_one_device(tmp_path, fused_qkv):
   """Under data x fsdp x tensor (2 x 2 x 2) each tensor's scale is its global amax: the losses
-  match one device's up to the float rounding that moves a few fp8 roundings."""
+  match one device's up to the float rounding that moves a few fp8 roundings. With
+  model.fused_qkv the stacked kernel keeps its heads split over the tensor axis."""
   curves = {}
   for name, mesh in (("single", (1, 1, 1)), ("sharded", (2, 2, 2))):
     c = tiny(True, 24)
+    c.model.fused_qkv = fused_qkv
     c.parallel.data, c.parallel.fsdp, c.parallel.tensor = mesh
     c.data.max_train_tokens, c.train.log_every = 200_000, 8
     workdir = str(tmp_path / name)

@@ -57,6 +57,13 @@ class ModelConfig:
   # cheaper on GPUs (docs/BENCHMARKS.md, 2026-12-07). Part of the architecture: finetuning
   # keeps the pretrained model's.
   gelu: str = "exact"
+  # The projections of attention that read one input (self-attention's query, key and value;
+  # cross-attention's key and value) as one matmul over their stacked kernels, as MaxText's
+  # fused_qkv does: one wider product, and the input's gradient in one product instead of a sum
+  # of three. The parameters stay the three Dense layers', so checkpoints are the same either way.
+  # Like fp8, the train step's alone. Its GPU speed is not measured yet (bench/speed.py variant
+  # fused-qkv).
+  fused_qkv: bool = False
   ln_eps: float = 1e-5
   # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:
   type_vocab_size: int = 0  # token-type (segment) embeddings: BERT 2, RoBERTa 1, tl_jax 0 (none)
@@ -352,7 +359,8 @@ class FinetuneConfig(RunConfig):
   """Sentence(-pair) classification from a pretrained encoder (`tl-jax finetune`).
 
   `model` is the init workdir's, copied when the run starts; only the fields in
-  FINETUNE_MODEL_FIELDS (dropout, dtype, attention, remat, embed_grad, fp8) may be changed.
+  FINETUNE_MODEL_FIELDS (dropout, dtype, attention, remat, embed_grad, fp8, fused_qkv) may be
+  changed.
   """
   init: InitConfig = _section(InitConfig)
   head: HeadConfig = _section(HeadConfig)
@@ -745,7 +753,7 @@ def _validate_pretraining(config: Config) -> None:
 SYNTHETIC_VERSIONS = (3, 4)  # data.synthetic_version; tl_jax/data/synthetic.py VERSIONS
 MAX_LENGTH_BUCKETS = 32  # data.length_buckets: each bucket is one more compiled step
 # Finetuning may change these model fields; every other one must match the init workdir's.
-FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad", "fp8")
+FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad", "fp8", "fused_qkv")
 
 
 def _validate_finetuning(config: FinetuneConfig) -> None:

@@ -143,6 +143,7 @@ class Dense(nn.Module):
   features: tuple[int, ...]
   axes: tuple[str, ...]  # logical names of the kernel: input axes, then output axes
   config: ModelConfig
+  weights_only: bool = False  # return (kernel, bias) unapplied, for a product of several at once
 
   @nn.compact
   def __call__(self, x):
@@ -151,9 +152,17 @@ class Dense(nn.Module):
                         x.shape[-n_in:] + tuple(self.features), jnp.float32)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[n_in:]),
                       tuple(self.features), jnp.float32)
-    dtype = dtype_of(self.config.dtype)
-    product = fp8_contract if self.config.fp8 else contract
-    return product(x.astype(dtype), kernel.astype(dtype), n_in) + bias.astype(dtype)
+    if self.weights_only:
+      return kernel, bias
+    return apply_dense(x, kernel, bias, n_in, self.config)
+
+
+def apply_dense(x, kernel, bias, n_in: int, config: ModelConfig):
+  """x's last `n_in` axes against the kernel's first, plus the bias, in the compute dtype (and on
+  fp8 operands with `model.fp8`)."""
+  dtype = dtype_of(config.dtype)
+  product = fp8_contract if config.fp8 else contract
+  return product(x.astype(dtype), kernel.astype(dtype), n_in) + bias.astype(dtype)
 
 
 def contract(x, w, n_in: int, preferred_element_type=None):
@@ -217,8 +226,10 @@ def _fp8_backward(n_in, residuals, g):
 fp8_contract.defvjp(_fp8_forward, _fp8_backward)
 
 
-def dense(features, axes: tuple, config: ModelConfig, name: str | None = None) -> Dense:
-  return Dense(features if isinstance(features, tuple) else (features,), axes, config, name=name)
+def dense(features, axes: tuple, config: ModelConfig, name: str | None = None,
+          weights_only: bool = False) -> Dense:
+  return Dense(features if isinstance(features, tuple) else (features,), axes, config, name=name,
+               weights_only=weights_only)
 
 
 class Attention(nn.Module):
@@ -246,10 +257,19 @@ class Attention(nn.Module):
                beams: int = 0, lineage=None):
     cfg = self.config
     head_dim = cfg.d_model // cfg.num_heads
-    kv = x if kv is None else kv
-    proj = lambda name, t: nn.with_logical_constraint(
-        dense((cfg.num_heads, head_dim), ("embed", "heads", "kv"), cfg, name=name)(t),
-        ("batch", "length", "heads", "kv"))
+    features, axes = (cfg.num_heads, head_dim), ("embed", "heads", "kv")
+    heads = lambda t: nn.with_logical_constraint(t, ("batch", "length", "heads", "kv"))
+    proj = lambda name, t: heads(dense(features, axes, cfg, name=name)(t))
+
+    def projections(names, t):  # the named projections of one input
+      if not cfg.fused_qkv:
+        return [proj(name, t) for name in names]
+      made = [dense(features, axes, cfg, name=name, weights_only=True)(t) for name in names]
+      kernel = jnp.stack([w for w, _ in made], axis=1)  # [embed, projection, heads, kv]
+      bias = jnp.stack([b for _, b in made])
+      out = apply_dense(t, kernel, bias, 1, cfg)  # [batch, length, projection, heads, kv]
+      return [heads(out[:, :, i]) for i in range(len(names))]
+
     if beams:
       q = proj("query", x)
       k = self.variable("source_kv", "source_key", proj, "key", kv).value
@@ -257,7 +277,10 @@ class Attention(nn.Module):
       q = q.reshape((k.shape[0], beams) + q.shape[2:])  # [B, beams, heads, kv]: beams as queries
       out = jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(x.shape[:2] + q.shape[2:])
       return dense(cfg.d_model, ("heads", "kv", "embed"), cfg, name="out")(out)
-    q, k, v = proj("query", x), proj("key", kv), proj("value", kv)
+    if kv is None:
+      q, k, v = projections(("query", "key", "value"), x)
+    else:
+      (q,), (k, v) = projections(("query",), x), projections(("key", "value"), kv)
     implementation = attention_implementation(cfg)
     if decode_position is not None:
       shape = (x.shape[0], cache_len, cfg.num_heads, head_dim)

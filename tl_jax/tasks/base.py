@@ -82,10 +82,11 @@ class Task(abc.ABC):
     return self.module(self.model_config(training), padded_vocab(vocab_size))
 
   def model_config(self, training: bool = False):
-    """The model config a module is built from. model.fp8 holds for the train step alone:
-    evaluation, decoding and compression compute in model.dtype (the parameters are the same)."""
+    """The model config a module is built from. model.fp8 and model.fused_qkv hold for the train
+    step alone: evaluation, decoding and compression compute in model.dtype, with a Dense module
+    applying each kernel, as quantization and GPTQ expect (the parameters are the same)."""
     config = self.config.model
-    return config if training else dataclasses.replace(config, fp8=False)
+    return config if training else dataclasses.replace(config, fp8=False, fused_qkv=False)
 
   @abc.abstractmethod
   def example_input(self):
