@@ -77,11 +77,12 @@ VARIANTS = {
     # 2026-12-07 (H100) it also ran with cuBLASLt, whose epilogues can hold a GELU: XLA fused none.
     "gelu-tanh": (["model.gelu=tanh"], "", "device"),
     "fp8-gelu-tanh": (["model.fp8=true", "model.gelu=tanh"], "", "device"),
-    "fused-qkv": (["model.fused_qkv=true"], "", "device"),
     # Both options with autotuning level 1, which took fp8's compile back to bf16's (2026-12-07)
     "fp8-gelu-tanh-autotune-1": (["model.fp8=true", "model.gelu=tanh"],
                                  "--xla_gpu_autotune_level=1", "device"),
-    # ... with attention's projections of one input as one matmul (model.fused_qkv)
+    # Attention's projections of one input as one matmul (model.fused_qkv), alone and with the
+    # fastest options above
+    "fused-qkv": (["model.fused_qkv=true"], "", "device"),
     "fastest-fused-qkv": (["model.fp8=true", "model.gelu=tanh", "model.fused_qkv=true"],
                           "--xla_gpu_autotune_level=1", "device"),
     # ... and XLA's rewrite of LayerNorm patterns into cuDNN's fused norm kernels (off by default
