@@ -85,8 +85,8 @@ VARIANTS = {
     "fused-qkv": (["model.fused_qkv=true"], "", "device"),
     "fastest-fused-qkv": (["model.fp8=true", "model.gelu=tanh", "model.fused_qkv=true"],
                           "--xla_gpu_autotune_level=1", "device"),
-    # ... and XLA's rewrite of LayerNorm patterns into cuDNN's fused norm kernels (off by default
-    # in XLA; a row's "cudnn_norms" counts the calls it made, 0 where no pattern matched)
+    # The fastest options with XLA's rewrite of LayerNorm patterns into cuDNN's norm kernels (off
+    # by default in XLA; a row's "cudnn_norms" counts the calls it made, 0 where none matched)
     "fastest-cudnn-layernorm": (["model.fp8=true", "model.gelu=tanh"],
                                 "--xla_gpu_autotune_level=1 --xla_gpu_enable_cudnn_layer_norm=true",
                                 "device"),
