@@ -541,7 +541,8 @@ def test_cudnn_norm_calls_are_counted_and_nothing_else():
 def test_fused_qkv_is_the_same_model_with_the_same_parameters(model_kind):
   """`model.fused_qkv` stacks the projections that read one input (self-attention's three,
   cross-attention's key and value) into one product: the same parameter tree from the same init,
-  the same outputs and gradients (float32), and one matmul fewer a projection it fuses."""
+  the same outputs and gradients (float32), and two matmuls fewer for each self-attention, one
+  for each cross-attention."""
   shape = dict(num_layers=2, d_model=32, num_heads=4, max_len=32, dropout=0.0, dtype="float32")
   if model_kind == "masked_lm":
     build = lambda fused: MaskedLM(ModelConfig(**shape, fused_qkv=fused), VOCAB)

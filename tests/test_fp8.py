@@ -136,8 +136,8 @@ def test_the_fp8_compile_hint_names_the_autotune_flag_only_where_it_helps():
 @pytest.mark.parametrize("fused_qkv", [False, True])
 def test_a_sharded_fp8_step_agrees_with_one_device(tmp_path, fused_qkv):
   """Under data x fsdp x tensor (2 x 2 x 2) each tensor's scale is its global amax: the losses
-  match one device's up to the float rounding that moves a few fp8 roundings. With
-  model.fused_qkv the stacked kernel keeps its heads split over the tensor axis."""
+  match one device's up to the float rounding that moves a few fp8 roundings; so they do with
+  model.fused_qkv on, whose stacked kernels are split over the tensor axis by their heads."""
   curves = {}
   for name, mesh in (("single", (1, 1, 1)), ("sharded", (2, 2, 2))):
     c = tiny(True, 24)
