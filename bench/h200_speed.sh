@@ -33,8 +33,8 @@
 #   fastest_base the same for base-512 (MFU 0.50)
 #   fastest_big  the same for big-128 against Marian torch.compile (1.3x)
 #   candidates_large  bench/speed.py large-512, no peer: the fastest options against the same
-#                with model.fused_qkv (attention's projections of one input as one matmul) and
-#                with XLA's cuDNN LayerNorm rewrite, each of which is untried on a GPU
+#                with model.fused_qkv (attention's projections of one input as one matmul),
+#                untried on a GPU
 #   candidates_big  the same for big-128
 #   gelu_tanh    bench/speed.py large-512: the exact GELU against model.gelu=tanh (its tanh form,
 #                with the same one-residual gradient), alone and with model.fp8 (no peer: tl_jax
@@ -68,6 +68,7 @@ run() {  # NAME COMMAND...: under what is left of the deadline, output to $out/N
 gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | sort | uniq -c | xargs)
 echo "device: ${gpus:-no GPU found by nvidia-smi}"
 status=0
+declare -A shapes=([large]=large-512 [base]=base-512 [big]=big-128)  # the fastest_*/candidates_* cases
 for step in "${steps[@]}"; do
   case $step in
     decode) run decode python3 -u bench/decode.py --beams=4 --lengths=128 --both-searches --profile --out="$out/decode" || status=$? ;;
@@ -100,13 +101,12 @@ for step in "${steps[@]}"; do
     fp8_compile) run fp8_compile python3 -u bench/speed.py --cases=large-512 --no-peers \
                    --variants=tl_jax,autotune-1,fp8,fp8-autotune-1 --out="$out/fp8_compile" || status=$? ;;
     fastest_large|fastest_base|fastest_big)
-      shape=$(case $step in fastest_large) echo large-512;; fastest_base) echo base-512;; *) echo big-128;; esac)
+      shape=${shapes[${step#fastest_}]}
       run "$step" python3 -u bench/speed.py --cases="$shape" --peers="$peers" --profile="$shape" \
         --variants=tl_jax,fp8-gelu-tanh-autotune-1 --out="$out/$step" || status=$? ;;
     candidates_large|candidates_big)
-      shape=$([ "$step" = candidates_large ] && echo large-512 || echo big-128)
-      run "$step" python3 -u bench/speed.py --cases="$shape" --no-peers --out="$out/$step" \
-        --variants=fp8-gelu-tanh-autotune-1,fastest-fused-qkv,fastest-cudnn-layernorm || status=$? ;;
+      run "$step" python3 -u bench/speed.py --cases="${shapes[${step#candidates_}]}" --no-peers \
+        --variants=fp8-gelu-tanh-autotune-1,fastest-fused-qkv --out="$out/$step" || status=$? ;;
     gelu_tanh) run gelu_tanh python3 -u bench/speed.py --cases=large-512 --no-peers \
                  --variants=tl_jax,gelu-tanh,fp8-gelu-tanh --out="$out/gelu_tanh" || status=$? ;;
     gelu_tanh_big) run gelu_tanh_big python3 -u bench/speed.py --cases=big-128 --no-peers \

@@ -85,11 +85,6 @@ VARIANTS = {
     "fused-qkv": (["model.fused_qkv=true"], "", "device"),
     "fastest-fused-qkv": (["model.fp8=true", "model.gelu=tanh", "model.fused_qkv=true"],
                           "--xla_gpu_autotune_level=1", "device"),
-    # The fastest options with XLA's rewrite of LayerNorm patterns into cuDNN's norm kernels (off
-    # by default in XLA; a row's "cudnn_norms" counts the calls it made, 0 where none matched)
-    "fastest-cudnn-layernorm": (["model.fp8=true", "model.gelu=tanh"],
-                                "--xla_gpu_autotune_level=1 --xla_gpu_enable_cudnn_layer_norm=true",
-                                "device"),
     # The output layer and loss a chunk of target tokens at a time (tl_jax/train/xent.py); on
     # big-128 (24,576 tokens) 8, 4 and 2 chunks.
     "xent-3k": (["train.loss_chunk=3072"], "", "device"),
@@ -146,12 +141,6 @@ def erf_ops(compiled_hlo: str) -> int:
   with model.gelu=tanh. This tells which GELU a step runs where the two losses can agree to the
   bit (a few steps from a small initialisation on a CPU)."""
   return len(re.findall(r"\serf\(", compiled_hlo))
-
-
-def cudnn_norms(compiled_hlo: str) -> int:
-  """LayerNorm passes (forward and backward) that XLA:GPU handed to cuDNN's norm kernels, which
-  it does only under --xla_gpu_enable_cudnn_layer_norm and where it recognises the pattern."""
-  return compiled_hlo.count('custom_call_target="__cudnn$norm"')
 
 
 def lt_epilogues(compiled_hlo: str) -> dict[str, int]:
@@ -358,7 +347,6 @@ def child(args) -> None:
     }
     hlo = step.as_text()
     result["erf_ops"] = erf_ops(hlo)
-    result["cudnn_norms"] = cudnn_norms(hlo)
     if config.model.fp8 or "cublaslt" in VARIANTS[args.variant][1]:
       result["lt_epilogues"] = lt_epilogues(hlo)
       if config.model.fp8:
@@ -604,7 +592,7 @@ def main() -> None:
       mfu = tps * peer_flops_per_token(args.peers, case) / (peak_tflops * 1e12) if peak_tflops else None
       peer_rows.append([name, case, f"{tps:,.0f}", f"{mfu:.3f}" if mfu else "-"])
   variant_rows = [["case", "variant", "tok/s", "vs default", "MFU", "compile s", "peak GiB",
-                   "fp8 mm", "cuBLASLt epilogues", "cuDNN norms"]]
+                   "fp8 mm", "cuBLASLt epilogues"]]
   for r in results:
     base = next((b for b in results if b["case"] == r["case"] and b["variant"] == variants[0]), r)
     variant_rows.append([r["case"], r["variant"], f"{r['tokens_per_s']:,.0f}",
@@ -613,7 +601,7 @@ def main() -> None:
                          f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] else "-",
                          str(r.get("fp8_matmuls", "-")),
                          ", ".join(f"{k} {v}" for k, v in r["lt_epilogues"].items())
-                         if r.get("lt_epilogues") else "-", str(r.get("cudnn_norms", "-"))])
+                         if r.get("lt_epilogues") else "-"])
 
   device = results[0]["device"] if results else "?"
   header = (f"device {device}, jax {results[0]['jax'] if results else '?'}, "

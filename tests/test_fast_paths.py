@@ -522,21 +522,6 @@ def test_embed_grad_setting_reaches_the_tied_embedding():
                              rtol=1e-5, atol=1e-5)
 
 
-def test_cudnn_norm_calls_are_counted_and_nothing_else():
-  sys.path.insert(0, str(REPO / "bench"))
-  import speed
-  hlo = ('%n = (bf16[16384,1024,1,1]{3,2,1,0}, f32[16384,1,1,1]{3,2,1,0}, u8[8]{0}) custom-call('
-         'bf16[16384,1024,1,1]{3,2,1,0} %x, f32[1,1024,1,1]{3,2,1,0} %s, f32[1,1024,1,1]{3,2,1,0} %b), '
-         'custom_call_target="__cudnn$norm", backend_config={"cudnn_norm_backend_config":'
-         '{"kind":"LAYER_FWD_TRAIN"}}\n'
-         '%g = (bf16[16384,1024,1,1]{3,2,1,0}, u8[8]{0}) custom-call(bf16[16384,1024,1,1]{3,2,1,0} %x), '
-         'custom_call_target="__cudnn$norm", backend_config={"cudnn_norm_backend_config":'
-         '{"kind":"LAYER_BWD"}}\n'
-         '%f = (bf16[32,512,16,64]{3,2,1,0}, u8[0]{0}) custom-call(bf16[32,512,16,64]{3,2,1,0} %q), '
-         'custom_call_target="__cudnn$fmhaSoftmax"')
-  assert (speed.cudnn_norms(hlo), speed.cudnn_norms("")) == (2, 0)
-
-
 @pytest.mark.parametrize("model_kind", ["masked_lm", "translator"])
 def test_fused_qkv_is_the_same_model_with_the_same_parameters(model_kind):
   """`model.fused_qkv` stacks the projections that read one input (self-attention's three,
