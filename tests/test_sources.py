@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -287,3 +288,18 @@ def test_make_source_synthetic():
 def test_make_source_unknown():
   with pytest.raises(UserError, match="data.source"):
     sources.make_source(DataConfig(source="nope"))
+
+
+def test_tfds_without_random_access_names_the_rebuild(tfds_dir, tmp_path):
+  # A copy whose metadata says tfrecord, as `tfds build` writes by default: array_record
+  # readers cannot index it, and every tfds-backed source says so before any read.
+  copy = tmp_path / "tfds"
+  shutil.copytree(tfds_dir, copy)
+  [info] = copy.glob("*/*/dataset_info.json")
+  meta = json.loads(info.read_text())
+  assert meta["fileFormat"] == "array_record"
+  meta["fileFormat"] = "tfrecord"
+  info.write_text(json.dumps(meta))
+  with pytest.raises(UserError, match=r"stored as tfrecord.*--file_format=array_record") as error:
+    sources.TfdsSource("tl_jax_tiny_text", str(copy), "train", "validation", "text").check()
+  assert str(copy) in str(error.value)

@@ -338,12 +338,7 @@ class TsvSource:
         out["eval"] = None
         out["dev_carve"] = {"fraction": self.dev_fraction, "seed": self.dev_seed}
         continue
-      entries = []
-      for path in self.files(split):
-        stat = os.stat(path)
-        entries.append({"path": os.path.abspath(path), "size": stat.st_size,
-                        "mtime_ns": stat.st_mtime_ns})
-      out[split] = entries
+      out[split] = sources.file_entries(self.files(split))
     return out
 
 
@@ -446,12 +441,7 @@ class TfdsClassificationSource:
       if name not in keys:
         raise UserError(f"TFDS dataset {self.name!r} has no feature {name!r}; set {field} to one "
                         f"of: {', '.join(keys)}.")
-    file_format = getattr(builder.info, "file_format", None)
-    value = getattr(file_format, "value", file_format)
-    if value is not None and value not in ("array_record", "parquet"):
-      raise UserError(f"TFDS dataset {self.name!r} in {tfds_builders.where(self.data_dir)} is stored as {value}, which "
-                      "has no random access without TensorFlow; rebuild it with "
-                      "`tfds build --file_format=array_record`.")
+    tfds_builders.require_random_access(builder, self.name, self.data_dir)
     label_names, _ = self._label_map(builder)
     if len(label_names) < 2:
       raise UserError(f"feature {self.label_field!r} of TFDS dataset {self.name!r} has fewer than "

@@ -272,12 +272,7 @@ class TextParallelSource:
       if not self.has_split(split):
         out[split] = None
         continue
-      entries = []
-      for path in self._paths(split):
-        stat = os.stat(path)
-        entries.append({"path": os.path.abspath(path), "size": stat.st_size,
-                        "mtime_ns": stat.st_mtime_ns})
-      out[split] = entries
+      out[split] = sources.file_entries(self._paths(split))
     return out
 
 
@@ -335,12 +330,7 @@ class TfdsParallelSource:
         raise UserError(f"TFDS dataset {self.name!r} has no language {lang!r} ({field}); its "
                         f"records hold: {', '.join(sorted(keys))}, so set data.src_lang and "
                         "data.tgt_lang to two of those.")
-    file_format = getattr(builder.info, "file_format", None)
-    value = getattr(file_format, "value", file_format)
-    if value is not None and value not in ("array_record", "parquet"):
-      raise UserError(f"TFDS dataset {self.name!r} in {tfds_builders.where(self.data_dir)} is stored as {value}, which "
-                      "has no random access without TensorFlow; rebuild it with "
-                      "`tfds build --file_format=array_record`.")
+    tfds_builders.require_random_access(builder, self.name, self.data_dir)
 
   def _text(self, value, lang: str) -> str:
     if isinstance(value, bytes):

@@ -246,6 +246,16 @@ def expand_files(patterns: str, split: str) -> list[str]:
   return files
 
 
+def file_entries(paths: list[str]) -> list[dict]:
+  """Each file's absolute path, size and modification time: a cache key that sees edits."""
+  entries = []
+  for path in paths:
+    stat = os.stat(path)
+    entries.append({"path": os.path.abspath(path), "size": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns})
+  return entries
+
+
 def _bad_utf8(path: str, offset: int, split: str) -> UserError:
   return UserError(f"data file {path} is not valid UTF-8 (byte {offset}); convert it with iconv "
                    f"or remove it from {_field(split)}.")
@@ -303,12 +313,7 @@ class TextFilesSource:
   def fingerprint(self) -> dict:
     out = {"kind": "text", "version": TEXT_VERSION}
     for split in SPLITS:
-      entries = []
-      for path in self.files(split):
-        stat = os.stat(path)
-        entries.append({"path": os.path.abspath(path), "size": stat.st_size,
-                         "mtime_ns": stat.st_mtime_ns})
-      out[split] = entries
+      out[split] = file_entries(self.files(split))
     return out
 
   def check(self) -> None:
@@ -352,12 +357,7 @@ class TfdsSource:
     if self.text_key not in keys:
       raise UserError(f"TFDS dataset {self.name!r} has no feature {self.text_key!r}; set "
                       f"data.tfds_text_key to one of: {', '.join(keys)}.")
-    file_format = getattr(builder.info, "file_format", None)
-    value = getattr(file_format, "value", file_format)
-    if value is not None and value not in ("array_record", "parquet"):
-      raise UserError(f"TFDS dataset {self.name!r} in {tfds_builders.where(self.data_dir)} is stored as {value}, which "
-                      "has no random access without TensorFlow; rebuild it with "
-                      "`tfds build --file_format=array_record`.")
+    tfds_builders.require_random_access(builder, self.name, self.data_dir)
 
   def _records(self, split: str):
     tfds = tfds_builders.import_tfds()

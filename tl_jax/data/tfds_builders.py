@@ -66,3 +66,13 @@ def open_builder(name: str, data_dir: str, family: str, example: str):
   if not builder.is_prepared():
     raise not_prepared(name, data_dir)
   return builder
+
+
+def require_random_access(builder, name: str, data_dir: str) -> None:
+  """Refuses a builder whose files `tfds.data_source` cannot index without TensorFlow."""
+  file_format = getattr(builder.info, "file_format", None)
+  value = getattr(file_format, "value", file_format)  # an enum in new tfds, a str in old
+  if value is not None and value not in ("array_record", "parquet"):
+    raise UserError(f"TFDS dataset {name!r} in {where(data_dir)} is stored as {value}, which has no "
+                    "random access without TensorFlow; rebuild it with "
+                    "`tfds build --file_format=array_record`.")
