@@ -33,9 +33,12 @@
 #   fastest_base the same for base-512 (MFU 0.50)
 #   fastest_big  the same for big-128 against Marian torch.compile (1.3x)
 #   candidates_large  bench/speed.py large-512, no peer: the fastest options against the same
-#                with model.fused_qkv (attention's projections of one input as one matmul),
-#                untried on a GPU
+#                with model.fused_qkv (attention's projections of one input as one matmul) and
+#                with model.dropout_bits=16 (a quarter of dropout's threefry hashing), each untried
+#                on a GPU
 #   candidates_big  the same for big-128
+#   dropout_bits bench/dropout_bits.py: flax's dropout against model.dropout_bits=16's alone, at
+#                large-512's and big-128's shapes (seconds; the op's ratio, the steps' are above)
 #   gelu_tanh    bench/speed.py large-512: the exact GELU against model.gelu=tanh (its tanh form,
 #                with the same one-residual gradient), alone and with model.fp8 (no peer: tl_jax
 #                against its own options; 417 s on an H100, 2026-12-07)
@@ -106,12 +109,13 @@ for step in "${steps[@]}"; do
         --variants=tl_jax,fp8-gelu-tanh-autotune-1 --out="$out/$step" || status=$? ;;
     candidates_large|candidates_big)
       run "$step" python3 -u bench/speed.py --cases="${shapes[${step#candidates_}]}" --no-peers \
-        --variants=fp8-gelu-tanh-autotune-1,fastest-fused-qkv --out="$out/$step" || status=$? ;;
+        --variants=fp8-gelu-tanh-autotune-1,fastest-dropout-16,fastest-fused-qkv --out="$out/$step" || status=$? ;;
+    dropout_bits) run dropout_bits python3 -u bench/dropout_bits.py --out="$out/dropout_bits.json" || status=$? ;;
     gelu_tanh) run gelu_tanh python3 -u bench/speed.py --cases=large-512 --no-peers \
                  --variants=tl_jax,gelu-tanh,fp8-gelu-tanh --out="$out/gelu_tanh" || status=$? ;;
     gelu_tanh_big) run gelu_tanh_big python3 -u bench/speed.py --cases=big-128 --no-peers \
                      --variants=tl_jax,gelu-tanh --out="$out/gelu_tanh_big" || status=$? ;;
-    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile fastest_large fastest_base fastest_big candidates_large candidates_big gelu_tanh gelu_tanh_big"
+    *) echo "unknown step $step: choose from decode decode_eval speed_zipf padding padding_nocb profile fp8_profile fp8 fp8_bound compile fp8_compile fastest_large fastest_base fastest_big candidates_large candidates_big dropout_bits gelu_tanh gelu_tanh_big"
        exit 2 ;;
   esac
 done
@@ -120,5 +124,5 @@ for f in "$out"/decode/decode.md "$out"/speed_zipf/speed.md "$out"/fp8/speed.md 
          "$out"/fp8_profile/speed.md "$out"/fp8_compile/speed.md "$out"/fastest_*/speed.md "$out"/candidates_*/speed.md "$out"/gelu_tanh/speed.md "$out"/gelu_tanh_big/speed.md \
          "$out"/compile/speed.md; do [ -f "$f" ] && tail -n 15 "$f"; done
 grep -h "speedup\|^padded\|^bucketed" "$out"/decode_eval.log 2>/dev/null
-tail -n 8 "$out"/padding.log "$out"/padding_nocb.log 2>/dev/null
+tail -n 8 "$out"/padding.log "$out"/padding_nocb.log "$out"/dropout_bits.log 2>/dev/null
 exit "$status"  # the last failed step's (124: the deadline)

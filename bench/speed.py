@@ -85,6 +85,11 @@ VARIANTS = {
     "fused-qkv": (["model.fused_qkv=true"], "", "device"),
     "fastest-fused-qkv": (["model.fp8=true", "model.gelu=tanh", "model.fused_qkv=true"],
                           "--xla_gpu_autotune_level=1", "device"),
+    # Dropout's random bits as four 16-bit draws per threefry hash (model.dropout_bits=16), a
+    # quarter of the hashing, alone and with the fastest options
+    "dropout-16": (["model.dropout_bits=16"], "", "device"),
+    "fastest-dropout-16": (["model.fp8=true", "model.gelu=tanh", "model.dropout_bits=16"],
+                           "--xla_gpu_autotune_level=1", "device"),
     # The output layer and loss a chunk of target tokens at a time (tl_jax/train/xent.py); on
     # big-128 (24,576 tokens) 8, 4 and 2 chunks.
     "xent-3k": (["train.loss_chunk=3072"], "", "device"),

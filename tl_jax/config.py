@@ -64,6 +64,11 @@ class ModelConfig:
   # Like fp8, the train step's alone. Its GPU speed is not measured yet (bench/speed.py variant
   # fused-qkv).
   fused_qkv: bool = False
+  # Random bits behind each dropout decision: 32 (flax's nn.Dropout: a float uniform an element,
+  # one threefry hash each) | 16 (four draws from each hash's 64 bits, a quarter of the hashing,
+  # with the rate rounded to a multiple of 1/65536: tl_jax/models/dropout.py). Its GPU speed is
+  # not measured yet (bench/speed.py variant dropout-16).
+  dropout_bits: int = 32
   ln_eps: float = 1e-5
   # Imported checkpoints (tl-jax import-hf) differ from tl_jax's own encoders only here:
   type_vocab_size: int = 0  # token-type (segment) embeddings: BERT 2, RoBERTa 1, tl_jax 0 (none)
@@ -359,8 +364,8 @@ class FinetuneConfig(RunConfig):
   """Sentence(-pair) classification from a pretrained encoder (`tl-jax finetune`).
 
   `model` is the init workdir's, copied when the run starts; only the fields in
-  FINETUNE_MODEL_FIELDS (dropout, dtype, attention, remat, embed_grad, fp8, fused_qkv) may be
-  changed.
+  FINETUNE_MODEL_FIELDS (dropout, dropout_bits, dtype, attention, remat, embed_grad, fp8,
+  fused_qkv) may be changed.
   """
   init: InitConfig = _section(InitConfig)
   head: HeadConfig = _section(HeadConfig)
@@ -588,6 +593,7 @@ _CHOICES = {
     "model.remat": ("none", "full", "dots"),
     "model.embed_grad": ("auto", "onehot", "scatter", "sorted"),
     "model.gelu": ("exact", "tanh"),
+    "model.dropout_bits": (32, 16),
     "model.positions": ("learned", "sinusoidal"),
     "train.schedule": ("linear", "inverse_sqrt"),
     "train.schedule_horizon": ("steps", "seconds"),
@@ -655,7 +661,7 @@ def validate(config) -> None:
     for part in dotted.split("."):
       value = getattr(value, part)
     if value not in choices:
-      raise UserError(f"config field {dotted}={value!r} is not one of {', '.join(choices)}.")
+      raise UserError(f"config field {dotted}={value!r} is not one of {', '.join(map(str, choices))}.")
   if config.task == "compress":
     _validate_compress(config)
     return
@@ -695,6 +701,9 @@ def validate(config) -> None:
     raise UserError(f"data.seq_len={d.seq_len} is too short; use at least 8.")
   if not 0.0 <= m.dropout < 1.0:
     raise UserError(f"model.dropout={m.dropout} must be in [0, 1).")
+  if m.dropout_bits == 16 and round(m.dropout * 65536) == 65536:
+    raise UserError(f"model.dropout={m.dropout} rounds to 1 on 16-bit draws, dropping everything; "
+                    "lower it, or set model.dropout_bits=32.")
   if t.batch_size % t.grad_accum:
     raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.grad_accum="
                     f"{t.grad_accum}; each micro-batch needs the same size.")
@@ -753,7 +762,8 @@ def _validate_pretraining(config: Config) -> None:
 SYNTHETIC_VERSIONS = (3, 4)  # data.synthetic_version; tl_jax/data/synthetic.py VERSIONS
 MAX_LENGTH_BUCKETS = 32  # data.length_buckets: each bucket is one more compiled step
 # Finetuning may change these model fields; every other one must match the init workdir's.
-FINETUNE_MODEL_FIELDS = ("dropout", "dtype", "attention", "remat", "embed_grad", "fp8", "fused_qkv")
+FINETUNE_MODEL_FIELDS = ("dropout", "dropout_bits", "dtype", "attention", "remat", "embed_grad", "fp8",
+                         "fused_qkv")
 
 
 def _validate_finetuning(config: FinetuneConfig) -> None:

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig
+from tl_jax.models.dropout import dropout
 from tl_jax.models.encoder import Encoder, token_embedding
 from tl_jax.models.layers import dense
 
@@ -34,7 +35,7 @@ class Classifier(nn.Module):
     self.encoder = Encoder(self.config, self.token_embed)
     self.head_dense = dense(self.config.d_model, ("embed", "embed_out"), self.config)
     self.head_out = dense(self.num_labels, ("embed", "classes"), self.config)
-    self.dropout = nn.Dropout(self.config.dropout)
+    self.dropout = dropout(self.config)
 
   def __call__(self, tokens, *, deterministic: bool = True, lengths=None, types=None):
     h = self.encoder(tokens, deterministic=deterministic, lengths=lengths, types=types)

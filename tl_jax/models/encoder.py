@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig, d_ff
+from tl_jax.models.dropout import dropout
 from tl_jax.models.layers import (REMAT_POLICIES, Embed, EncoderLayer, ScannedLayer, INIT,
                                   activation, dense, dtype_of, embed_grad_method, layer_norm)
 
@@ -60,7 +61,7 @@ class Encoder(nn.Module):
     `types` are token-type (segment) ids, used where model.type_vocab_size > 0."""
     cfg = self.config
     x = embed_tokens(cfg, self.token_embed, tokens, positions, types)
-    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = dropout(cfg)(x, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = self._layers(x, lengths, mask, deterministic)
     return layer_norm(cfg, "ln_final")(x) if cfg.pre_ln else x

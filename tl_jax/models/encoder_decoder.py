@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig, d_ff
+from tl_jax.models.dropout import dropout
 from tl_jax.models.encoder import Encoder, embed_tokens, token_embedding
 from tl_jax.models.layers import MLP, Attention, layer_norm, residual
 
@@ -59,7 +60,7 @@ class Decoder(nn.Module):
                project: bool = True):
     cfg = self.config
     y = embed_tokens(cfg, self.token_embed, tokens, positions)
-    y = nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+    y = dropout(cfg)(y, deterministic=deterministic)
     for i in range(cfg.decoder_layers):
       y = DecoderLayer(cfg, d_ff(cfg), deterministic, name=f"layer_{i}")(
           y, memory, self_mask, cross_mask, decode_position, cache_len, beams, lineage)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from tl_jax.config import ModelConfig
 from tl_jax.models import decoding
+from tl_jax.models.dropout import dropout
 
 INIT = nn.initializers.normal(stddev=0.02)  # BERT/RoBERTa initialisation
 
@@ -380,7 +381,7 @@ class EncoderLayer(nn.Module):
 
 def residual(cfg: ModelConfig, deterministic: bool, ln_name: str, sublayer, x):
   """x + sublayer(x) with dropout, normalised after (post-LN) or before (pre-LN)."""
-  drop = nn.Dropout(cfg.dropout)
+  drop = dropout(cfg)
   if cfg.pre_ln:
     return x + drop(sublayer(layer_norm(cfg, ln_name)(x)), deterministic=deterministic)
   return layer_norm(cfg, ln_name)(x + drop(sublayer(x), deterministic=deterministic))
