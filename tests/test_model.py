@@ -1,5 +1,7 @@
 """The encoder: tied MLM head, scan/remat equal to the plain layer loop, padding."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -204,12 +206,40 @@ def test_an_end_moved_during_the_warmup_finishes_the_warmup():
 
 
 def test_the_horizon_moves_only_past_its_tolerance():
-  from tl_jax.train import loop
+  from tl_jax.train.horizon import moved_horizon
   budget = 100.0  # the end was set at step 100, 10 s; the schedule ends at step 1000
-  assert loop.moved_horizon(budget, 150, 14.0, 1000, (100, 10.0), 10**6) is None  # < 5% measured
+  assert moved_horizon(budget, 150, 14.0, 1000, (100, 10.0), 10**6) is None  # < 5% measured
   # 80 ms a step since then: step 1000 comes at 82 s, 18 s early: the end moves to 100 s.
-  assert loop.moved_horizon(budget, 200, 18.0, 1000, (100, 10.0), 10**6) == 200 + 1025
+  assert moved_horizon(budget, 200, 18.0, 1000, (100, 10.0), 10**6) == 200 + 1025
   # 100 ms a step: step 1000 comes at 100 s; 101 ms: at 100.9 s, within 2%.
-  assert loop.moved_horizon(budget, 200, 20.0, 1000, (100, 10.0), 10**6) is None
-  assert loop.moved_horizon(budget, 200, 20.1, 1000, (100, 10.0), 10**6) is None
-  assert loop.moved_horizon(budget, 200, 18.0, 1000, (100, 10.0), 1100) == 1100  # max_steps
+  assert moved_horizon(budget, 200, 20.0, 1000, (100, 10.0), 10**6) is None
+  assert moved_horizon(budget, 200, 20.1, 1000, (100, 10.0), 10**6) is None
+  assert moved_horizon(budget, 200, 18.0, 1000, (100, 10.0), 1100) == 1100  # max_steps
+
+
+def test_a_session_fixes_the_end_from_its_own_pace_then_moves_it():
+  """SecondsHorizon as the loop drives it, sync by sync: the first sync (after the slow first
+  step) only starts the pace; the end is fixed at the first sync past 5% of the run from the pace
+  since then, and moves once a later pace would miss the budget by more than 2%."""
+  from tl_jax.config import TrainConfig
+  from tl_jax.train import optimizer as opt
+  from tl_jax.train.horizon import SecondsHorizon
+  t = TrainConfig(learning_rate=1.0, warmup_steps=10, schedule_horizon="seconds",
+                  max_train_seconds=100.0, max_steps=10**6, grad_clip=0.0)
+  state = opt.optimizer(t).init({"w": jnp.ones((2, 2))})
+  h = SecondsHorizon(t, state)
+  assert h.end == 0 and not h.due(10**5)
+  state, note = h.at_sync(state, 1, 3.0, 3.0)  # a slow first step: not a pace to fix from
+  assert note is None and h.end == 0 and h.fix_at == pytest.approx(3.0 + 0.05 * 100.0)
+  state, note = h.at_sync(state, 21, 5.0, 0.1)  # 100 ms a step since, but only 2 s of it
+  assert note is None and h.end == 0
+  state, note = h.at_sync(state, 61, 9.0, 0.1)  # 6 s at 100 ms a step: 91 s left, 910 steps
+  assert h.end == 61 + 910 == opt.horizon_end(state) and "ends at step 971" in note
+  assert h.fix_at is None and h.due(971) and not h.due(970)
+  state, note = h.at_sync(state, 161, 19.0, 0.1)  # on pace: stays
+  assert note is None and h.end == 971
+  state, note = h.at_sync(state, 261, 34.0, 0.15)  # 125 ms a step since step 61: moves
+  assert h.end == 261 + math.ceil(66.0 / 0.125) == opt.horizon_end(state)
+  assert "moves from step 971" in note
+  steps = SecondsHorizon(TrainConfig(), opt.optimizer(TrainConfig()).init({"w": jnp.ones(2)}))
+  assert steps.end is None and steps.at_sync(None, 5, 1.0, 0.2) == (None, None)

@@ -14,6 +14,7 @@ import pytest
 
 from tl_jax import config as config_lib
 from tl_jax import tasks
+from tl_jax.train import horizon as horizon_lib
 from tl_jax.train import loop, metrics
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 
@@ -160,7 +161,7 @@ def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path, monkey
   max_steps=100,000 would still be at its peak there). With no tolerance for a change of pace,
   the end moves wherever the pace since it was last set lands the budget on another step; with
   all of it, never."""
-  monkeypatch.setattr(loop, "HORIZON_REFIT_SHARE", refit_share)
+  monkeypatch.setattr(horizon_lib, "HORIZON_REFIT_SHARE", refit_share)
   c = config_lib.load_preset("configs/mlm.py:tiny")
   c.train.max_steps, c.train.max_train_seconds, c.train.log_every = 100_000, 4.0, 10
   c.train.schedule_horizon, c.train.warmup_steps = "seconds", 10
@@ -176,9 +177,9 @@ def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path, monkey
   # (step 1, after the slower first step), the lines before it being earlier ones.
   first = train[0]
   assert first["step"] == 1 and fixed["step"] < end
-  assert fixed["train_seconds"] - first["train_seconds"] >= loop.HORIZON_PACE_SHARE * 4.0
+  assert fixed["train_seconds"] - first["train_seconds"] >= horizon_lib.HORIZON_PACE_SHARE * 4.0
   for line in train[1:train.index(fixed)]:
-    assert line["train_seconds"] - first["train_seconds"] < loop.HORIZON_PACE_SHARE * 4.0
+    assert line["train_seconds"] - first["train_seconds"] < horizon_lib.HORIZON_PACE_SHARE * 4.0
   # The end is where the budget runs out at the pace measured since that first sync ...
   pace = (fixed["train_seconds"] - first["train_seconds"]) / (fixed["step"] - first["step"])
   assert abs(end - (fixed["step"] + (4.0 - fixed["train_seconds"]) / pace)) <= 1.0
@@ -213,7 +214,7 @@ def test_a_seconds_horizon_decays_to_zero_where_the_budget_ends(tmp_path, monkey
   expected, horizon, set_at = [], fixed["schedule_end_step"], (fixed["step"], fixed["train_seconds"])
   for line in after:
     if line["step"] < horizon:
-      moved = loop.moved_horizon(4.0, line["step"], line["train_seconds"], horizon, set_at, 100_000)
+      moved = horizon_lib.moved_horizon(4.0, line["step"], line["train_seconds"], horizon, set_at, 100_000)
       if moved is not None and moved != horizon:
         expected.append((line["step"], moved))
         horizon, set_at = moved, (line["step"], line["train_seconds"])
@@ -235,7 +236,7 @@ def test_a_warmup_fraction_under_a_seconds_horizon_warms_up_over_that_share_of_t
   line up to the peak at half the end's steps, then the decay to 0 at the end. (Half, not a
   smaller share: a loaded 2-core machine once fitted the end at step 12, fixed at step 2, where
   a fifth would put the peak at the fixing step itself.)"""
-  monkeypatch.setattr(loop, "HORIZON_REFIT_SHARE", 1.0)  # the end is fixed once, never moved
+  monkeypatch.setattr(horizon_lib, "HORIZON_REFIT_SHARE", 1.0)  # the end is fixed once, never moved
   c = config_lib.load_preset("configs/mlm.py:tiny")
   c.train.max_steps, c.train.max_train_seconds, c.train.log_every = 100_000, 4.0, 5
   c.train.schedule_horizon, c.train.warmup_steps, c.train.warmup_fraction = "seconds", 1000, 0.5

@@ -27,7 +27,8 @@ from tl_jax.parallel import sharding as shd
 from tl_jax.train import flops
 from tl_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from tl_jax.train.metrics import MetricWriter, format_seconds, last_devices, truncate_after
-from tl_jax.train.optimizer import applied_updates, horizon_end, refit_horizon, with_horizon
+from tl_jax.train.horizon import SecondsHorizon
+from tl_jax.train.optimizer import applied_updates, horizon_end
 from tl_jax.train.stopwatch import Stopwatch, Timer
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: the run stopped early but saved everything
@@ -35,15 +36,6 @@ INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT: likewise, after Ctrl-C
 # With train.on_nonfinite=skip, this many skipped steps in a row still stop the run: by then the
 # model, not a batch, is broken (e.g. a learning rate that blew the weights up).
 SKIP_LIMIT = 10
-# train.schedule_horizon=seconds: the share of the budget over which the pace is measured before
-# the decay's end step is fixed (finetuning's warmup, 6% of the steps, ends after it).
-HORIZON_PACE_SHARE = 0.05
-# Once fixed, the end moves (the decay bending at that step, never jumping) where the pace over
-# at least HORIZON_PACE_SHARE of the budget since it was last set would end the schedule more
-# than this share of the budget early or late: on an H200, 3x256's first 13 s ran 25% slower
-# than the rest (the machine still writing its token cache), and a schedule fixed from them ended
-# at 31 s of a 40 s budget (2026-12-04).
-HORIZON_REFIT_SHARE = 0.02
 
 
 def log(message: str) -> None:
@@ -302,16 +294,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
     skipped = start - int(jax.device_get(applied_updates(state.opt_state))) if skip_nonfinite else 0
     skipped_in_a_row = 0
     ckpt_owed = False  # a checkpoint fell due at a skipped step: save at the next good sync
-    # train.schedule_horizon=seconds: the step the decay ends at, if not yet fixed, is fixed at
-    # the first sync once HORIZON_PACE_SHARE of the run (the budget, or max_steps if they come
-    # first) has passed since this session's first sync (which follows the first, slower, step),
-    # from the pace over that stretch. One log window was too short where the first steps are
-    # slower (finetuning's first batch of each length): a seconds horizon fixed from it ended
-    # 10-18% of the budget early on SST-2 (2-core CPU, 2026-12-04).
-    horizon = horizon_end(state.opt_state)
+    horizon = SecondsHorizon(cfg.train, state.opt_state)  # train.schedule_horizon=seconds' end
     syncs = 0
-    pace_from = (start, 0.0)  # (step, training seconds) at this session's first sync
-    set_at = None  # (step, training seconds) where the end was last set, in this session
     batches = setup.loader.iterate(start, cfg.data.prefetch)
     synced_good = start  # the last step synced with a finite loss (or skipped, keeping the state)
     try:
@@ -328,7 +312,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
         # Only step counts and agreed seconds (below) say when to sync, so every process syncs at
         # the same steps; one process alone may also sync on its own clock or on SIGTERM.
         sync_due = (step % cfg.train.log_every == 0 or eval_by_steps or ckpt_by_steps or last
-                    or step >= next_timed_step or step == horizon)
+                    or step >= next_timed_step or step == horizon.end)
         if not (sync_due or (single_process and (ckpt_by_clock or preemption.requested))):
           continue
 
@@ -354,42 +338,18 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
                               else (0 if finite else 1))
           extra["skipped_steps"] = skipped
         syncs += 1
-        if syncs == 1:
-          pace_from = (step, watch.train)
-          set_at = pace_from if horizon else None  # a resumed run's end, set before it stopped
-        fix_horizon_at = None  # the training second of the sync that fixes it, while not fixed
-        if horizon == 0:  # the pace over this session, and how long the run will train at it
-          paced_steps = step - pace_from[0]
-          pace = (watch.train - pace_from[1]) / paced_steps if paced_steps else window / steps_done
-          run_seconds = min(cfg.train.max_train_seconds,
-                            watch.train + (cfg.train.max_steps - step) * pace)
-          fix_horizon_at = pace_from[1] + HORIZON_PACE_SHARE * run_seconds
-          if syncs >= 2 and watch.train >= fix_horizon_at:
-            horizon = end_step(cfg.train.max_train_seconds, step, watch.train, pace,
-                               cfg.train.max_steps)
-            state = state.replace(opt_state=with_horizon(state.opt_state, cfg.train, horizon))
-            extra["schedule_end_step"] = horizon
-            fix_horizon_at = None
-            set_at = (step, watch.train)
-            log(f"schedule: the decay ends at step {horizon}, where train.max_train_seconds="
-                f"{cfg.train.max_train_seconds:g} runs out at {1e3 * pace:.1f} ms a step (steps "
-                f"{pace_from[0]}-{step})")
-        elif horizon and set_at and step < horizon and cfg.train.max_train_seconds:
-          moved = moved_horizon(cfg.train.max_train_seconds, step, watch.train, horizon, set_at,
-                                cfg.train.max_steps)
-          if moved is not None and moved != horizon:
-            state = state.replace(opt_state=refit_horizon(state.opt_state, cfg.train, moved))
-            log(f"schedule: the decay's end moves from step {horizon} to {moved} at step {step}, "
-                f"at the pace of steps {set_at[0]}-{step}")
-            horizon, set_at = moved, (step, watch.train)
-            extra["schedule_end_step"] = horizon
+        opt_state, note = horizon.at_sync(state.opt_state, step, watch.train, window / steps_done)
+        if note:
+          state = state.replace(opt_state=opt_state)
+          extra["schedule_end_step"] = horizon.end
+          log(note)
         # A sync on the way to a timed step (timed_step's halves) with nothing else due writes no
         # line: those come every few steps near a mark and would crowd the log. A session's first
         # sync (after its first, slower, step) does.
         budget = cfg.train.max_train_seconds
         budget_spent = bool(budget) and watch.train >= budget
         if (syncs == 1 or step % cfg.train.log_every == 0 or eval_due or ckpt_due or ckpt_owed or last
-            or preempted or not finite or budget_spent or (horizon and step >= horizon)
+            or preempted or not finite or budget_spent or horizon.due(step)
             or "schedule_end_step" in extra):
           tokens_per_second = steps_done * tokens_per_step / window
           mfu = flops_per_step * steps_done / window / peak_total if peak_total else None
@@ -427,8 +387,8 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
         if cfg.train.max_train_seconds and watch.train >= cfg.train.max_train_seconds:
           stop_reason = f"used the budget train.max_train_seconds={cfg.train.max_train_seconds}"
           break
-        if horizon and step >= horizon:
-          stop_reason = (f"reached the end of its schedule (step {horizon}, fitted to "
+        if horizon.due(step):
+          stop_reason = (f"reached the end of its schedule (step {horizon.end}, fitted to "
                          f"train.max_train_seconds={cfg.train.max_train_seconds})")
           break
         if preempted:
@@ -442,7 +402,7 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
         if wants_ckpt and finite:
           last_ckpt_time = checkpoint(step)
         next_timed_step = timed_step(cfg, step, window / steps_done, watch.train, next_eval_at,
-                                     fix_horizon_at)
+                                     horizon.fix_at)
         last_sync = time.perf_counter()
         window_start_step = step
     except Exception as error:
@@ -477,26 +437,6 @@ def _run(setup: Setup, workdir: str, on_ready, ckpt: Checkpointer, closers: list
       + (f" | {skipped} steps skipped (non-finite loss)" if skipped else "")
       + peak_memory_note())
   return exit_code
-
-
-def end_step(budget: float, step: int, train_seconds: float, pace: float, max_steps: int) -> int:
-  """The step at which `budget` training seconds run out at `pace` seconds a step: at least
-  the next step, at most `max_steps`."""
-  return min(max_steps, step + max(math.ceil((budget - train_seconds) / pace), 1))
-
-
-def moved_horizon(budget: float, step: int, train_seconds: float, horizon: int,
-                  set_at: tuple[int, float], max_steps: int) -> int | None:
-  """Where a seconds horizon's end should move to, or None to keep it: the pace since it was
-  set (`set_at`: step, training seconds), once measured over HORIZON_PACE_SHARE of the budget,
-  would end the schedule more than HORIZON_REFIT_SHARE of the budget off the budget."""
-  steps, seconds = step - set_at[0], train_seconds - set_at[1]
-  if steps <= 0 or seconds < HORIZON_PACE_SHARE * budget:
-    return None
-  pace = seconds / steps
-  if abs(train_seconds + (horizon - step) * pace - budget) <= HORIZON_REFIT_SHARE * budget:
-    return None
-  return end_step(budget, step, train_seconds, pace, max_steps)
 
 
 def next_mark(train_seconds: float, every: float) -> float:
