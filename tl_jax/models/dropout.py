@@ -1,11 +1,11 @@
 """Dropout, and where its random bits come from (`model.dropout_bits`).
 
 flax's `nn.Dropout` draws a float32 uniform for each element, and jax's (partitionable)
-threefry spends one hash on each: the hash makes 64 bits and 32 of them are thrown away. The
-hashing is integer work inside the train step's elementwise passes, about 100 instructions an
-element, over every [tokens, width] tensor a layer drops out. `Dropout16` takes four 16-bit
-draws from each hash's 64 bits instead, so the step hashes a quarter as often; the price is a
-rate rounded to a multiple of 1/65536 (0.1 becomes 0.100006).
+threefry spends one hash on each: the hash makes 64 bits and 32 of them are thrown away. A hash
+is 20 rounds of add, rotate and xor on two 32-bit words, integer work inside the train step's
+elementwise passes over every [tokens, width] tensor a layer drops out. `Dropout16` takes four
+16-bit draws from each hash's 64 bits instead, so the step hashes a quarter as often; the price
+is a rate rounded to a multiple of 1/65536 (0.1 becomes 0.100006).
 """
 
 from __future__ import annotations
