@@ -99,23 +99,27 @@ def _hashed(jaxpr, found: list) -> list:
   return found
 
 
+def _masked_lm(bits: int, train: TrainConfig, tokens, scan_layers: bool = False):
+  """(state, step) of a 2 x 32 masked LM with dropout 0.1 drawn as `bits` says."""
+  model = MaskedLM(ModelConfig(num_layers=2, d_model=32, num_heads=2, max_len=32, dropout=0.1,
+                               dtype="float32", dropout_bits=bits, scan_layers=scan_layers), VOCAB)
+  tx = optimizer(train)
+  state = nn.meta.unbox(init_state(model, tx, 0, tokens[:1]))
+  step = lambda s, t: train_step(s, t, model=model, tx=tx, schedule=schedule(train),
+                                 data=config_lib.DataConfig(), vocab_size=VOCAB, grad_accum=1)
+  return state, step
+
+
 def test_a_train_step_hashes_a_quarter_as_many_elements():
   """The promise behind model.dropout_bits=16: in a masked LM's train step (embedding dropout
   and two residual dropouts a layer), dropout hashes a quarter of the elements that flax's
   dropout hashes; the masking's own draws ([batch, length]) stay jax's."""
   assert jax.config.jax_threefry_partitionable  # else random_bits hashes half an element each
   tokens = jax.random.randint(jax.random.key(3), (8, 32), 5, VOCAB)
-  train = TrainConfig(warmup_steps=0, max_steps=10)
   hashed = {}
   for bits in (32, 16):
-    model = MaskedLM(ModelConfig(num_layers=2, d_model=32, num_heads=2, max_len=32, dropout=0.1,
-                                 dtype="float32", dropout_bits=bits), VOCAB)
-    tx = optimizer(train)
-    state = nn.meta.unbox(init_state(model, tx, 0, tokens[:1]))
-    step = lambda s, t: train_step(s, t, model=model, tx=tx, schedule=schedule(train),
-                                   data=config_lib.DataConfig(), vocab_size=VOCAB, grad_accum=1)
-    found = _hashed(jax.make_jaxpr(step)(state, tokens).jaxpr, [])
-    hashed[bits] = sorted(found)
+    state, step = _masked_lm(bits, TrainConfig(warmup_steps=0, max_steps=10), tokens)
+    hashed[bits] = sorted(_hashed(jax.make_jaxpr(step)(state, tokens).jaxpr, []))
   activations = lambda bits: [math.prod(shape) for _, shape in hashed[bits] if len(shape) == 3]
   assert activations(32) == [8 * 32 * 32] * 5  # embeddings, then two a layer
   assert activations(16) == [8 * 32 * 32 // 4] * 5
@@ -132,13 +136,8 @@ def test_a_masked_lm_trains_with_16_bit_dropout(scan_layers):
   train = TrainConfig(warmup_steps=0, max_steps=60, learning_rate=1e-2)
   losses = {}
   for bits in (32, 16):
-    model = MaskedLM(ModelConfig(num_layers=2, d_model=32, num_heads=2, max_len=32, dropout=0.1,
-                                 dtype="float32", dropout_bits=bits, scan_layers=scan_layers), VOCAB)
-    tx = optimizer(train)
-    state = nn.meta.unbox(init_state(model, tx, 0, tokens[:1]))
-    step = jax.jit(lambda s, t: train_step(s, t, model=model, tx=tx, schedule=schedule(train),
-                                           data=config_lib.DataConfig(), vocab_size=VOCAB,
-                                           grad_accum=1))
+    state, step = _masked_lm(bits, train, tokens, scan_layers=scan_layers)
+    step = jax.jit(step)
     losses[bits] = []
     for _ in range(60):
       state, metrics = step(state, tokens)
